@@ -1,0 +1,201 @@
+//! Configuration: the validated, immutable settings the rest of portcullis runs on.
+//!
+//! `load` turns a TOML file plus the environment into a [`Config`]; after that no
+//! code sees a raw string where a typed value belongs. Secrets live in [`Secret`],
+//! whose `Debug` and `Display` never show the value.
+
+mod load;
+mod secret;
+
+pub use load::{load, ConfigError, ConfigProblem, Sources};
+pub use secret::Secret;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use url::Url;
+
+/// Everything portcullis needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the main listener (`LISTEN_ADDR`, default `127.0.0.1:4180`).
+    pub listen_addr: SocketAddr,
+    /// Public root URL of the protected app (`APP_BASE_URL`). Never derived from `Host`.
+    pub base_url: Url,
+    pub upstream: UpstreamConfig,
+    pub oidc: OidcConfig,
+    pub session: SessionConfig,
+    pub routes: RoutePaths,
+    pub identity: IdentityConfig,
+    pub pages: PagesConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamTarget {
+    /// `http://host:port[/prefix]` or `https://…`.
+    Http(Url),
+    /// `unix:/path/to.sock`.
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub target: UpstreamTarget,
+    /// Time allowed to establish the upstream connection (default 10 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response head after the request was sent (default 60 s).
+    pub response_timeout: Duration,
+    /// Show the configured upstream address on 502/504 pages (default false).
+    pub show_address_on_error: bool,
+}
+
+/// When to use Pushed Authorization Requests (RFC 9126).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParMode {
+    /// Use PAR whenever the provider advertises an endpoint for it.
+    Auto,
+    /// Refuse to log in through a provider that has no PAR endpoint.
+    Always,
+    /// Never use PAR (the front-channel authorize URL carries every parameter).
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Issuer exactly as the provider spells it (`OIDC_ISSUER`), no trailing slash.
+    pub issuer: Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Requested scopes (`OIDC_SCOPES`), always containing `openid`.
+    pub scopes: Vec<String>,
+    /// `base_url` + `routes.callback`.
+    pub redirect_url: Url,
+    pub par: ParMode,
+    /// Permit an `http:` issuer that is not on loopback.
+    pub allow_insecure_issuer: bool,
+    /// Timeout of every back-channel call to the provider (default 10 s).
+    pub http_timeout: Duration,
+    /// Upper bound of the discovery retry backoff (default 60 s).
+    pub discovery_retry_max: Duration,
+    /// Minimum time between two JWKS re-fetches triggered by an unknown `kid` (default 30 s).
+    pub jwks_refetch_interval: Duration,
+    /// Tolerated clock difference with the provider for `exp`/`iat` (default 60 s).
+    pub clock_skew: Duration,
+    /// Revoke the refresh (or access) token at the revocation endpoint on logout (default true).
+    pub revoke_on_logout: bool,
+    /// Ceiling of new logins started per second, so a flood cannot be amplified onto the provider (default 20/s, burst 100).
+    pub login_rate_per_second: u32,
+    pub login_rate_burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Key material for cookies and stored sessions (`SESSION_ENCRYPTION_SECRET`).
+    pub secret: Secret,
+    /// True when no secret was configured and one was generated for this process.
+    pub secret_is_ephemeral: bool,
+    /// Name of the session cookie (default `portcullis_session`).
+    pub cookie_name: String,
+    /// Prefix of the per-attempt pending-login cookies (default `portcullis_login_`).
+    pub login_cookie_prefix: String,
+    /// `Secure` on every cookie; true whenever `base_url` is https.
+    pub cookie_secure: bool,
+    /// Optional `Domain` attribute (default none: host-only cookies).
+    pub cookie_domain: Option<String>,
+    /// A session unused this long ends (default 1 h).
+    pub idle_timeout: Duration,
+    /// A session ends this long after login, whatever its use (default 12 h).
+    pub max_lifetime: Duration,
+    /// Upper bound of the memory the in-memory store may use, in bytes (default 256 MiB).
+    pub max_memory_bytes: u64,
+    /// Refresh the access token this long before it expires (default 30 s).
+    pub refresh_before_expiry: Duration,
+    /// How long a pending login (sealed cookie) is valid (default 10 min).
+    pub login_timeout: Duration,
+    /// Pending-login cookies kept at once; the oldest beyond this is dropped (default 5).
+    pub max_pending_logins: usize,
+}
+
+/// Paths of the routes portcullis answers itself.
+#[derive(Debug, Clone)]
+pub struct RoutePaths {
+    /// Redirect URI path (default `/callback`).
+    pub callback: String,
+    /// Prefix of the other reserved routes (default `/.auth`): `login`, `logout`, `me`, `healthz`, `readyz`.
+    pub prefix: String,
+}
+
+/// Where a forwarded header takes its value from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeader {
+    pub header: HeaderName,
+    /// Claims tried in order; the first present one wins. Arrays are joined with `,`.
+    pub claims: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessTokenForwarding {
+    None,
+    /// `Authorization: Bearer <access token>`.
+    AuthorizationBearer,
+    /// `X-Forwarded-Access-Token: <access token>`.
+    XForwardedAccessToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Headers set on every upstream request (default the four `Remote-*` headers).
+    pub headers: Vec<IdentityHeader>,
+    /// Further header names always removed from client requests (beyond `headers`).
+    pub strip_headers: Vec<HeaderName>,
+    pub access_token: AccessTokenForwarding,
+}
+
+#[derive(Debug, Clone)]
+pub struct PagesConfig {
+    /// Show raw access/refresh/ID tokens on `/.auth/me` (default true, as the seed did).
+    pub show_tokens: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Time in-flight requests get to finish after SIGTERM (default 30 s).
+    pub shutdown_grace: Duration,
+    /// Maximum time to read a request head (default 30 s).
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directive (default `info`; `RUST_LOG` overrides).
+    pub level: String,
+}
+
+impl RoutePaths {
+    pub fn login(&self) -> String {
+        format!("{}/login", self.prefix)
+    }
+    pub fn logout(&self) -> String {
+        format!("{}/logout", self.prefix)
+    }
+    pub fn me(&self) -> String {
+        format!("{}/me", self.prefix)
+    }
+    pub fn healthz(&self) -> String {
+        format!("{}/healthz", self.prefix)
+    }
+    pub fn readyz(&self) -> String {
+        format!("{}/readyz", self.prefix)
+    }
+}
