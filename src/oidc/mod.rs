@@ -113,7 +113,11 @@ pub enum OidcError {
     #[error("configuration requires PAR but the provider advertises no PAR endpoint")]
     ParUnsupported,
     #[error("{endpoint} endpoint refused the request: {error}")]
-    ProviderRejected { endpoint: &'static str, error: String, description: Option<String> },
+    ProviderRejected {
+        endpoint: &'static str,
+        error: String,
+        description: Option<String>,
+    },
     #[error("provider returned an authorization error: {error}")]
     AuthorizationDenied { error: String, description: Option<String> },
     #[error("state in the callback does not match the pending login")]
