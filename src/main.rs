@@ -4,11 +4,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use clap::{Parser, Subcommand};
 use portcullis::config::{self, Config, LogFormat, Sources};
-use rand::RngCore;
 
 /// Exit code for an invalid configuration (EX_CONFIG from sysexits.h).
 const EXIT_CONFIG: u8 = 78;
@@ -45,9 +42,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::GenerateSecret => {
-            let mut bytes = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
-            println!("{}", URL_SAFE_NO_PAD.encode(bytes));
+            println!("{}", config::generate_secret());
             ExitCode::SUCCESS
         }
         Command::Check => match config::load(&sources) {

@@ -60,16 +60,8 @@ impl Config {
         writeln!(out, "par = {}", q(par))?;
         writeln!(out, "allow_insecure_issuer = {}", o.allow_insecure_issuer)?;
         writeln!(out, "http_timeout = {}", q(&d(o.http_timeout)))?;
-        writeln!(
-            out,
-            "discovery_retry_max = {}",
-            q(&d(o.discovery_retry_max))
-        )?;
-        writeln!(
-            out,
-            "jwks_refetch_interval = {}",
-            q(&d(o.jwks_refetch_interval))
-        )?;
+        writeln!(out, "discovery_retry_max = {}", q(&d(o.discovery_retry_max)))?;
+        writeln!(out, "jwks_refetch_interval = {}", q(&d(o.jwks_refetch_interval)))?;
         writeln!(out, "clock_skew = {}", q(&d(o.clock_skew)))?;
         writeln!(out, "revoke_on_logout = {}", o.revoke_on_logout)?;
         writeln!(out, "login_rate_per_second = {}", o.login_rate_per_second)?;
@@ -91,19 +83,11 @@ impl Config {
             Some(domain) => writeln!(out, "cookie_domain = {}", q(domain))?,
             None => writeln!(out, "# cookie_domain unset: host-only cookies")?,
         }
-        writeln!(
-            out,
-            "# cookie_secure = {} (base_url is https)",
-            s.cookie_secure
-        )?;
+        writeln!(out, "# cookie_secure = {} (base_url is https)", s.cookie_secure)?;
         writeln!(out, "idle_timeout = {}", q(&d(s.idle_timeout)))?;
         writeln!(out, "max_lifetime = {}", q(&d(s.max_lifetime)))?;
         writeln!(out, "max_memory = {}", q(&format_size(s.max_memory_bytes)))?;
-        writeln!(
-            out,
-            "refresh_before_expiry = {}",
-            q(&d(s.refresh_before_expiry))
-        )?;
+        writeln!(out, "refresh_before_expiry = {}", q(&d(s.refresh_before_expiry)))?;
         writeln!(out, "login_timeout = {}", q(&d(s.login_timeout)))?;
         writeln!(out, "max_pending_logins = {}", s.max_pending_logins)?;
 
@@ -140,16 +124,8 @@ impl Config {
         writeln!(out, "show_tokens = {}", self.pages.show_tokens)?;
 
         writeln!(out, "\n[server]")?;
-        writeln!(
-            out,
-            "shutdown_grace = {}",
-            q(&d(self.server.shutdown_grace))
-        )?;
-        writeln!(
-            out,
-            "header_read_timeout = {}",
-            q(&d(self.server.header_read_timeout))
-        )?;
+        writeln!(out, "shutdown_grace = {}", q(&d(self.server.shutdown_grace)))?;
+        writeln!(out, "header_read_timeout = {}", q(&d(self.server.header_read_timeout)))?;
 
         writeln!(out, "\n[log]")?;
         let format = match self.log.format {

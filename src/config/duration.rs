@@ -8,8 +8,7 @@ use std::time::Duration;
 ///
 /// The error message is meant to follow a key name and never repeats the input.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    const HINT: &str =
-        "expected a duration such as \"500ms\", \"30s\", \"10m\", \"1h30m\" or a number of seconds";
+    const HINT: &str = "expected a duration such as \"500ms\", \"30s\", \"10m\", \"1h30m\" or a number of seconds";
     let text = input.trim();
     if text.is_empty() {
         return Err(format!("is empty; {HINT}"));
@@ -90,9 +89,7 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         "GiB" => 1 << 30,
         _ => return Err(format!("has an unknown unit; {HINT}")),
     };
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| "is too large".to_string())
+    number.checked_mul(factor).ok_or_else(|| "is too large".to_string())
 }
 
 /// Prints a byte size in the largest binary unit that divides it exactly.

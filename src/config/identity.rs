@@ -59,18 +59,13 @@ pub fn identity(src: &mut Source<'_>) -> IdentityConfig {
         for name in names {
             match HeaderName::from_bytes(name.as_bytes()) {
                 Ok(name) => strip.push(name),
-                Err(_) => src.problem(
-                    key.clone(),
-                    "contains a name that is not a valid header name",
-                ),
+                Err(_) => src.problem(key.clone(), "contains a name that is not a valid header name"),
             }
         }
     }
     match access_token {
         AccessTokenForwarding::AuthorizationBearer => strip.push(header::AUTHORIZATION),
-        AccessTokenForwarding::XForwardedAccessToken => {
-            strip.push(HeaderName::from_static("x-forwarded-access-token"))
-        }
+        AccessTokenForwarding::XForwardedAccessToken => strip.push(HeaderName::from_static("x-forwarded-access-token")),
         AccessTokenForwarding::None => {}
     }
     let mut strip_headers: Vec<HeaderName> = Vec::with_capacity(strip.len());
@@ -108,9 +103,7 @@ fn entries(src: &mut Source<'_>) -> Option<Vec<Entry>> {
                 );
                 continue;
             };
-            let claims = claims
-                .split('|')
-                .map(|c| Value::String(c.trim().to_string()));
+            let claims = claims.split('|').map(|c| Value::String(c.trim().to_string()));
             out.push(Entry {
                 header_key: key.clone(),
                 claims_key: key.clone(),
@@ -147,10 +140,7 @@ fn headers(src: &mut Source<'_>, access_token: AccessTokenForwarding) -> Vec<Ide
             header,
             claims,
         } = entry;
-        let name = match header
-            .as_str()
-            .map(|h| HeaderName::from_bytes(h.as_bytes()))
-        {
+        let name = match header.as_str().map(|h| HeaderName::from_bytes(h.as_bytes())) {
             Some(Ok(name)) => name,
             Some(Err(_)) => {
                 src.problem(header_key.clone(), "is not a valid header name");
@@ -170,10 +160,7 @@ fn headers(src: &mut Source<'_>, access_token: AccessTokenForwarding) -> Vec<Ide
             _ => None,
         };
         if forwarded.as_ref() == Some(&name) {
-            src.problem(
-                header_key.clone(),
-                "is the header identity.access_token writes",
-            );
+            src.problem(header_key.clone(), "is the header identity.access_token writes");
             continue;
         }
         if headers.iter().any(|h| h.header == name) {
@@ -187,10 +174,7 @@ fn headers(src: &mut Source<'_>, access_token: AccessTokenForwarding) -> Vec<Ide
                 .collect()
         });
         match claims {
-            Some(claims) if !claims.is_empty() => headers.push(IdentityHeader {
-                header: name,
-                claims,
-            }),
+            Some(claims) if !claims.is_empty() => headers.push(IdentityHeader { header: name, claims }),
             _ => src.problem(claims_key, "must be a non-empty array of claim names"),
         }
     }

@@ -75,11 +75,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
 }
 
 /// [`load`] from TOML text instead of a file; `origin` names it in syntax errors.
-pub fn load_str(
-    toml: &str,
-    origin: &str,
-    env: &HashMap<String, String>,
-) -> Result<Config, ConfigError> {
+pub fn load_str(toml: &str, origin: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     let (table, shape_problems) = raw::parse(toml, origin).map_err(|problem| ConfigError {
         problems: vec![problem],
     })?;

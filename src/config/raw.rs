@@ -129,10 +129,7 @@ struct RawLog {
 /// A syntax error is the only problem returned alone. Otherwise returns the table with
 /// every unknown or misplaced key removed, and one problem for each of those keys, so
 /// validation can go on and report the rest too. Messages never quote values.
-pub(super) fn parse(
-    text: &str,
-    origin: &str,
-) -> Result<(Table, Vec<ConfigProblem>), ConfigProblem> {
+pub(super) fn parse(text: &str, origin: &str) -> Result<(Table, Vec<ConfigProblem>), ConfigProblem> {
     let table: Table = text.parse().map_err(|error: toml::de::Error| {
         let at = error
             .span()
@@ -141,10 +138,7 @@ pub(super) fn parse(
                 format!(" at line {line}, column {column}")
             })
             .unwrap_or_default();
-        ConfigProblem::new(
-            origin,
-            format!("is not valid TOML{at}: {}", error.message().trim()),
-        )
+        ConfigProblem::new(origin, format!("is not valid TOML{at}: {}", error.message().trim()))
     })?;
 
     let mut scratch = table;

@@ -31,9 +31,7 @@ pub fn routes(src: &mut Source<'_>) -> RoutePaths {
     let prefix = src.string("routes.prefix");
     if let Some((key, value)) = &prefix {
         let problem = if value == "/" || value.is_empty() {
-            Some(
-                "must not be the root: the reserved routes would hide the app's own /login, /me, …",
-            )
+            Some("must not be the root: the reserved routes would hide the app's own /login, /me, …")
         } else if value.ends_with('/') {
             Some("must not end with `/` (write /.auth, not /.auth/)")
         } else {
@@ -57,10 +55,7 @@ pub fn routes(src: &mut Source<'_>) -> RoutePaths {
                     routes.readyz(),
                 ];
                 if reserved.contains(&value) {
-                    src.problem(
-                        key,
-                        "is the same path as a reserved route under routes.prefix",
-                    );
+                    src.problem(key, "is the same path as a reserved route under routes.prefix");
                 } else {
                     routes.callback = value;
                 }

@@ -45,8 +45,7 @@ pub fn is_cookie_token(name: &str) -> bool {
 pub fn session(src: &mut Source<'_>, base_url: Option<&Url>) -> Option<SessionConfig> {
     let secure = base_url.is_some_and(|url| url.scheme() == "https");
     let configured = secret(src, "session.secret", "session.secret_file");
-    let secret_given =
-        src.raw("session.secret").is_some() || src.raw("session.secret_file").is_some();
+    let secret_given = src.raw("session.secret").is_some() || src.raw("session.secret_file").is_some();
     if let Some((key, value)) = &configured {
         if value.expose().chars().count() < MIN_SECRET_LEN {
             src.problem(
@@ -66,12 +65,7 @@ pub fn session(src: &mut Source<'_>, base_url: Option<&Url>) -> Option<SessionCo
     };
 
     let cookie_name = named_cookie(src, "session.cookie_name", "portcullis_session", secure);
-    let login_cookie_prefix = named_cookie(
-        src,
-        "session.login_cookie_prefix",
-        "portcullis_login_",
-        secure,
-    );
+    let login_cookie_prefix = named_cookie(src, "session.login_cookie_prefix", "portcullis_login_", secure);
     if cookie_name.starts_with(&login_cookie_prefix) {
         let key = src.key_of("session.cookie_name");
         src.problem(
@@ -83,15 +77,13 @@ pub fn session(src: &mut Source<'_>, base_url: Option<&Url>) -> Option<SessionCo
     let cookie_domain = cookie_domain(src, base_url, &cookie_name);
 
     let idle_timeout = src.positive_duration("session.idle_timeout", Duration::from_secs(3600));
-    let max_lifetime =
-        src.positive_duration("session.max_lifetime", Duration::from_secs(12 * 3600));
+    let max_lifetime = src.positive_duration("session.max_lifetime", Duration::from_secs(12 * 3600));
     if max_lifetime < idle_timeout {
         let key = src.key_of("session.max_lifetime");
         src.problem(key, "must not be shorter than session.idle_timeout");
     }
     let max_memory_bytes = src.size("session.max_memory", 256 << 20);
-    let refresh_before_expiry =
-        src.duration("session.refresh_before_expiry", Duration::from_secs(30));
+    let refresh_before_expiry = src.duration("session.refresh_before_expiry", Duration::from_secs(30));
     let login_timeout = src.positive_duration("session.login_timeout", Duration::from_secs(600));
     let max_pending_logins = src.integer("session.max_pending_logins", 5, (1, 20));
 
@@ -116,10 +108,7 @@ fn named_cookie(src: &mut Source<'_>, path: &str, default: &str, secure: bool) -
         return default.to_string();
     };
     if !is_cookie_token(&value) {
-        src.problem(
-            key,
-            "must be a cookie name: letters, digits and !#$%&'*+-.^_`|~ only",
-        );
+        src.problem(key, "must be a cookie name: letters, digits and !#$%&'*+-.^_`|~ only");
         return default.to_string();
     }
     let lower = value.to_ascii_lowercase();
@@ -132,29 +121,19 @@ fn named_cookie(src: &mut Source<'_>, path: &str, default: &str, secure: bool) -
     value
 }
 
-fn cookie_domain(
-    src: &mut Source<'_>,
-    base_url: Option<&Url>,
-    cookie_name: &str,
-) -> Option<String> {
+fn cookie_domain(src: &mut Source<'_>, base_url: Option<&Url>, cookie_name: &str) -> Option<String> {
     let (key, value) = src.string("session.cookie_domain")?;
     let domain = value.trim().trim_start_matches('.').to_ascii_lowercase();
     let valid = !domain.is_empty()
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     if !valid {
         src.problem(key, "must be a domain name such as example.com");
         return None;
     }
     if cookie_name.to_ascii_lowercase().starts_with("__host-") {
-        src.problem(
-            key,
-            "must be unset when session.cookie_name starts with __Host-",
-        );
+        src.problem(key, "must be unset when session.cookie_name starts with __Host-");
         return None;
     }
     if let Some(host) = base_url.and_then(Url::host) {

@@ -68,15 +68,12 @@ impl<'a> Source<'a> {
         if let Some(value) = self.env.get(&name).filter(|v| !v.is_empty()) {
             return Some((name, Raw::Env(value)));
         }
-        self.file_value(path)
-            .map(|value| (path.to_string(), Raw::File(value)))
+        self.file_value(path).map(|value| (path.to_string(), Raw::File(value)))
     }
 
     /// The key to name in a problem about `path`: its variable when set there, else the path.
     pub fn key_of(&self, path: &str) -> String {
-        self.raw(path)
-            .map(|(key, _)| key)
-            .unwrap_or_else(|| path.to_string())
+        self.raw(path).map(|(key, _)| key).unwrap_or_else(|| path.to_string())
     }
 
     pub fn file_value(&self, path: &str) -> Option<&'a Value> {
@@ -177,9 +174,7 @@ impl<'a> Source<'a> {
         };
         let parsed = match raw {
             Raw::Env(s) | Raw::File(Value::String(s)) => parse_size(s),
-            Raw::File(Value::Integer(n)) => {
-                u64::try_from(*n).map_err(|_| "must not be negative".to_string())
-            }
+            Raw::File(Value::Integer(n)) => u64::try_from(*n).map_err(|_| "must not be negative".to_string()),
             Raw::File(_) => Err("must be a size such as \"256MiB\" or a number of bytes".into()),
         };
         match parsed {
@@ -202,10 +197,7 @@ impl<'a> Source<'a> {
         match raw {
             Raw::Env(s) => Some((key, split_words(s))),
             Raw::File(Value::Array(items)) => {
-                let strings: Option<Vec<String>> = items
-                    .iter()
-                    .map(|item| item.as_str().map(str::to_string))
-                    .collect();
+                let strings: Option<Vec<String>> = items.iter().map(|item| item.as_str().map(str::to_string)).collect();
                 if strings.is_none() {
                     self.problem(key.clone(), "must be an array of strings");
                 }

@@ -22,10 +22,7 @@ fn seed_env() -> HashMap<String, String> {
 }
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn with(mut base: HashMap<String, String>, pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -58,9 +55,7 @@ fn problems(toml: &str, env: &HashMap<String, String>) -> Vec<ConfigProblem> {
 #[track_caller]
 fn assert_problem(problems: &[ConfigProblem], key: &str, fragment: &str) {
     assert!(
-        problems
-            .iter()
-            .any(|p| p.key == key && p.message.contains(fragment)),
+        problems.iter().any(|p| p.key == key && p.message.contains(fragment)),
         "no problem `{key}: …{fragment}…` in {problems:#?}"
     );
 }
@@ -109,20 +104,13 @@ fn seed_environment_alone_is_a_working_config() {
     assert_eq!(config.session.max_pending_logins, 5);
     assert_eq!(config.routes.callback, "/callback");
     assert_eq!(config.routes.me(), "/.auth/me");
-    assert!(
-        matches!(&config.upstream.target, UpstreamTarget::Http(u) if u.as_str() == "http://127.0.0.1:3000/")
-    );
+    assert!(matches!(&config.upstream.target, UpstreamTarget::Http(u) if u.as_str() == "http://127.0.0.1:3000/"));
     assert_eq!(config.identity.access_token, AccessTokenForwarding::None);
     let headers: Vec<(&str, Vec<&str>)> = config
         .identity
         .headers
         .iter()
-        .map(|h| {
-            (
-                h.header.as_str(),
-                h.claims.iter().map(String::as_str).collect(),
-            )
-        })
+        .map(|h| (h.header.as_str(), h.claims.iter().map(String::as_str).collect()))
         .collect();
     assert_eq!(
         headers,
@@ -196,9 +184,7 @@ fn file_alone_with_secrets_from_env() {
     let env = env(&[("OIDC_CLIENT_SECRET", CLIENT_SECRET)]);
     let config = ok(toml, &env);
     assert!(config.session.secret_is_ephemeral);
-    assert!(
-        matches!(&config.upstream.target, UpstreamTarget::Unix(p) if p.to_str() == Some("/run/app.sock"))
-    );
+    assert!(matches!(&config.upstream.target, UpstreamTarget::Unix(p) if p.to_str() == Some("/run/app.sock")));
 }
 
 #[test]
@@ -223,10 +209,7 @@ fn every_problem_is_reported_at_once_with_its_source_key() {
 
 #[test]
 fn empty_environment_variable_counts_as_unset() {
-    let env = with(
-        seed_env(),
-        &[("LISTEN_ADDR", ""), ("SESSION_ENCRYPTION_SECRET", "")],
-    );
+    let env = with(seed_env(), &[("LISTEN_ADDR", ""), ("SESSION_ENCRYPTION_SECRET", "")]);
     let config = ok(r#"listen_addr = "0.0.0.0:9000""#, &env);
     assert_eq!(config.listen_addr.to_string(), "0.0.0.0:9000");
     assert!(config.session.secret_is_ephemeral);
@@ -268,11 +251,7 @@ fn unknown_keys_are_named_all_at_once() {
     "#;
     let found = problems(toml, &seed_env());
     assert_problem(&found, "listen_adr", "unknown key");
-    assert_problem(
-        &found,
-        "session.cookie_secure",
-        "unknown key (expected one of `secret`",
-    );
+    assert_problem(&found, "session.cookie_secure", "unknown key (expected one of `secret`");
     assert_problem(&found, "oidc.isuer", "unknown key");
     assert_problem(&found, "identity.headers.claim", "unknown key");
     assert_problem(&found, "nonsense", "unknown key");
@@ -283,11 +262,7 @@ fn unknown_keys_are_named_all_at_once() {
 #[test]
 fn a_section_of_the_wrong_type_is_named() {
     rejects("session = 3", "session", "must be a table");
-    rejects(
-        "[identity]\nheaders = 3",
-        "identity.headers",
-        "array of tables",
-    );
+    rejects("[identity]\nheaders = 3", "identity.headers", "array of tables");
 }
 
 #[test]
@@ -317,21 +292,9 @@ fn wrong_value_types_are_reported_per_key() {
 
 #[test]
 fn base_url_must_be_absolute_http_without_query_or_fragment() {
-    rejects_env(
-        &[("APP_BASE_URL", "/relative")],
-        "APP_BASE_URL",
-        "absolute URL",
-    );
-    rejects_env(
-        &[("APP_BASE_URL", "ftp://example.com")],
-        "APP_BASE_URL",
-        "https://",
-    );
-    rejects_env(
-        &[("APP_BASE_URL", "https://example.com/?a=b")],
-        "APP_BASE_URL",
-        "query",
-    );
+    rejects_env(&[("APP_BASE_URL", "/relative")], "APP_BASE_URL", "absolute URL");
+    rejects_env(&[("APP_BASE_URL", "ftp://example.com")], "APP_BASE_URL", "https://");
+    rejects_env(&[("APP_BASE_URL", "https://example.com/?a=b")], "APP_BASE_URL", "query");
     rejects_env(
         &[("APP_BASE_URL", "https://example.com/#x")],
         "APP_BASE_URL",
@@ -346,15 +309,9 @@ fn base_url_must_be_absolute_http_without_query_or_fragment() {
 
 #[test]
 fn base_url_path_prefix_is_kept_and_trailing_slash_dropped() {
-    let config = ok(
-        "",
-        &with(seed_env(), &[("APP_BASE_URL", "https://example.com/app/")]),
-    );
+    let config = ok("", &with(seed_env(), &[("APP_BASE_URL", "https://example.com/app/")]));
     assert_eq!(config.base_url.as_str(), "https://example.com/app");
-    assert_eq!(
-        config.oidc.redirect_url.as_str(),
-        "https://example.com/app/callback"
-    );
+    assert_eq!(config.oidc.redirect_url.as_str(), "https://example.com/app/callback");
     let config = ok("[routes]\ncallback = \"/oauth/cb\"", &seed_env());
     assert_eq!(
         config.oidc.redirect_url.as_str(),
@@ -364,10 +321,7 @@ fn base_url_path_prefix_is_kept_and_trailing_slash_dropped() {
 
 #[test]
 fn cookie_secure_follows_base_url_scheme() {
-    let config = ok(
-        "",
-        &with(seed_env(), &[("APP_BASE_URL", "http://localhost:4180")]),
-    );
+    let config = ok("", &with(seed_env(), &[("APP_BASE_URL", "http://localhost:4180")]));
     assert!(!config.session.cookie_secure);
 }
 
@@ -375,10 +329,7 @@ fn cookie_secure_follows_base_url_scheme() {
 fn issuer_is_kept_exactly_and_refuses_a_trailing_slash() {
     let config = ok(
         "",
-        &with(
-            seed_env(),
-            &[("OIDC_ISSUER", "https://auth.example.com/realm")],
-        ),
+        &with(seed_env(), &[("OIDC_ISSUER", "https://auth.example.com/realm")]),
     );
     assert_eq!(config.oidc.issuer_exact, "https://auth.example.com/realm");
     rejects_env(
@@ -396,11 +347,7 @@ fn issuer_is_kept_exactly_and_refuses_a_trailing_slash() {
         "OIDC_ISSUER",
         "fragment",
     );
-    rejects_env(
-        &[("OIDC_ISSUER", "auth.example.com")],
-        "OIDC_ISSUER",
-        "absolute URL",
-    );
+    rejects_env(&[("OIDC_ISSUER", "auth.example.com")], "OIDC_ISSUER", "absolute URL");
     let found = problems(
         "[oidc]\nissuer = \"https://a.example/\"",
         &without(seed_env(), &["OIDC_ISSUER"]),
@@ -424,35 +371,21 @@ fn http_issuer_only_on_loopback_or_when_allowed() {
         "OIDC_ISSUER",
         "must be https",
     );
-    rejects_env(
-        &[("OIDC_ISSUER", "http://10.0.0.1")],
-        "OIDC_ISSUER",
-        "must be https",
-    );
+    rejects_env(&[("OIDC_ISSUER", "http://10.0.0.1")], "OIDC_ISSUER", "must be https");
     let env = with(seed_env(), &[("OIDC_ISSUER", "http://auth.example.com")]);
     assert!(
         ok("[oidc]\nallow_insecure_issuer = true", &env)
             .oidc
             .allow_insecure_issuer
     );
-    ok(
-        "",
-        &with(env, &[("PORTCULLIS_OIDC_ALLOW_INSECURE_ISSUER", "true")]),
-    );
+    ok("", &with(env, &[("PORTCULLIS_OIDC_ALLOW_INSECURE_ISSUER", "true")]));
 }
 
 #[test]
 fn client_id_and_secret_are_required() {
-    let found = problems(
-        "",
-        &without(seed_env(), &["OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET"]),
-    );
+    let found = problems("", &without(seed_env(), &["OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET"]));
     assert_problem(&found, "OIDC_CLIENT_ID", "is required");
-    assert_problem(
-        &found,
-        "OIDC_CLIENT_SECRET",
-        "is required: the plaintext client secret",
-    );
+    assert_problem(&found, "OIDC_CLIENT_SECRET", "is required: the plaintext client secret");
     let found = problems(
         "[oidc]\nclient_secret = \" \"",
         &without(seed_env(), &["OIDC_CLIENT_SECRET"]),
@@ -462,19 +395,11 @@ fn client_id_and_secret_are_required() {
 
 #[test]
 fn upstream_url_forms() {
-    let unix = ok(
-        "",
-        &with(seed_env(), &[("UPSTREAM_URL", "unix:///run/app.sock")]),
-    );
-    assert!(
-        matches!(&unix.upstream.target, UpstreamTarget::Unix(p) if p.to_str() == Some("/run/app.sock"))
-    );
+    let unix = ok("", &with(seed_env(), &[("UPSTREAM_URL", "unix:///run/app.sock")]));
+    assert!(matches!(&unix.upstream.target, UpstreamTarget::Unix(p) if p.to_str() == Some("/run/app.sock")));
     let https = ok(
         "",
-        &with(
-            seed_env(),
-            &[("UPSTREAM_URL", "https://app.internal:8443/base")],
-        ),
+        &with(seed_env(), &[("UPSTREAM_URL", "https://app.internal:8443/base")]),
     );
     assert!(matches!(&https.upstream.target, UpstreamTarget::Http(u) if u.path() == "/base"));
     rejects_env(
@@ -503,11 +428,7 @@ fn upstream_url_forms() {
 fn listen_addr_must_be_a_socket_address() {
     let config = ok("", &with(seed_env(), &[("LISTEN_ADDR", "[::]:8080")]));
     assert_eq!(config.listen_addr.port(), 8080);
-    rejects_env(
-        &[("LISTEN_ADDR", "localhost:4180")],
-        "LISTEN_ADDR",
-        "IP address",
-    );
+    rejects_env(&[("LISTEN_ADDR", "localhost:4180")], "LISTEN_ADDR", "IP address");
     rejects("listen_addr = \"0.0.0.0\"", "listen_addr", "IP address");
 }
 
@@ -528,18 +449,11 @@ fn session_secret_must_be_long_enough() {
             ("SESSION_ENCRYPTION_SECRET_FILE", path_of(&short).as_str()),
         ],
     );
-    assert_problem(
-        &problems("", &env),
-        "SESSION_ENCRYPTION_SECRET_FILE",
-        "too short",
-    );
+    assert_problem(&problems("", &env), "SESSION_ENCRYPTION_SECRET_FILE", "too short");
     let exactly = "x".repeat(MIN_SECRET_LEN);
     ok(
         "",
-        &with(
-            seed_env(),
-            &[("SESSION_ENCRYPTION_SECRET", exactly.as_str())],
-        ),
+        &with(seed_env(), &[("SESSION_ENCRYPTION_SECRET", exactly.as_str())]),
     );
 }
 
@@ -563,10 +477,7 @@ fn file_variants_read_the_secret_and_trim_one_newline() {
     let client = secret_file("from-a-file\n\n");
     let session = secret_file(&format!("{SESSION_SECRET}\r\n"));
     let env = with(
-        without(
-            seed_env(),
-            &["OIDC_CLIENT_SECRET", "SESSION_ENCRYPTION_SECRET"],
-        ),
+        without(seed_env(), &["OIDC_CLIENT_SECRET", "SESSION_ENCRYPTION_SECRET"]),
         &[
             ("OIDC_CLIENT_SECRET_FILE", path_of(&client).as_str()),
             ("SESSION_ENCRYPTION_SECRET_FILE", path_of(&session).as_str()),
@@ -614,10 +525,7 @@ fn unreadable_or_empty_secret_file_is_a_problem() {
     rejects_env(
         &[
             ("SESSION_ENCRYPTION_SECRET", ""),
-            (
-                "SESSION_ENCRYPTION_SECRET_FILE",
-                "/nonexistent/portcullis-secret",
-            ),
+            ("SESSION_ENCRYPTION_SECRET_FILE", "/nonexistent/portcullis-secret"),
         ],
         "SESSION_ENCRYPTION_SECRET_FILE",
         "cannot read /nonexistent/portcullis-secret",
@@ -735,11 +643,7 @@ fn cookie_names_must_be_tokens() {
         "session.login_cookie_prefix",
         "cookie name",
     );
-    rejects(
-        "[session]\ncookie_name = \"\"",
-        "session.cookie_name",
-        "cookie name",
-    );
+    rejects("[session]\ncookie_name = \"\"", "session.cookie_name", "cookie name");
     rejects(
         "[session]\ncookie_name = \"portcullis_login_x\"",
         "session.cookie_name",
@@ -814,11 +718,7 @@ fn session_limits() {
         "session.max_memory",
         "larger than zero",
     );
-    rejects(
-        "[session]\nmax_memory = -5",
-        "session.max_memory",
-        "negative",
-    );
+    rejects("[session]\nmax_memory = -5", "session.max_memory", "negative");
     assert_eq!(
         ok("[session]\nmax_memory = \"64KiB\"", &seed_env())
             .session
@@ -854,14 +754,8 @@ fn portcullis_variables_reach_every_section() {
     assert_eq!(config.log.level, "portcullis=debug,info");
     assert_eq!(config.routes.login(), "/_auth/login");
     assert_eq!(config.session.max_memory_bytes, 1_000_000_000);
-    assert_eq!(
-        config.identity.access_token,
-        AccessTokenForwarding::AuthorizationBearer
-    );
-    assert!(config
-        .identity
-        .strip_headers
-        .contains(&http::header::AUTHORIZATION));
+    assert_eq!(config.identity.access_token, AccessTokenForwarding::AuthorizationBearer);
+    assert!(config.identity.strip_headers.contains(&http::header::AUTHORIZATION));
     rejects_env(
         &[("PORTCULLIS_OIDC_PAR", "sometimes")],
         "PORTCULLIS_OIDC_PAR",
@@ -880,10 +774,7 @@ fn portcullis_variables_reach_every_section() {
 fn scopes_from_env_are_space_separated_and_need_openid() {
     let config = ok(
         "",
-        &with(
-            seed_env(),
-            &[("OIDC_SCOPES", "openid  profile offline_access openid")],
-        ),
+        &with(seed_env(), &[("OIDC_SCOPES", "openid  profile offline_access openid")]),
     );
     assert_eq!(config.oidc.scopes, ["openid", "profile", "offline_access"]);
     rejects_env(
@@ -891,58 +782,26 @@ fn scopes_from_env_are_space_separated_and_need_openid() {
         "OIDC_SCOPES",
         "must include `openid`",
     );
-    rejects(
-        "[oidc]\nscopes = [\"profile\"]",
-        "oidc.scopes",
-        "must include `openid`",
-    );
-    rejects(
-        "[oidc]\nscopes = []",
-        "oidc.scopes",
-        "must include `openid`",
-    );
-    rejects(
-        "[oidc]\nscopes = [\"openid\", \"a\\\"b\"]",
-        "oidc.scopes",
-        "characters",
-    );
+    rejects("[oidc]\nscopes = [\"profile\"]", "oidc.scopes", "must include `openid`");
+    rejects("[oidc]\nscopes = []", "oidc.scopes", "must include `openid`");
+    rejects("[oidc]\nscopes = [\"openid\", \"a\\\"b\"]", "oidc.scopes", "characters");
 }
 
 // ---- routes ------------------------------------------------------------------------
 
 #[test]
 fn route_paths_are_checked() {
-    rejects(
-        "[routes]\ncallback = \"callback\"",
-        "routes.callback",
-        "start with `/`",
-    );
-    rejects(
-        "[routes]\ncallback = \"/a b\"",
-        "routes.callback",
-        "only letters",
-    );
-    rejects(
-        "[routes]\ncallback = \"/a//b\"",
-        "routes.callback",
-        "segments",
-    );
-    rejects(
-        "[routes]\ncallback = \"/a/../b\"",
-        "routes.callback",
-        "segments",
-    );
+    rejects("[routes]\ncallback = \"callback\"", "routes.callback", "start with `/`");
+    rejects("[routes]\ncallback = \"/a b\"", "routes.callback", "only letters");
+    rejects("[routes]\ncallback = \"/a//b\"", "routes.callback", "segments");
+    rejects("[routes]\ncallback = \"/a/../b\"", "routes.callback", "segments");
     rejects(
         "[routes]\nprefix = \"/.auth/\"",
         "routes.prefix",
         "must not end with `/`",
     );
     rejects("[routes]\nprefix = \"/\"", "routes.prefix", "root");
-    rejects(
-        "[routes]\nprefix = \"auth\"",
-        "routes.prefix",
-        "start with `/`",
-    );
+    rejects("[routes]\nprefix = \"auth\"", "routes.prefix", "start with `/`");
     rejects(
         "[routes]\ncallback = \"/.auth/login\"",
         "routes.callback",
@@ -975,36 +834,16 @@ fn configured_identity_headers_replace_the_defaults_and_are_stripped() {
         claims = ["groups"]
     "#;
     let config = ok(toml, &seed_env());
-    let names: Vec<&str> = config
-        .identity
-        .headers
-        .iter()
-        .map(|h| h.header.as_str())
-        .collect();
+    let names: Vec<&str> = config.identity.headers.iter().map(|h| h.header.as_str()).collect();
     assert_eq!(names, ["x-user", "x-groups"]);
-    let stripped: Vec<&str> = config
-        .identity
-        .strip_headers
-        .iter()
-        .map(|h| h.as_str())
-        .collect();
+    let stripped: Vec<&str> = config.identity.strip_headers.iter().map(|h| h.as_str()).collect();
     assert_eq!(stripped, ["x-user", "x-groups", "x-debug-user"]);
 
     let defaults = ok("", &seed_env());
-    let stripped: Vec<&str> = defaults
-        .identity
-        .strip_headers
-        .iter()
-        .map(|h| h.as_str())
-        .collect();
+    let stripped: Vec<&str> = defaults.identity.strip_headers.iter().map(|h| h.as_str()).collect();
     assert_eq!(
         stripped,
-        [
-            "remote-user",
-            "remote-groups",
-            "remote-name",
-            "remote-email"
-        ]
+        ["remote-user", "remote-groups", "remote-name", "remote-email"]
     );
 }
 
@@ -1018,10 +857,7 @@ fn identity_headers_from_the_environment() {
         )],
     );
     let config = ok("", &env);
-    assert_eq!(
-        config.identity.headers[0].claims,
-        ["preferred_username", "sub"]
-    );
+    assert_eq!(config.identity.headers[0].claims, ["preferred_username", "sub"]);
     assert_eq!(config.identity.headers[1].header.as_str(), "x-mail");
     rejects_env(
         &[("PORTCULLIS_IDENTITY_HEADERS", "X-User")],
@@ -1037,9 +873,7 @@ fn identity_headers_from_the_environment() {
 
 #[test]
 fn identity_header_names_are_checked() {
-    let entry = |header: &str, claims: &str| {
-        format!("[[identity.headers]]\nheader = {header:?}\nclaims = {claims}\n")
-    };
+    let entry = |header: &str, claims: &str| format!("[[identity.headers]]\nheader = {header:?}\nclaims = {claims}\n");
     rejects(
         &entry("Remote User", "[\"sub\"]"),
         "identity.headers[0].header",
@@ -1055,21 +889,9 @@ fn identity_header_names_are_checked() {
         "identity.headers[0].header",
         "manages itself",
     );
-    rejects(
-        &entry("X-A", "[]"),
-        "identity.headers[0].claims",
-        "non-empty",
-    );
-    rejects(
-        &entry("X-A", "[\"\"]"),
-        "identity.headers[0].claims",
-        "non-empty",
-    );
-    let twice = format!(
-        "{}{}",
-        entry("X-A", "[\"sub\"]"),
-        entry("x-a", "[\"email\"]")
-    );
+    rejects(&entry("X-A", "[]"), "identity.headers[0].claims", "non-empty");
+    rejects(&entry("X-A", "[\"\"]"), "identity.headers[0].claims", "non-empty");
+    let twice = format!("{}{}", entry("X-A", "[\"sub\"]"), entry("x-a", "[\"email\"]"));
     rejects(&twice, "identity.headers[1].header", "already listed");
     let bearer = format!(
         "[identity]\naccess_token = \"authorization\"\n{}",
@@ -1106,11 +928,7 @@ fn duration_parser() {
         ("1m500ms", 60_500),
     ];
     for (text, millis) in cases {
-        assert_eq!(
-            parse_duration(text),
-            Ok(Duration::from_millis(millis)),
-            "{text}"
-        );
+        assert_eq!(parse_duration(text), Ok(Duration::from_millis(millis)), "{text}");
     }
     for bad in [
         "",
@@ -1130,15 +948,7 @@ fn duration_parser() {
 
 #[test]
 fn duration_format_round_trips() {
-    for millis in [
-        0,
-        500,
-        1000,
-        90_000,
-        3_600_000,
-        5_400_500,
-        86_400_000 + 1000,
-    ] {
+    for millis in [0, 500, 1000, 90_000, 3_600_000, 5_400_500, 86_400_000 + 1000] {
         let duration = Duration::from_millis(millis);
         let text = format_duration(duration);
         assert_eq!(parse_duration(&text), Ok(duration), "{text}");
@@ -1178,9 +988,7 @@ fn example_file_parses_with_the_secret_set() {
 fn example_file_defaults_are_the_real_defaults() {
     let uncommented: String = EXAMPLE
         .lines()
-        .filter(|line| {
-            !line.starts_with("#client_secret_file") && !line.starts_with("#secret_file")
-        })
+        .filter(|line| !line.starts_with("#client_secret_file") && !line.starts_with("#secret_file"))
         .map(|line| match line.strip_prefix('#') {
             Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
             _ => line,

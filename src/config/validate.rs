@@ -12,8 +12,8 @@ use super::routes::routes;
 use super::session::session;
 use super::source::{env_name, Raw, Source};
 use super::{
-    Config, LogConfig, LogFormat, OidcConfig, PagesConfig, ParMode, RoutePaths, Secret,
-    ServerConfig, UpstreamConfig, UpstreamTarget,
+    Config, LogConfig, LogFormat, OidcConfig, PagesConfig, ParMode, RoutePaths, Secret, ServerConfig, UpstreamConfig,
+    UpstreamTarget,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4180";
@@ -33,8 +33,7 @@ pub fn validate(src: &mut Source<'_>) -> Option<Config> {
     };
     let server = ServerConfig {
         shutdown_grace: src.duration("server.shutdown_grace", Duration::from_secs(30)),
-        header_read_timeout: src
-            .positive_duration("server.header_read_timeout", Duration::from_secs(30)),
+        header_read_timeout: src.positive_duration("server.header_read_timeout", Duration::from_secs(30)),
     };
     let log = log(src);
 
@@ -134,33 +133,32 @@ fn is_loopback(url: &Url) -> bool {
 
 fn oidc(src: &mut Source<'_>, base_url: Option<&Url>, routes: &RoutePaths) -> Option<OidcConfig> {
     let allow_insecure_issuer = src.bool("oidc.allow_insecure_issuer", false);
-    let issuer = required(src, "oidc.issuer", "the issuer URL of the provider, e.g. https://auth.example.com")
-        .and_then(|(key, value)| {
-            let url = web_url(src, &key, &value)?;
-            if value.ends_with('/') {
-                src.problem(
-                    key,
-                    "must not end with `/`: the ID token's `iss` is compared with this string character \
-                     by character, and Authelia's issuer has no trailing slash (write https://auth.example.com)",
-                );
-                return None;
-            }
-            if url.scheme() == "http" && !is_loopback(&url) && !allow_insecure_issuer {
-                src.problem(
-                    key,
-                    "must be https: an http issuer is only allowed on loopback (localhost, 127.0.0.0/8, ::1) \
-                     or with oidc.allow_insecure_issuer = true",
-                );
-                return None;
-            }
-            Some((url, value))
-        });
-    let client_id = required(
+    let issuer = required(
         src,
-        "oidc.client_id",
-        "the client_id of the Authelia client",
+        "oidc.issuer",
+        "the issuer URL of the provider, e.g. https://auth.example.com",
     )
     .and_then(|(key, value)| {
+        let url = web_url(src, &key, &value)?;
+        if value.ends_with('/') {
+            src.problem(
+                key,
+                "must not end with `/`: the ID token's `iss` is compared with this string character \
+                     by character, and Authelia's issuer has no trailing slash (write https://auth.example.com)",
+            );
+            return None;
+        }
+        if url.scheme() == "http" && !is_loopback(&url) && !allow_insecure_issuer {
+            src.problem(
+                key,
+                "must be https: an http issuer is only allowed on loopback (localhost, 127.0.0.0/8, ::1) \
+                     or with oidc.allow_insecure_issuer = true",
+            );
+            return None;
+        }
+        Some((url, value))
+    });
+    let client_id = required(src, "oidc.client_id", "the client_id of the Authelia client").and_then(|(key, value)| {
         if value.is_empty() {
             src.problem(key, "must not be empty");
             return None;
@@ -185,10 +183,8 @@ fn oidc(src: &mut Source<'_>, base_url: Option<&Url>, routes: &RoutePaths) -> Op
         _ => ParMode::Auto,
     };
     let http_timeout = src.positive_duration("oidc.http_timeout", Duration::from_secs(10));
-    let discovery_retry_max =
-        src.positive_duration("oidc.discovery_retry_max", Duration::from_secs(60));
-    let jwks_refetch_interval =
-        src.positive_duration("oidc.jwks_refetch_interval", Duration::from_secs(30));
+    let discovery_retry_max = src.positive_duration("oidc.discovery_retry_max", Duration::from_secs(60));
+    let jwks_refetch_interval = src.positive_duration("oidc.jwks_refetch_interval", Duration::from_secs(30));
     let clock_skew = src.duration("oidc.clock_skew", Duration::from_secs(60));
     let revoke_on_logout = src.bool("oidc.revoke_on_logout", true);
     let max = u64::from(u32::MAX);
@@ -234,19 +230,13 @@ fn scopes(src: &mut Source<'_>) -> Vec<String> {
                 .bytes()
                 .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
         if !valid {
-            src.problem(
-                key.clone(),
-                "contains a scope with characters a scope may not have",
-            );
+            src.problem(key.clone(), "contains a scope with characters a scope may not have");
         } else if !scopes.contains(&scope) {
             scopes.push(scope);
         }
     }
     if !scopes.iter().any(|s| s == "openid") {
-        src.problem(
-            key,
-            "must include `openid` (default: openid profile email groups)",
-        );
+        src.problem(key, "must include `openid` (default: openid profile email groups)");
     }
     scopes
 }
@@ -264,10 +254,7 @@ pub fn secret(src: &mut Source<'_>, value_path: &str, file_path: &str) -> Option
             (Raw::Env(_), Raw::File(_)) => (vkey, vraw, false),
             (Raw::File(_), Raw::Env(_)) => (fkey, fraw, true),
             _ => {
-                src.problem(
-                    vkey,
-                    format!("is set together with {fkey}; set only one of them"),
-                );
+                src.problem(vkey, format!("is set together with {fkey}; set only one of them"));
                 return None;
             }
         },
@@ -309,10 +296,8 @@ pub fn secret(src: &mut Source<'_>, value_path: &str, file_path: &str) -> Option
 }
 
 fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
-    let connect_timeout =
-        src.positive_duration("upstream.connect_timeout", Duration::from_secs(10));
-    let response_timeout =
-        src.positive_duration("upstream.response_timeout", Duration::from_secs(60));
+    let connect_timeout = src.positive_duration("upstream.connect_timeout", Duration::from_secs(10));
+    let response_timeout = src.positive_duration("upstream.response_timeout", Duration::from_secs(60));
     let show_address_on_error = src.bool("upstream.show_address_on_error", false);
     let (key, value) = required(
         src,
@@ -321,15 +306,9 @@ fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
     )?;
     let target = if let Some(rest) = value.strip_prefix("unix:") {
         // `unix:/run/app.sock`; `unix:///run/app.sock` is accepted as the same thing.
-        let path = rest
-            .strip_prefix("//")
-            .filter(|p| p.starts_with('/'))
-            .unwrap_or(rest);
+        let path = rest.strip_prefix("//").filter(|p| p.starts_with('/')).unwrap_or(rest);
         if !path.starts_with('/') || path.len() < 2 {
-            src.problem(
-                key,
-                "must name an absolute socket path, e.g. unix:/run/app.sock",
-            );
+            src.problem(key, "must name an absolute socket path, e.g. unix:/run/app.sock");
             return None;
         }
         UpstreamTarget::Unix(PathBuf::from(path))
