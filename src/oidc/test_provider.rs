@@ -68,6 +68,8 @@ struct State {
     routes: HashMap<String, Canned>,
     /// Fields merged into (or, when `null`, removed from) the generated discovery document.
     discovery_patch: serde_json::Map<String, Value>,
+    /// Extra response headers by path (e.g. `Location`).
+    headers: HashMap<String, Vec<(String, String)>>,
     jwks: Value,
     jwks_fetches: usize,
     requests: Vec<Recorded>,
@@ -128,6 +130,14 @@ impl TestProvider {
             .expect("lock")
             .routes
             .insert(path.to_owned(), canned);
+    }
+    pub fn set_header(&self, path: &str, name: &str, value: &str) {
+        let mut state = self.state.lock().expect("lock");
+        state
+            .headers
+            .entry(path.to_owned())
+            .or_default()
+            .push((name.to_owned(), value.to_owned()));
     }
     pub fn patch_discovery(&self, key: &str, value: Value) {
         self.state
@@ -207,9 +217,13 @@ async fn handle(
     } else {
         Canned::json(404, json!({"error": "not_found"}))
     };
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(canned.status)
-        .header("content-type", canned.content_type)
+        .header("content-type", canned.content_type);
+    for (name, value) in state.headers.get(&path).into_iter().flatten() {
+        response = response.header(name, value);
+    }
+    let response = response
         .body(Full::new(Bytes::from(canned.body)))
         .expect("valid response");
     Ok(response)

@@ -1,1 +1,0 @@
-//! Unit tests of the OIDC relying party (pure checks and against the rogue provider).
