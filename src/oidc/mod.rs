@@ -2,8 +2,9 @@
 //! model), JWKS, PAR, the authorization request, callback checks (state, RFC 9207 `iss`),
 //! code exchange, ID-token validation, userinfo, refresh and revocation.
 //!
-//! This file owns the public contract (types, [`OidcError`], [`OidcClient`]) and the order
+//! This file owns [`OidcClient`], the entry points of the contract, and the order
 //! of the steps in each flow; the steps live in the sibling files:
+//! - `types`, `error`: the data and errors of the contract;
 //! - `http`: the back-channel client, `client_secret_basic`, OAuth error bodies;
 //! - `discovery`: the configuration document, extra metadata, exact issuer check;
 //! - `jwks`: signing keys and their rate-limited re-fetch on an unknown `kid`;
@@ -15,9 +16,11 @@
 mod authorize;
 mod callback;
 mod discovery;
+mod error;
 mod http;
 mod jwks;
 mod tokens;
+mod types;
 mod verify;
 
 #[cfg(test)]
@@ -26,169 +29,17 @@ mod test_provider;
 mod tests;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
-
-use serde::{Deserialize, Serialize};
-use url::Url;
+use std::time::Duration;
 
 use crate::config::{OidcConfig, Secret};
 
 pub use discovery::{ExtraMetadata, Provider};
+pub use error::OidcError;
+pub use types::{
+    CallbackParams, Claims, LoginOutcome, LoginRedirect, PendingAuth, RefreshOutcome, TokenSet,
+    TokenTypeHint,
+};
 use verify::{Expectations, NonceCheck};
-
-/// Claims as a JSON object.
-pub type Claims = serde_json::Map<String, serde_json::Value>;
-
-/// The secrets of one login attempt, kept by the caller (in a sealed cookie) between
-/// [`OidcClient::begin_login`] and [`OidcClient::complete_login`].
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PendingAuth {
-    pub state: String,
-    pub nonce: String,
-    pub pkce_verifier: String,
-}
-
-impl std::fmt::Debug for PendingAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PendingAuth([redacted])")
-    }
-}
-
-/// Where to send the browser, and what to remember until it comes back.
-#[derive(Debug)]
-pub struct LoginRedirect {
-    pub url: Url,
-    pub pending: PendingAuth,
-}
-
-/// The query of a request to the redirect URI.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallbackParams {
-    pub code: Option<String>,
-    pub state: Option<String>,
-    pub iss: Option<String>,
-    pub error: Option<String>,
-    pub error_description: Option<String>,
-}
-
-impl CallbackParams {
-    pub fn from_query(query: &str) -> Self {
-        let mut params = CallbackParams::default();
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let slot = match key.as_ref() {
-                "code" => &mut params.code,
-                "state" => &mut params.state,
-                "iss" => &mut params.iss,
-                "error" => &mut params.error,
-                "error_description" => &mut params.error_description,
-                _ => continue,
-            };
-            // A repeated parameter is ambiguous; keep the first, as most servers do.
-            if slot.is_none() {
-                *slot = Some(value.into_owned());
-            }
-        }
-        params
-    }
-}
-
-/// Tokens held by a session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenSet {
-    pub access_token: Secret,
-    pub token_type: String,
-    pub expires_at: Option<SystemTime>,
-    pub refresh_token: Option<Secret>,
-    /// The raw ID token (JWS compact form).
-    pub id_token: Option<Secret>,
-    pub scopes: Vec<String>,
-}
-
-#[derive(Debug)]
-pub struct LoginOutcome {
-    pub tokens: TokenSet,
-    pub subject: String,
-    pub id_token_claims: Claims,
-    pub userinfo: Option<Claims>,
-    /// ID-token claims overlaid with userinfo claims (userinfo wins, `sub` equal by check).
-    pub claims: Claims,
-}
-
-#[derive(Debug)]
-pub struct RefreshOutcome {
-    /// New tokens; `refresh_token` is the rotated one, or the previous one when none came back.
-    pub tokens: TokenSet,
-    /// Claims of the new ID token, when one came back (validated, same `sub`).
-    pub id_token_claims: Option<Claims>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenTypeHint {
-    AccessToken,
-    RefreshToken,
-}
-
-/// Everything that can go wrong talking to the provider. No variant ever carries a token,
-/// a code, the PKCE verifier or the client secret: provider-supplied text is scrubbed of
-/// the secrets we sent and shortened.
-#[derive(Debug, thiserror::Error)]
-pub enum OidcError {
-    /// Discovery has not succeeded yet: answer with 503 and let the user retry.
-    #[error("provider metadata not loaded yet")]
-    NotReady,
-    /// Network failure, timeout, or a 5xx without an OAuth error body. Transient.
-    #[error("identity provider unreachable: {0}")]
-    ProviderUnreachable(String),
-    /// `par = always` but the provider has no PAR endpoint: a configuration problem.
-    #[error("configuration requires PAR but the provider advertises no PAR endpoint")]
-    ParUnsupported,
-    /// The provider answered with an OAuth error (or a non-success 4xx) at `endpoint`.
-    #[error("{endpoint} endpoint refused the request: {error}")]
-    ProviderRejected {
-        endpoint: &'static str,
-        error: String,
-        description: Option<String>,
-    },
-    /// The authorization response carried `error` (e.g. `access_denied` when the user
-    /// declined consent).
-    #[error("provider returned an authorization error: {error}")]
-    AuthorizationDenied {
-        error: String,
-        description: Option<String>,
-    },
-    /// The callback's `state` is missing or not the pending login's: a stale tab, a
-    /// replayed callback or a CSRF attempt.
-    #[error("state in the callback does not match the pending login")]
-    StateMismatch,
-    #[error("authorization response has no iss although the provider advertises RFC 9207")]
-    MissingIssuer,
-    /// The callback's `iss` names another issuer (mix-up attack or misconfiguration).
-    #[error("authorization response iss does not match the issuer")]
-    IssuerMismatch,
-    #[error("authorization response has no code")]
-    MissingCode,
-    #[error("ID token invalid: {0}")]
-    InvalidIdToken(String),
-    /// Userinfo (or a refreshed ID token) is about another user than the session's.
-    #[error("userinfo sub does not match the ID token sub")]
-    SubjectMismatch,
-    /// The provider answered something that is not what the protocol says.
-    #[error("invalid response from the {endpoint} endpoint: {detail}")]
-    InvalidResponse {
-        endpoint: &'static str,
-        detail: String,
-    },
-    /// The refresh token is no longer usable (rotated away, revoked, expired): end the
-    /// session and send the user through a new login. Carries the OAuth error code.
-    #[error("refresh token refused: {0}")]
-    RefreshRejected(String),
-    /// Added: the HTTP client could not be built (TLS roots); only from [`OidcClient::new`].
-    #[error("cannot build the HTTP client: {0}")]
-    HttpClient(String),
-    /// Added: [`OidcClient::revoke`] was called but the provider has no revocation endpoint.
-    #[error("the provider advertises no revocation endpoint")]
-    RevocationUnsupported,
-}
 
 /// The relying party. Cheap to clone; all clones share discovery state and keys.
 #[derive(Clone)]

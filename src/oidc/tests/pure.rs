@@ -372,3 +372,17 @@ fn issuer_string_drops_only_the_slash_url_adds_to_an_origin() {
         "https://example.com/authelia/"
     );
 }
+
+#[test]
+fn discovery_backoff_doubles_from_one_second_up_to_the_maximum() {
+    use crate::oidc::discovery::next_delay;
+    use std::time::Duration;
+    let max = Duration::from_secs(60);
+    let mut d = Duration::from_secs(1);
+    let mut seen = vec![d.as_secs()];
+    for _ in 0..8 {
+        d = next_delay(d, max);
+        seen.push(d.as_secs());
+    }
+    assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+}
