@@ -23,7 +23,6 @@ cd "$ROOT"
 PORT="${DEMO_PORT:-4180}"
 IDP_PORT="${DEMO_IDP_PORT:-9091}"
 UPSTREAM_PORT="${DEMO_UPSTREAM_PORT:-9092}"
-BIN="$ROOT/target/release/portcullis"
 READY_TIMEOUT=30 # seconds, for each of the three processes
 
 say() { printf 'demo: %s\n' "$*" >&2; }
@@ -129,6 +128,11 @@ if ! cargo build --release --quiet >"$TMP/cargo.log" 2>&1; then
   tail -n 40 "$TMP/cargo.log" >&2
   die "cargo build --release failed (output above)"
 fi
+# where cargo put it (honours CARGO_TARGET_DIR and build.target-dir)
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+  | node -e 'let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => console.log(JSON.parse(s).target_directory))' \
+  2>/dev/null)" || TARGET_DIR="$ROOT/target"
+BIN="${TARGET_DIR:-$ROOT/target}/release/portcullis"
 [ -x "$BIN" ] || die "cargo build succeeded but $BIN is missing"
 
 SECRET="$("$BIN" generate-secret)" && [ -n "$SECRET" ] \

@@ -151,6 +151,13 @@ fn oidc_rendering(error: &OidcError) -> Rendering {
         OidcError::MissingIssuer | OidcError::IssuerMismatch => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response does not come from the configured identity provider.", Fault::Downstream),
         OidcError::MissingCode => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response carries no authorization code.", Fault::Downstream),
         OidcError::InvalidIdToken(_) | OidcError::SubjectMismatch | OidcError::InvalidResponse { .. } => r(S::BAD_GATEWAY, "idp_invalid_response", "Sign-in failed", "The identity provider returned a response that failed validation.", Fault::Upstream),
+        OidcError::HttpClient(_) | OidcError::RevocationUnsupported => r(
+            S::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "Something went wrong in the proxy.",
+            Fault::Internal,
+        ),
         OidcError::RefreshRejected(_) => r(S::UNAUTHORIZED, "session_ended", "Session ended", "Your session has ended. Please sign in again.", Fault::Downstream),
     }
 }
