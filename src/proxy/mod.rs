@@ -107,9 +107,10 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Builds the client and precomputes everything per-request work needs. Loads
-    /// the system CA certificates when the upstream is `https`. Must run inside a
-    /// tokio runtime only when requests are forwarded, not to build.
+    /// Builds the pooled client and precomputes everything per-request work needs
+    /// (the folded strip set, the target URI parts). Loads the system CA certificates
+    /// when the upstream is `https`, falling back to the bundled webpki roots with a
+    /// warning when there are none. Needs no runtime; `forward` needs tokio.
     pub fn new(
         upstream: &UpstreamConfig,
         identity: &IdentityConfig,

@@ -298,3 +298,15 @@ async fn closing_upgraded_connections_ends_open_tunnels() {
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
 }
+
+#[tokio::test]
+async fn unsolicited_switching_protocols_is_a_request_error() {
+    let upstream_addr = tcp_upstream().await;
+    let front = front(upstream(http_target(upstream_addr, ""), LONG)).await;
+    // The echo upstream answers `/ws` with 101 even without an upgrade request.
+    let response = client()
+        .request(get(front, "/ws").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(proxy_error(&response), "request");
+}
