@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The portcullis benchmark: `bash bench/run.sh` (see bench/README.md).
+#
+# Installs what it needs (Debian: wrk, nginx, caddy, apache2, libapache2-mod-auth-openidc,
+# curl; npm: the test provider's packages), builds portcullis and the session-store
+# benches in release mode, then hands over to bench/bench.py, which starts every server on
+# loopback, measures, prints one Markdown table and stops everything it started.
+#
+# Environment (all optional):
+#   BENCH_DURATION=10s        wrk duration per measurement (e.g. 3s for a quick run)
+#   BENCH_WARMUP=1s           unmeasured wrk run before each measurement
+#   BENCH_ROUNDS=2            interleaved rounds; the best round per contender is shown
+#   BENCH_CONNECTIONS="32 256"
+#   BENCH_LOGINS=200          logins for the login-cost measurement (0 = skip)
+#   BENCH_STREAM=1            1 GiB streaming test (0 = skip); BENCH_STREAM_MIB=1024
+#   BENCH_SESSION_MEMORY=1    memory per session, 100,000 sessions (0 = skip)
+#   BENCH_CRITERION=1         session-store insert/lookup rates with criterion (0 = skip)
+#   BENCH_KEEP_TMP=0          1 = keep the generated configurations and logs
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+# --- Debian packages ---------------------------------------------------------
+APT_PACKAGES=(wrk nginx caddy apache2 libapache2-mod-auth-openidc curl python3)
+is_installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]
+}
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  is_installed "$pkg" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+  elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    log "missing Debian packages: ${missing[*]} (run as root or install them)"
+    exit 1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- the test provider's npm packages ------------------------------------------
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "node and npm are required (Node.js >= 20) for the test provider"
+  exit 1
+fi
+IDP_DIR="$ROOT/tests/idp"
+if [ ! -d "$IDP_DIR/node_modules/oidc-provider" ]; then
+  log "npm ci in tests/idp"
+  (cd "$IDP_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+# --- builds (before any measurement, so no compiler runs alongside) -------------
+log "cargo build --release"
+cargo build --release --quiet
+if [ "${BENCH_SESSION_MEMORY:-1}" != "0" ] || [ "${BENCH_CRITERION:-1}" != "0" ]; then
+  log "cargo bench --no-run (session-store benches)"
+  cargo bench --quiet --no-run --bench session_memory --bench session_store 2>/dev/null ||
+    cargo bench --no-run --bench session_memory --bench session_store
+fi
+
+log "starting (a full run takes about 5 minutes)"
+exec python3 "$ROOT/bench/bench.py"
