@@ -232,6 +232,10 @@ pub fn upstream(target: UpstreamTarget, response_timeout: Duration) -> Arc<Upstr
         connect_timeout: Duration::from_secs(2),
         response_timeout,
         show_address_on_error: false,
+        preserve_host: true,
+        ca_file: None,
+        tls_server_name: None,
+        http2: false,
     };
     let cookies = CookieFilter {
         session_cookie: "portcullis".into(),
