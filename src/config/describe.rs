@@ -152,7 +152,6 @@ impl Config {
         writeln!(out, "max_connections = {}", sv.max_connections)?;
         writeln!(out, "max_header_bytes = {}", sv.max_header_bytes)?;
         writeln!(out, "max_headers = {}", sv.max_headers)?;
-        writeln!(out, "keepalive_timeout = {}", q(&d(sv.keepalive_timeout)))?;
         writeln!(
             out,
             "trusted_proxies = {}",

@@ -195,7 +195,9 @@ pub struct PagesConfig {
 pub struct ServerConfig {
     /// Time in-flight requests get to finish after SIGTERM (default 30 s).
     pub shutdown_grace: Duration,
-    /// Maximum time to read a request head (default 30 s); slower clients get 408.
+    /// Maximum time to wait for a request head, on a new connection and between requests
+    /// on a kept-alive one (hyper uses one timer for both; default 30 s). A client that has
+    /// started sending a head and not finished gets 408; an idle connection is closed.
     pub header_read_timeout: Duration,
     /// Terminate TLS on the main listener with these PEM files (default: plain HTTP).
     pub tls: Option<TlsFiles>,
@@ -209,8 +211,6 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most request header fields accepted; more gets 431 (default 100).
     pub max_headers: usize,
-    /// An idle keep-alive connection is closed after this (default 75 s, as nginx).
-    pub keepalive_timeout: Duration,
     /// Peers whose `X-Forwarded-*` headers are trusted and appended to (default none: replaced).
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }

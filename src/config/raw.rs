@@ -125,7 +125,6 @@ struct RawServer {
     max_connections: Leaf,
     max_header_bytes: Leaf,
     max_headers: Leaf,
-    keepalive_timeout: Leaf,
     trusted_proxies: Leaf,
 }
 

@@ -1,8 +1,8 @@
 //! Settings of the connections themselves: the listener (TLS, HTTP/2, limits, trusted
 //! proxies) and the upstream transport (TLS trust, SNI, Host, HTTP/2).
 //!
-//! Defaults follow nginx where it has one: 75 s keep-alive, headers bounded, forwarded
-//! headers from clients not trusted unless the peer is a configured proxy.
+//! Defaults follow nginx where it has one: headers bounded, forwarded headers from
+//! clients not trusted unless the peer is a configured proxy.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +35,6 @@ pub fn server(src: &mut Source<'_>, base_url: Option<&Url>) -> ServerConfig {
         max_connections: to_usize(src.integer("server.max_connections", 10_000, (1, 1_000_000))),
         max_header_bytes: to_usize(src.size("server.max_header_bytes", 64 * 1024)).max(8192),
         max_headers: to_usize(src.integer("server.max_headers", 100, (16, 1000))),
-        keepalive_timeout: src.positive_duration("server.keepalive_timeout", Duration::from_secs(75)),
         trusted_proxies: trusted_proxies(src),
     }
 }
