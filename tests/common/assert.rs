@@ -154,3 +154,25 @@ pub fn assert_no_session_issued(resp: &Resp) {
         assert!(set.is_removal(), "a session cookie was issued:\n{}", show(resp));
     }
 }
+
+/// Every redirect portcullis answered during `trace` stays on the app (or goes
+/// to the provider), and the walk ends on the app: no open redirect.
+#[track_caller]
+pub fn assert_walk_stays_on_app(trace: &super::client::LoginTrace, app: &Url, idp: &Idp) {
+    let issuer = idp.issuer_url();
+    let origin = |u: &Url| (u.scheme().to_owned(), u.host_str().map(str::to_owned), u.port_or_known_default());
+    for hop in &trace.hops {
+        if origin(&hop.url) != origin(app) {
+            continue;
+        }
+        if let Some(loc) = hop.location().filter(|_| hop.is_redirect()) {
+            assert!(
+                origin(&loc) == origin(app) || origin(&loc) == origin(&issuer),
+                "portcullis redirected off-site to {loc} (Location: {:?}):\n{}",
+                hop.location_raw(),
+                trace.describe()
+            );
+        }
+    }
+    assert!(origin(&trace.landing().url) == origin(app), "the walk ended off the app:\n{}", trace.describe());
+}

@@ -11,6 +11,7 @@
 //! - [`client`]: [`Browserless`], a redirect-free HTTP client with a per-host+port
 //!   cookie jar that can walk the provider's login form.
 //! - [`cookies`]: the jar and `Set-Cookie` parsing for attribute assertions.
+//! - [`raw`]: raw HTTP/1.1 over TCP for requests a client library would normalise.
 //! - [`assert`]: `#[track_caller]` assertions on meaning (Location, cookies, headers).
 //!
 //! Every test file compiles this module on its own and uses part of it.
@@ -22,14 +23,16 @@ pub mod cookies;
 pub mod peers;
 pub mod process;
 pub mod proxy;
+pub mod raw;
 pub mod stack;
 
 pub use assert::*;
-pub use client::{Browserless, LoginTrace, Resp};
+pub use client::{html_escape, Browserless, LoginTrace, Resp, ACCEPT_HTML};
 pub use cookies::SetCookie;
 pub use peers::{Echo, EchoSeen, Idp, IdpOptions, IdpStats};
 pub use process::{eventually, free_port};
 pub use proxy::{AppAddr, Portcullis, PortcullisBuilder};
+pub use raw::{raw_request, RawResponse};
 pub use stack::{Stack, StackBuilder};
 
 /// The scopes to ask for when a test needs refresh tokens.
