@@ -44,7 +44,9 @@ fn tamper(value: &str) -> String {
 
 /// Walks a login as john up to the redirect URI and returns its URL.
 async fn callback_url(stack: &Stack, client: &Browserless) -> Url {
-    let (_, callback) = client.login_until_callback(&stack.url("/start"), "john", PASSWORD).await;
+    let (_, callback) = client
+        .login_until_callback(&stack.url("/start"), "john", PASSWORD)
+        .await;
     callback
 }
 
@@ -58,7 +60,11 @@ async fn a_callback_with_another_state_is_refused_without_a_session() {
     assert_status(&resp, 400);
     assert_html_page(&resp);
     assert_no_session_issued(&resp);
-    assert_eq!(stack.idp.stats().await.authorization_code, 0, "the code was redeemed despite the state mismatch");
+    assert_eq!(
+        stack.idp.stats().await.authorization_code,
+        0,
+        "the code was redeemed despite the state mismatch"
+    );
     assert_status(&stack.client.api_get(&stack.url("/.auth/me")).await, 401);
 }
 
@@ -76,7 +82,12 @@ async fn a_replayed_callback_gets_a_clear_page_not_a_crash() {
     assert!(!pending.is_empty(), "no pending-login cookie before the callback");
 
     let first = stack.client.navigate(callback.as_str()).await;
-    assert!(first.is_redirect(), "the genuine callback failed:\n{}\n{}", first.summary(), first.body);
+    assert!(
+        first.is_redirect(),
+        "the genuine callback failed:\n{}\n{}",
+        first.summary(),
+        first.body
+    );
     assert!(first.set_cookie(SESSION_COOKIE).is_some());
 
     // The same browser again: its pending login was consumed.
@@ -108,15 +119,28 @@ async fn a_callback_without_iss_or_with_another_iss_is_refused() {
     for (what, iss) in cases {
         let client = stack.client.fresh();
         let genuine = callback_url(&stack, &client).await;
-        assert_eq!(param(&genuine, "iss"), stack.idp.issuer, "the provider sends iss (RFC 9207)");
+        assert_eq!(
+            param(&genuine, "iss"),
+            stack.idp.issuer,
+            "the provider sends iss (RFC 9207)"
+        );
         let rewritten = with_param(&genuine, "iss", iss.as_deref());
 
         let resp = client.navigate(rewritten.as_str()).await;
-        assert!(resp.status == 400, "{what}: expected 400:\n{}\n{}", resp.summary(), resp.body);
+        assert!(
+            resp.status == 400,
+            "{what}: expected 400:\n{}\n{}",
+            resp.summary(),
+            resp.body
+        );
         assert_html_page(&resp);
         assert_no_session_issued(&resp);
     }
-    assert_eq!(stack.idp.stats().await.authorization_code, 0, "a code was redeemed despite a bad iss");
+    assert_eq!(
+        stack.idp.stats().await.authorization_code,
+        0,
+        "a code was redeemed despite a bad iss"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,7 +159,11 @@ async fn a_provider_error_is_shown_on_a_page_with_its_description_escaped() {
     assert_client_error(&resp);
     assert_html_page(&resp);
     assert_no_session_issued(&resp);
-    assert!(!resp.body.contains("<script>alert(1)"), "the provider's description is rendered as HTML:\n{}", resp.body);
+    assert!(
+        !resp.body.contains("<script>alert(1)"),
+        "the provider's description is rendered as HTML:\n{}",
+        resp.body
+    );
     assert_mentions(&resp, "denied");
     assert_eq!(stack.idp.stats().await.authorization_code, 0);
 }
@@ -145,7 +173,10 @@ async fn tampered_truncated_and_foreign_session_cookies_count_as_no_session() {
     // Two portcullis instances with different secrets in front of one provider:
     // a cookie of one is foreign to the other.
     let (app_a, app_b) = (AppAddr::reserve(), AppAddr::reserve());
-    let idp_opts = IdpOptions { redirect_uris: vec![app_a.redirect_uri(), app_b.redirect_uri()], ..Default::default() };
+    let idp_opts = IdpOptions {
+        redirect_uris: vec![app_a.redirect_uri(), app_b.redirect_uri()],
+        ..Default::default()
+    };
     let (idp, echo) = tokio::join!(Idp::start(idp_opts), Echo::start());
     let (a, b) = tokio::join!(
         Portcullis::builder(app_a, &idp.issuer, &echo.url).start(),
@@ -174,7 +205,12 @@ async fn tampered_truncated_and_foreign_session_cookies_count_as_no_session() {
         let mallory = Browserless::new();
         mallory.put_cookie(&url_a, SESSION_COOKIE, value);
         let nav = mallory.navigate(&a.url("/private")).await;
-        assert!(nav.status.as_u16() < 500, "{what} cookie: {}\n{}", nav.summary(), nav.body);
+        assert!(
+            nav.status.as_u16() < 500,
+            "{what} cookie: {}\n{}",
+            nav.summary(),
+            nav.body
+        );
         assert_redirects_to_provider(&nav, &idp);
         mallory.put_cookie(&url_a, SESSION_COOKIE, value);
         let api = mallory.api_get(&a.url("/private")).await;
@@ -183,8 +219,14 @@ async fn tampered_truncated_and_foreign_session_cookies_count_as_no_session() {
     }
 
     // None of that disturbed the genuine sessions.
-    assert_eq!(alice.api_get(&a.url("/still")).await.echo().values("remote-user"), ["john"]);
-    assert_eq!(bob.api_get(&b.url("/still")).await.echo().values("remote-user"), ["harry"]);
+    assert_eq!(
+        alice.api_get(&a.url("/still")).await.echo().values("remote-user"),
+        ["john"]
+    );
+    assert_eq!(
+        bob.api_get(&b.url("/still")).await.echo().values("remote-user"),
+        ["harry"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,13 +243,21 @@ async fn a_tampered_pending_login_cookie_is_refused_at_the_callback() {
         .collect();
     assert!(!pending.is_empty(), "no pending-login cookie before the callback");
 
-    for (label, change) in [("tampered", tamper as fn(&str) -> String), ("truncated", |v: &str| v[..v.len() / 2].to_owned())] {
+    for (label, change) in [
+        ("tampered", tamper as fn(&str) -> String),
+        ("truncated", |v: &str| v[..v.len() / 2].to_owned()),
+    ] {
         let client = stack.client.fresh();
         for (name, value) in &pending {
             client.put_cookie(&app, name, &change(value));
         }
         let resp = client.navigate(callback.as_str()).await;
-        assert!(resp.status == 400, "{label} pending-login cookie: {}\n{}", resp.summary(), resp.body);
+        assert!(
+            resp.status == 400,
+            "{label} pending-login cookie: {}\n{}",
+            resp.summary(),
+            resp.body
+        );
         assert_html_page(&resp);
         assert_no_session_issued(&resp);
     }
@@ -215,5 +265,10 @@ async fn a_tampered_pending_login_cookie_is_refused_at_the_callback() {
 
     // The untouched cookie still completes the login.
     let ok = stack.client.navigate(callback.as_str()).await;
-    assert!(ok.is_redirect() && ok.set_cookie(SESSION_COOKIE).is_some(), "{}\n{}", ok.summary(), ok.body);
+    assert!(
+        ok.is_redirect() && ok.set_cookie(SESSION_COOKIE).is_some(),
+        "{}\n{}",
+        ok.summary(),
+        ok.body
+    );
 }

@@ -27,13 +27,20 @@ async fn echo_reports_every_header_line_as_sent() {
     assert_eq!(seen.url, "/some/path?x=1");
     let ids = seen.identity_headers();
     assert_eq!(ids.get("remote-user").map(Vec::len), Some(2), "{ids:?}");
-    assert_eq!(seen.cookies(), [("theme".into(), "dark".into()), ("other".into(), "1".into())]);
+    assert_eq!(
+        seen.cookies(),
+        [("theme".into(), "dark".into()), ("other".into(), "1".into())]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_login_walk_reaches_the_redirect_uri_through_par() {
     let app = AppAddr::reserve();
-    let idp = Idp::start(IdpOptions { redirect_uris: vec![app.redirect_uri()], ..Default::default() }).await;
+    let idp = Idp::start(IdpOptions {
+        redirect_uris: vec![app.redirect_uri()],
+        ..Default::default()
+    })
+    .await;
 
     // What portcullis does at login, by hand: PAR with Basic auth, PKCE S256.
     let verifier = "a-very-long-pkce-verifier-of-at-least-43-characters-0123456789";
@@ -58,7 +65,10 @@ async fn the_login_walk_reaches_the_redirect_uri_through_par() {
     let par: serde_json::Value = par.json().await.expect("PAR JSON");
     let request_uri = par["request_uri"].as_str().expect("request_uri");
     let mut authorize = url::Url::parse(&idp.url("/api/oidc/authorization")).unwrap();
-    authorize.query_pairs_mut().append_pair("client_id", "Express.js").append_pair("request_uri", request_uri);
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", "Express.js")
+        .append_pair("request_uri", request_uri);
 
     let client = Browserless::new();
     let (trace, callback) = client.login_until_callback(authorize.as_str(), "john", PASSWORD).await;

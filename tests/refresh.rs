@@ -33,7 +33,10 @@ async fn twenty_concurrent_requests_after_expiry_share_one_refresh() {
     let stack = refresh_stack().await;
     stack.login("john", "/").await;
     let before = stack.client.me_json(&stack.base_url()).await;
-    assert!(before["refreshToken"].is_string(), "no refresh token with offline_access: {before:#}");
+    assert!(
+        before["refreshToken"].is_string(),
+        "no refresh token with offline_access: {before:#}"
+    );
     stack.idp.reset_stats().await;
 
     let_the_access_token_expire().await;
@@ -53,12 +56,21 @@ async fn twenty_concurrent_requests_after_expiry_share_one_refresh() {
 
     let stats = stack.idp.stats().await;
     assert_eq!(stats.refresh_token, 1, "refresh is not single-flight: {stats:?}");
-    assert_eq!(stats.authorization_code, 0, "a request logged in again instead of refreshing: {stats:?}");
+    assert_eq!(
+        stats.authorization_code, 0,
+        "a request logged in again instead of refreshing: {stats:?}"
+    );
 
     // Rotation: the session now holds the new tokens.
     let after = stack.client.me_json(&stack.base_url()).await;
-    assert_ne!(after["refreshToken"], before["refreshToken"], "the refresh token did not rotate");
-    assert_ne!(after["accessToken"], before["accessToken"], "the access token did not change");
+    assert_ne!(
+        after["refreshToken"], before["refreshToken"],
+        "the refresh token did not rotate"
+    );
+    assert_ne!(
+        after["accessToken"], before["accessToken"],
+        "the access token did not change"
+    );
     assert_eq!(after["userInfo"]["preferred_username"], "john", "{after:#}");
     // Still the same session: refreshing does not log the user in anew.
     assert_eq!(stack.idp.stats().await.authorization_code, 0);

@@ -13,7 +13,9 @@ async fn a_provider_down_at_start_is_waited_for_and_logins_work_once_it_is_up() 
     let idp_port = free_port();
     let issuer = format!("http://127.0.0.1:{idp_port}");
     let echo = Echo::start().await;
-    let mut portcullis = Portcullis::builder(app.clone(), &issuer, &echo.url).start_unready().await;
+    let mut portcullis = Portcullis::builder(app.clone(), &issuer, &echo.url)
+        .start_unready()
+        .await;
     let client = Browserless::new();
 
     let readyz = client.send(client.get(&app.url("/.auth/readyz"))).await;
@@ -24,12 +26,22 @@ async fn a_provider_down_at_start_is_waited_for_and_logins_work_once_it_is_up() 
     assert_mentions(&nav, "identity provider");
     assert_no_session_issued(&nav);
 
-    let idp = Idp::start(IdpOptions { port: idp_port, redirect_uris: vec![app.redirect_uri()], ..Default::default() }).await;
+    let idp = Idp::start(IdpOptions {
+        port: idp_port,
+        redirect_uris: vec![app.redirect_uri()],
+        ..Default::default()
+    })
+    .await;
     portcullis.wait_ready().await;
 
     let trace = client.login(&app.url("/wanted?x=1"), "john", PASSWORD).await;
     assert_status(trace.landing(), 200);
-    assert_eq!(trace.landing().url.as_str(), app.url("/wanted?x=1"), "{}", trace.describe());
+    assert_eq!(
+        trace.landing().url.as_str(),
+        app.url("/wanted?x=1"),
+        "{}",
+        trace.describe()
+    );
     assert_redirects_to_provider(trace.first(), &idp);
 }
 
@@ -37,11 +49,20 @@ async fn a_provider_down_at_start_is_waited_for_and_logins_work_once_it_is_up() 
 async fn sessions_keep_working_while_the_provider_is_down_and_new_logins_get_a_503() {
     let stack = Stack::start().await;
     stack.login("john", "/").await;
-    let Stack { idp, echo: _echo, portcullis, client } = stack;
+    let Stack {
+        idp,
+        echo: _echo,
+        portcullis,
+        client,
+    } = stack;
     idp.stop().await;
 
     let resp = client.api_get(&portcullis.url("/during-outage")).await;
-    assert_eq!(resp.echo().values("remote-user"), ["john"], "a held session stopped working");
+    assert_eq!(
+        resp.echo().values("remote-user"),
+        ["john"],
+        "a held session stopped working"
+    );
 
     let newcomer = Browserless::new();
     let nav = newcomer.navigate(&portcullis.url("/during-outage")).await;
@@ -53,7 +74,10 @@ async fn sessions_keep_working_while_the_provider_is_down_and_new_logins_get_a_5
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_upstream_gives_a_502_page_that_does_not_reveal_its_address() {
     let dead_port = free_port();
-    let stack = Stack::builder().upstream(format!("http://127.0.0.1:{dead_port}")).start().await;
+    let stack = Stack::builder()
+        .upstream(format!("http://127.0.0.1:{dead_port}"))
+        .start()
+        .await;
 
     let trace = stack.client.login(&stack.url("/app"), "john", PASSWORD).await;
     let landing = trace.landing();
@@ -92,11 +116,23 @@ async fn logout_by_link_clears_the_session_and_returns_to_rd() {
     let cookie = stack.session_cookie().expect("session");
 
     let resp = stack.client.navigate(&stack.url("/.auth/logout?rd=/goodbye")).await;
-    assert!(resp.is_redirect(), "logout did not redirect: {}\n{}", resp.summary(), resp.body);
+    assert!(
+        resp.is_redirect(),
+        "logout did not redirect: {}\n{}",
+        resp.summary(),
+        resp.body
+    );
     assert_eq!(resp.location().map(String::from), Some(stack.url("/goodbye")));
-    let cleared = resp.set_cookie(SESSION_COOKIE).expect("logout clears the session cookie");
+    let cleared = resp
+        .set_cookie(SESSION_COOKIE)
+        .expect("logout clears the session cookie");
     assert!(cleared.is_removal(), "not a removal: {}", cleared.raw);
-    assert_eq!(cleared.path(), Some("/"), "the removal must match the cookie's path: {}", cleared.raw);
+    assert_eq!(
+        cleared.path(),
+        Some("/"),
+        "the removal must match the cookie's path: {}",
+        cleared.raw
+    );
     assert_logged_out(&stack, &cookie).await;
 }
 
@@ -118,11 +154,18 @@ async fn logout_by_form_post_clears_the_session() {
                 .form(&[("rd", "/")]),
         )
         .await;
-    assert!(resp.status.as_u16() < 400, "logout by POST failed: {}\n{}", resp.summary(), resp.body);
+    assert!(
+        resp.status.as_u16() < 400,
+        "logout by POST failed: {}\n{}",
+        resp.summary(),
+        resp.body
+    );
     if resp.is_redirect() {
         assert_on_app(&resp.location().unwrap(), &stack.base_url());
     }
-    let cleared = resp.set_cookie(SESSION_COOKIE).expect("logout clears the session cookie");
+    let cleared = resp
+        .set_cookie(SESSION_COOKIE)
+        .expect("logout clears the session cookie");
     assert!(cleared.is_removal(), "not a removal: {}", cleared.raw);
     assert_logged_out(&stack, &cookie).await;
 }
@@ -130,8 +173,16 @@ async fn logout_by_form_post_clears_the_session() {
 #[tokio::test(flavor = "multi_thread")]
 async fn logout_never_redirects_off_site() {
     let stack = Stack::start().await;
-    for rd in ["//evil.example", "https://evil.example", "/\\evil.example", "%2F%2Fevil.example"] {
-        let resp = stack.client.navigate(&stack.url(&format!("/.auth/logout?rd={rd}"))).await;
+    for rd in [
+        "//evil.example",
+        "https://evil.example",
+        "/\\evil.example",
+        "%2F%2Fevil.example",
+    ] {
+        let resp = stack
+            .client
+            .navigate(&stack.url(&format!("/.auth/logout?rd={rd}")))
+            .await;
         assert!(resp.status.as_u16() < 500, "rd={rd}: {}", resp.summary());
         if let Some(loc) = resp.location() {
             assert_on_app(&loc, &stack.base_url());
@@ -141,7 +192,10 @@ async fn logout_never_redirects_off_site() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_session_ends_after_the_idle_timeout() {
-    let stack = Stack::builder().env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "2s").start().await;
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "2s")
+        .start()
+        .await;
     stack.login("john", "/").await;
     assert_status(&stack.client.api_get(&stack.url("/active")).await, 200);
 
@@ -152,7 +206,10 @@ async fn an_idle_session_ends_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_in_use_still_ends_at_its_maximum_lifetime() {
-    let stack = Stack::builder().env("PORTCULLIS_SESSION_MAX_LIFETIME", "3s").start().await;
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SESSION_MAX_LIFETIME", "3s")
+        .start()
+        .await;
     stack.login("john", "/").await;
     let started = tokio::time::Instant::now();
 

@@ -41,14 +41,19 @@ pub fn assert_redirects_to_provider(resp: &Resp, idp: &Idp) -> Url {
         "expected a redirect to the provider:\n{}",
         show(resp)
     );
-    let loc = resp.location().unwrap_or_else(|| panic!("redirect without a valid Location:\n{}", show(resp)));
+    let loc = resp
+        .location()
+        .unwrap_or_else(|| panic!("redirect without a valid Location:\n{}", show(resp)));
     let issuer = idp.issuer_url();
     assert_eq!(
         (loc.scheme(), loc.host_str(), loc.port_or_known_default()),
         (issuer.scheme(), issuer.host_str(), issuer.port_or_known_default()),
         "the login redirect goes elsewhere than the provider: {loc}"
     );
-    assert!(loc.path().ends_with("/authorization"), "not the authorization endpoint: {loc}");
+    assert!(
+        loc.path().ends_with("/authorization"),
+        "not the authorization endpoint: {loc}"
+    );
     let params: Vec<(String, String)> = loc.query_pairs().into_owned().collect();
     let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
     let mut sorted = names.clone();
@@ -58,9 +63,18 @@ pub fn assert_redirects_to_provider(resp: &Resp, idp: &Idp) -> Url {
         ["client_id", "request_uri"],
         "with PAR the authorize URL carries only client_id and request_uri: {loc}"
     );
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).unwrap_or_default();
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
     assert_eq!(get("client_id"), "Express.js", "client_id in {loc}");
-    assert!(get("request_uri").starts_with("urn:"), "request_uri is not a PAR URN in {loc}");
+    assert!(
+        get("request_uri").starts_with("urn:"),
+        "request_uri is not a PAR URN in {loc}"
+    );
     loc
 }
 
@@ -82,9 +96,13 @@ pub fn assert_needs_login(resp: &Resp, idp: &Idp) {
 #[track_caller]
 pub fn assert_login_required_json(resp: &Resp) {
     assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "expected 401:\n{}", show(resp));
-    assert!(resp.content_type().starts_with("application/json"), "401 is not JSON:\n{}", show(resp));
-    let json: serde_json::Value = serde_json::from_str(&resp.body)
-        .unwrap_or_else(|e| panic!("401 body is not JSON ({e}):\n{}", show(resp)));
+    assert!(
+        resp.content_type().starts_with("application/json"),
+        "401 is not JSON:\n{}",
+        show(resp)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&resp.body).unwrap_or_else(|e| panic!("401 body is not JSON ({e}):\n{}", show(resp)));
     assert!(
         json_strings(&json).iter().any(|s| s.contains("/.auth/login")),
         "the 401 body does not name the login URL:\n{}",
@@ -112,12 +130,25 @@ fn json_strings(v: &serde_json::Value) -> Vec<String> {
 pub fn assert_session_cookie_attributes(set: &SetCookie) {
     assert_eq!(set.name(), SESSION_COOKIE, "{}", set.raw);
     assert!(set.http_only(), "session cookie without HttpOnly: {}", set.raw);
-    assert_eq!(set.same_site(), Some(SameSite::Lax), "session cookie SameSite: {}", set.raw);
+    assert_eq!(
+        set.same_site(),
+        Some(SameSite::Lax),
+        "session cookie SameSite: {}",
+        set.raw
+    );
     assert_eq!(set.path(), Some("/"), "session cookie Path: {}", set.raw);
-    assert!(!set.secure(), "Secure on an http base URL would lose the cookie: {}", set.raw);
+    assert!(
+        !set.secure(),
+        "Secure on an http base URL would lose the cookie: {}",
+        set.raw
+    );
     assert_eq!(set.domain(), None, "session cookie should be host-only: {}", set.raw);
     // A random 256-bit id needs at least 43 characters in any text encoding.
-    assert!(set.value().len() >= 43, "session id too short for 256 bits: {}", set.raw);
+    assert!(
+        set.value().len() >= 43,
+        "session id too short for 256 bits: {}",
+        set.raw
+    );
 }
 
 /// `url` is on the app (same scheme, host and port as `app`).
@@ -133,7 +164,11 @@ pub fn assert_on_app(url: &Url, app: &Url) {
 /// An HTML page (not JSON, not empty).
 #[track_caller]
 pub fn assert_html_page(resp: &Resp) {
-    assert!(resp.content_type().starts_with("text/html"), "expected an HTML page:\n{}", show(resp));
+    assert!(
+        resp.content_type().starts_with("text/html"),
+        "expected an HTML page:\n{}",
+        show(resp)
+    );
     assert!(!resp.body.trim().is_empty(), "empty page:\n{}", show(resp));
 }
 
@@ -160,7 +195,13 @@ pub fn assert_no_session_issued(resp: &Resp) {
 #[track_caller]
 pub fn assert_walk_stays_on_app(trace: &super::client::LoginTrace, app: &Url, idp: &Idp) {
     let issuer = idp.issuer_url();
-    let origin = |u: &Url| (u.scheme().to_owned(), u.host_str().map(str::to_owned), u.port_or_known_default());
+    let origin = |u: &Url| {
+        (
+            u.scheme().to_owned(),
+            u.host_str().map(str::to_owned),
+            u.port_or_known_default(),
+        )
+    };
     for hop in &trace.hops {
         if origin(&hop.url) != origin(app) {
             continue;
@@ -174,5 +215,9 @@ pub fn assert_walk_stays_on_app(trace: &super::client::LoginTrace, app: &Url, id
             );
         }
     }
-    assert!(origin(&trace.landing().url) == origin(app), "the walk ended off the app:\n{}", trace.describe());
+    assert!(
+        origin(&trace.landing().url) == origin(app),
+        "the walk ended off the app:\n{}",
+        trace.describe()
+    );
 }

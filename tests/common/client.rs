@@ -72,16 +72,29 @@ impl Resp {
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| {
-            panic!("{} {} answered {} with a body that is not JSON ({e}):\n{}", self.method, self.url, self.status, self.body)
+            panic!(
+                "{} {} answered {} with a body that is not JSON ({e}):\n{}",
+                self.method, self.url, self.status, self.body
+            )
         })
     }
 
     /// The echo upstream's report of what it received (JSON mode).
     #[track_caller]
     pub fn echo(&self) -> EchoSeen {
-        assert_eq!(self.status, StatusCode::OK, "expected the echo upstream's answer to {} {}:\n{}", self.method, self.url, self.body);
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "expected the echo upstream's answer to {} {}:\n{}",
+            self.method,
+            self.url,
+            self.body
+        );
         serde_json::from_str(&self.body).unwrap_or_else(|e| {
-            panic!("{} {}: not an echo JSON body ({e}):\n{}", self.method, self.url, self.body)
+            panic!(
+                "{} {}: not an echo JSON body ({e}):\n{}",
+                self.method, self.url, self.body
+            )
         })
     }
 
@@ -148,7 +161,10 @@ impl Browserless {
             .timeout(Duration::from_secs(20))
             .build()
             .expect("build reqwest client");
-        Browserless { http, jar: Arc::new(Mutex::new(Jar::default())) }
+        Browserless {
+            http,
+            jar: Arc::new(Mutex::new(Jar::default())),
+        }
     }
 
     /// A client with its own, empty jar.
@@ -178,7 +194,8 @@ impl Browserless {
                 Some(own) => format!("{own}; {jar_cookies}"),
                 None => jar_cookies,
             };
-            req.headers_mut().insert(COOKIE, HeaderValue::from_str(&merged).expect("cookie header is ASCII"));
+            req.headers_mut()
+                .insert(COOKIE, HeaderValue::from_str(&merged).expect("cookie header is ASCII"));
         }
         let method = req.method().clone();
         let url = req.url().clone();
@@ -189,8 +206,17 @@ impl Browserless {
             .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
-        let resp = Resp { method, url, status, headers, body };
+        let body = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
+        let resp = Resp {
+            method,
+            url,
+            status,
+            headers,
+            body,
+        };
         {
             let mut jar = self.jar();
             for set in resp.set_cookies() {
@@ -202,7 +228,12 @@ impl Browserless {
 
     /// A top-level browser navigation (GET, `Accept: text/html…`).
     pub async fn navigate(&self, url: &str) -> Resp {
-        self.send(self.get(url).header(ACCEPT, ACCEPT_HTML).header("sec-fetch-mode", "navigate")).await
+        self.send(
+            self.get(url)
+                .header(ACCEPT, ACCEPT_HTML)
+                .header("sec-fetch-mode", "navigate"),
+        )
+        .await
     }
 
     /// An API call (GET, `Accept: application/json`).
@@ -216,7 +247,13 @@ impl Browserless {
         let caller = std::panic::Location::caller();
         async move {
             let resp = self.api_get(app.join("/.auth/me").expect("join").as_str()).await;
-            assert_eq!(resp.status, StatusCode::OK, "{caller}: /.auth/me as JSON: {}\n{}", resp.summary(), resp.body);
+            assert_eq!(
+                resp.status,
+                StatusCode::OK,
+                "{caller}: /.auth/me as JSON: {}\n{}",
+                resp.summary(),
+                resp.body
+            );
             resp.json()
         }
     }
@@ -290,7 +327,10 @@ impl Browserless {
                 .body(form);
             hops.push(self.send(post).await);
         }
-        panic!("the login walk did not end within {MAX_HOPS} hops:\n{}", LoginTrace { hops }.describe());
+        panic!(
+            "the login walk did not end within {MAX_HOPS} hops:\n{}",
+            LoginTrace { hops }.describe()
+        );
     }
 
     /// The cookie `name` the jar would send to `url`.
@@ -336,5 +376,8 @@ pub fn login_form_action(html: &str) -> Option<String> {
 
 /// HTML-escapes `s` like the pages under test are expected to.
 pub fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -18,7 +18,10 @@ pub struct SetCookie {
 impl SetCookie {
     pub fn parse(raw: &str) -> Option<SetCookie> {
         let cookie = Cookie::parse(raw.to_owned()).ok()?;
-        Some(SetCookie { raw: raw.to_owned(), cookie })
+        Some(SetCookie {
+            raw: raw.to_owned(),
+            cookie,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -109,7 +112,13 @@ impl Jar {
         if set.is_removal() {
             cookies.remove(&key);
         } else {
-            cookies.insert(key, Stored { value: set.value().to_owned(), path });
+            cookies.insert(
+                key,
+                Stored {
+                    value: set.value().to_owned(),
+                    path,
+                },
+            );
         }
     }
 
@@ -117,8 +126,10 @@ impl Jar {
     /// Longer paths first, as browsers do.
     pub fn header_for(&self, url: &Url) -> Option<String> {
         let cookies = self.by_origin.get(&origin_key(url))?;
-        let mut matching: Vec<(&(String, String), &Stored)> =
-            cookies.iter().filter(|(_, c)| path_matches(&c.path, url.path())).collect();
+        let mut matching: Vec<(&(String, String), &Stored)> = cookies
+            .iter()
+            .filter(|(_, c)| path_matches(&c.path, url.path()))
+            .collect();
         if matching.is_empty() {
             return None;
         }
@@ -154,7 +165,13 @@ impl Jar {
     /// would hold it (used to plant tampered or foreign cookies).
     pub fn put(&mut self, url: &Url, name: &str, value: &str) {
         let cookies = self.by_origin.entry(origin_key(url)).or_default();
-        cookies.insert((name.to_owned(), "/".to_owned()), Stored { value: value.to_owned(), path: "/".to_owned() });
+        cookies.insert(
+            (name.to_owned(), "/".to_owned()),
+            Stored {
+                value: value.to_owned(),
+                path: "/".to_owned(),
+            },
+        );
     }
 
     /// Forgets cookie `name` (every path) for `url`'s host and port.
@@ -168,7 +185,11 @@ impl Jar {
     pub fn all(&self, url: &Url) -> Vec<(String, String, String)> {
         self.by_origin
             .get(&origin_key(url))
-            .map(|c| c.iter().map(|((n, p), s)| (n.clone(), p.clone(), s.value.clone())).collect())
+            .map(|c| {
+                c.iter()
+                    .map(|((n, p), s)| (n.clone(), p.clone(), s.value.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -65,7 +65,10 @@ impl Idp {
             .env("IDP_REDIRECT_URIS", opts.redirect_uris.join(","))
             .env("IDP_CLIENT_ID", "Express.js")
             .env("IDP_CLIENT_SECRET", "insecure_secret")
-            .env("IDP_CLAIMS_IN_ID_TOKEN", if opts.claims_in_id_token { "1" } else { "0" })
+            .env(
+                "IDP_CLAIMS_IN_ID_TOKEN",
+                if opts.claims_in_id_token { "1" } else { "0" },
+            )
             .env("IDP_REQUIRE_PAR", if opts.require_par { "1" } else { "0" });
         for (key, ttl) in [
             ("IDP_ACCESS_TOKEN_TTL", opts.access_token_ttl),
@@ -85,7 +88,12 @@ impl Idp {
         if opts.port != 0 {
             assert_eq!(port, opts.port, "idp listens on another port than asked");
         }
-        Idp { issuer, port, proc, http: plain_client() }
+        Idp {
+            issuer,
+            port,
+            proc,
+            http: plain_client(),
+        }
     }
 
     /// The issuer as a URL (for host/port comparisons).
@@ -98,14 +106,28 @@ impl Idp {
     }
 
     pub async fn stats(&self) -> IdpStats {
-        let resp = self.http.get(self.url("/__test/stats")).send().await.expect("GET /__test/stats");
+        let resp = self
+            .http
+            .get(self.url("/__test/stats"))
+            .send()
+            .await
+            .expect("GET /__test/stats");
         assert!(resp.status().is_success(), "/__test/stats answered {}", resp.status());
         resp.json().await.expect("/__test/stats is JSON")
     }
 
     pub async fn reset_stats(&self) {
-        let resp = self.http.post(self.url("/__test/reset-stats")).send().await.expect("POST /__test/reset-stats");
-        assert!(resp.status().is_success(), "/__test/reset-stats answered {}", resp.status());
+        let resp = self
+            .http
+            .post(self.url("/__test/reset-stats"))
+            .send()
+            .await
+            .expect("POST /__test/reset-stats");
+        assert!(
+            resp.status().is_success(),
+            "/__test/reset-stats answered {}",
+            resp.status()
+        );
     }
 
     /// Every refresh token issued so far becomes invalid at the provider.
@@ -116,7 +138,11 @@ impl Idp {
             .send()
             .await
             .expect("POST /__test/revoke-refresh-tokens");
-        assert!(resp.status().is_success(), "/__test/revoke-refresh-tokens answered {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "/__test/revoke-refresh-tokens answered {}",
+            resp.status()
+        );
     }
 
     /// Stops the provider (its port is free afterwards).
@@ -166,7 +192,10 @@ fn pairs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>
     raw.into_iter()
         .map(|p| match <[String; 2]>::try_from(p) {
             Ok([n, v]) => Ok((n, v)),
-            Err(p) => Err(serde::de::Error::custom(format!("rawHeaders entry of {} items", p.len()))),
+            Err(p) => Err(serde::de::Error::custom(format!(
+                "rawHeaders entry of {} items",
+                p.len()
+            ))),
         })
         .collect()
 }

@@ -29,11 +29,7 @@ pub fn free_port() -> u16 {
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what`
 /// after `timeout`. The way to wait for anything that has no ready signal.
 #[track_caller]
-pub fn eventually<'a, T, F, Fut>(
-    what: &'a str,
-    timeout: Duration,
-    mut check: F,
-) -> impl Future<Output = T> + 'a
+pub fn eventually<'a, T, F, Fut>(what: &'a str, timeout: Duration, mut check: F) -> impl Future<Output = T> + 'a
 where
     F: FnMut() -> Fut + 'a,
     Fut: Future<Output = Option<T>> + 'a,
@@ -79,7 +75,12 @@ impl ChildProcess {
             .stderr(Stdio::from(log2))
             .kill_on_drop(true);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        ChildProcess { name: name.to_owned(), child, log_path, _dir: dir }
+        ChildProcess {
+            name: name.to_owned(),
+            child,
+            log_path,
+            _dir: dir,
+        }
     }
 
     /// Spawns a node peer that announces readiness with one stdout line
@@ -99,7 +100,12 @@ impl ChildProcess {
             .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout = child.stdout.take().expect("stdout was piped");
-        let mut proc = ChildProcess { name: name.to_owned(), child, log_path, _dir: dir };
+        let mut proc = ChildProcess {
+            name: name.to_owned(),
+            child,
+            log_path,
+            _dir: dir,
+        };
 
         let mut lines = BufReader::new(stdout).lines();
         let prefix = format!("{marker} ");
@@ -128,7 +134,7 @@ impl ChildProcess {
         (proc, url)
     }
 
-    /// Panics with `why` and the process log.
+    /// Panics with `why`; the log is printed when `self` drops during the unwind.
     #[track_caller]
     pub fn fail(&mut self, why: &str) -> ! {
         let status = match self.child.try_wait() {
@@ -136,7 +142,7 @@ impl ChildProcess {
             Ok(None) => "still running".to_owned(),
             Err(e) => format!("state unknown: {e}"),
         };
-        panic!("{}: {why} ({status})\n{}", self.name, self.log_tail());
+        panic!("{}: {why} ({status})", self.name);
     }
 
     /// `Some(description)` when the process has exited.
@@ -154,7 +160,12 @@ impl ChildProcess {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("(log unreadable: {e})"));
         let lines: Vec<&str> = text.lines().collect();
         let skip = lines.len().saturating_sub(MAX_LINES);
-        let mut out = format!("----- {} log ({} lines, last {}) -----\n", self.name, lines.len(), lines.len() - skip);
+        let mut out = format!(
+            "----- {} log ({} lines, last {}) -----\n",
+            self.name,
+            lines.len(),
+            lines.len() - skip
+        );
         for line in &lines[skip..] {
             out.push_str(line);
             out.push('\n');

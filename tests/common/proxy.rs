@@ -21,7 +21,10 @@ pub struct AppAddr {
 impl AppAddr {
     pub fn reserve() -> AppAddr {
         let port = free_port();
-        AppAddr { port, base_url: format!("http://localhost:{port}") }
+        AppAddr {
+            port,
+            base_url: format!("http://localhost:{port}"),
+        }
     }
 
     /// The redirect URI portcullis derives from its base URL.
@@ -31,7 +34,10 @@ impl AppAddr {
 
     /// `path` (with its query) on the app.
     pub fn url(&self, path_and_query: &str) -> String {
-        assert!(path_and_query.starts_with('/'), "app paths start with /: {path_and_query}");
+        assert!(
+            path_and_query.starts_with('/'),
+            "app paths start with /: {path_and_query}"
+        );
         format!("{}{path_and_query}", self.base_url)
     }
 }
@@ -92,9 +98,16 @@ impl PortcullisBuilder {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
         // Nothing from the developer's own environment may leak into the test.
         for (key, _) in std::env::vars() {
-            if ["OIDC_", "PORTCULLIS_", "SESSION_", "UPSTREAM_", "APP_BASE_URL", "LISTEN_ADDR"]
-                .iter()
-                .any(|p| key.starts_with(p))
+            if [
+                "OIDC_",
+                "PORTCULLIS_",
+                "SESSION_",
+                "UPSTREAM_",
+                "APP_BASE_URL",
+                "LISTEN_ADDR",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
             {
                 cmd.env_remove(key);
             }
@@ -138,8 +151,8 @@ impl Portcullis {
         let url = self.url(path);
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.proc.exited() {
-                self.proc.fail(&format!("exited ({status}) before it was {what}"));
+            if self.proc.exited().is_some() {
+                self.proc.fail(&format!("exited before it was {what}"));
             }
             let ok = matches!(
                 tokio::time::timeout(Duration::from_secs(2), http.get(&url).send()).await,

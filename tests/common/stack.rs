@@ -62,7 +62,12 @@ impl StackBuilder {
             builder = builder.env(&k, v);
         }
         let portcullis = builder.start().await;
-        Stack { idp, echo, portcullis, client: Browserless::new() }
+        Stack {
+            idp,
+            echo,
+            portcullis,
+            client: Browserless::new(),
+        }
     }
 }
 
