@@ -1,20 +1,77 @@
-//! portcullis: an authenticating reverse proxy.
+//! portcullis: an authenticating reverse proxy. It logs people in with OpenID Connect
+//! (Authelia), keeps their sessions server-side, and forwards their requests to the
+//! protected app with identity headers.
 //!
 //! # Layout
+//! A request flows one way: [`server`] → [`router`] → [`session`] → [`policy`] → [`proxy`],
+//! driven by [`app::App::handle`]; errors become responses in [`error`].
 //! - [`config`]: file + environment → validated, immutable [`config::Config`].
-//! - [`oidc`]: the OpenID Connect relying party (discovery, PAR, callback, tokens, userinfo).
-//! - [`session`]: server-side sessions, the store, cookies, single-flight refresh.
+//! - [`server`]: the listener, HTTP/1 + HTTP/2, graceful shutdown.
+//! - [`router`]: portcullis' own routes vs the protected app.
+//! - [`app`]: the phase driver and the session phase (with single-flight refresh).
+//! - [`auth`]: login, callback, logout and the dump page.
+//! - [`oidc`]: the OpenID Connect relying party (discovery, PAR, callback checks, tokens, userinfo).
+//! - [`session`]: sessions, the store, cookies, the refresh gate.
+//! - [`policy`]: local-redirect checks, browser detection (access rules later).
 //! - [`proxy`]: the upstream client and header rewriting.
+//! - [`pages`]: every body portcullis writes itself, escaped.
+//! - [`limit`]: rate limiting of calls made to the provider for anonymous clients.
 
+pub mod app;
+mod auth;
 pub mod config;
+pub mod error;
+pub mod limit;
 pub mod oidc;
+pub mod pages;
+pub mod policy;
 pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod session;
+
+use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every response portcullis produces, streamed or generated.
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
+
+/// Why portcullis could not start (after configuration was valid).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot set up the OpenID Connect client: {0}")]
+    Oidc(oidc::OidcError),
+    #[error("cannot set up the upstream client: {0}")]
+    Upstream(proxy::ProxyError),
+}
+
+/// Runs portcullis on an already bound listener until `shutdown` completes and the
+/// connections have drained. Provider discovery runs in the background: portcullis
+/// serves (and reports not-ready) while the provider is unreachable.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let app = Arc::new(app::App::new(config.clone())?);
+
+    let oidc = app.oidc().clone();
+    let discovery = tokio::spawn(async move { oidc.run_discovery().await });
+
+    server::serve(
+        listener,
+        app,
+        shutdown,
+        config.server.shutdown_grace,
+        config.server.header_read_timeout,
+    )
+    .await;
+    discovery.abort();
+    Ok(())
+}

@@ -4,11 +4,24 @@
 //! code sees a raw string where a typed value belongs. Secrets live in [`Secret`],
 //! whose `Debug` and `Display` never show the value.
 
+mod describe;
+mod duration;
+mod identity;
 mod load;
+mod raw;
+mod routes;
 mod secret;
+mod session;
+mod source;
+mod validate;
 
-pub use load::{load, ConfigError, ConfigProblem, Sources};
+#[cfg(test)]
+mod tests;
+
+pub use duration::{format_duration, parse_duration, parse_size};
+pub use load::{load, load_str, ConfigError, ConfigProblem, Sources};
 pub use secret::Secret;
+pub use session::{generate_secret, MIN_SECRET_LEN};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,8 +79,15 @@ pub enum ParMode {
 
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
-    /// Issuer exactly as the provider spells it (`OIDC_ISSUER`), no trailing slash.
+    /// The issuer as a URL, for building discovery and other request URLs.
+    ///
+    /// Careful: `Url` serialises an empty path as `/`, so `issuer.as_str()` of
+    /// `https://auth.example.com` is `https://auth.example.com/`. Compare `iss` (ID token,
+    /// RFC 9207 callback parameter, discovery document) with [`OidcConfig::issuer_exact`].
     pub issuer: Url,
+    /// Issuer exactly as configured (`OIDC_ISSUER`), no trailing slash: the string `iss`
+    /// must equal character by character.
+    pub issuer_exact: String,
     pub client_id: String,
     pub client_secret: Secret,
     /// Requested scopes (`OIDC_SCOPES`), always containing `openid`.
@@ -150,7 +170,8 @@ pub enum AccessTokenForwarding {
 pub struct IdentityConfig {
     /// Headers set on every upstream request (default the four `Remote-*` headers).
     pub headers: Vec<IdentityHeader>,
-    /// Further header names always removed from client requests (beyond `headers`).
+    /// Every header name removed from client requests: the identity headers of `headers`,
+    /// the configured extras, and the access-token header when one is forwarded.
     pub strip_headers: Vec<HeaderName>,
     pub access_token: AccessTokenForwarding,
 }

@@ -2,172 +2,288 @@
 //! model), JWKS, PAR, the authorization request, callback checks (state, RFC 9207 `iss`),
 //! code exchange, ID-token validation, userinfo, refresh and revocation.
 //!
-//! STUB API: the oidc helper replaces the bodies; the signatures and types are the contract.
+//! This file owns [`OidcClient`], the entry points of the contract, and the order
+//! of the steps in each flow; the steps live in the sibling files:
+//! - `types`, `error`: the data and errors of the contract;
+//! - `http`: the back-channel client, `client_secret_basic`, OAuth error bodies;
+//! - `discovery`: the configuration document, extra metadata, exact issuer check;
+//! - `jwks`: signing keys and their rate-limited re-fetch on an unknown `kid`;
+//! - `authorize`: `state`/`nonce`/PKCE, PAR (RFC 9126) and the authorize URL;
+//! - `callback`: checks on the authorization response (state, RFC 9207 `iss`, error, code);
+//! - `verify`: ID-token validation on top of `openidconnect`;
+//! - `tokens`: code exchange, refresh, userinfo, revocation.
 
-use std::sync::Arc;
-use std::time::SystemTime;
+mod authorize;
+mod callback;
+mod discovery;
+mod error;
+mod http;
+mod jwks;
+mod tokens;
+mod types;
+mod verify;
 
-use serde::{Deserialize, Serialize};
-use url::Url;
+#[cfg(test)]
+mod test_provider;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::config::{OidcConfig, Secret};
 
-/// Claims as a JSON object.
-pub type Claims = serde_json::Map<String, serde_json::Value>;
+pub use discovery::{ExtraMetadata, Provider};
+pub use error::OidcError;
+pub use types::{
+    CallbackParams, Claims, LoginOutcome, LoginRedirect, PendingAuth, RefreshOutcome, TokenSet, TokenTypeHint,
+};
+use verify::{Expectations, NonceCheck};
 
-/// The secrets of one login attempt, kept by the caller (in a sealed cookie) between
-/// [`OidcClient::begin_login`] and [`OidcClient::complete_login`].
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PendingAuth {
-    pub state: String,
-    pub nonce: String,
-    pub pkce_verifier: String,
-}
-
-impl std::fmt::Debug for PendingAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PendingAuth([redacted])")
-    }
-}
-
-/// Where to send the browser, and what to remember until it comes back.
-#[derive(Debug)]
-pub struct LoginRedirect {
-    pub url: Url,
-    pub pending: PendingAuth,
-}
-
-/// The query of a request to the redirect URI.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallbackParams {
-    pub code: Option<String>,
-    pub state: Option<String>,
-    pub iss: Option<String>,
-    pub error: Option<String>,
-    pub error_description: Option<String>,
-}
-
-impl CallbackParams {
-    pub fn from_query(query: &str) -> Self {
-        let mut params = CallbackParams::default();
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let slot = match key.as_ref() {
-                "code" => &mut params.code,
-                "state" => &mut params.state,
-                "iss" => &mut params.iss,
-                "error" => &mut params.error,
-                "error_description" => &mut params.error_description,
-                _ => continue,
-            };
-            // A repeated parameter is ambiguous; keep the first, as most servers do.
-            if slot.is_none() {
-                *slot = Some(value.into_owned());
-            }
-        }
-        params
-    }
-}
-
-/// Tokens held by a session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenSet {
-    pub access_token: Secret,
-    pub token_type: String,
-    pub expires_at: Option<SystemTime>,
-    pub refresh_token: Option<Secret>,
-    /// The raw ID token (JWS compact form).
-    pub id_token: Option<Secret>,
-    pub scopes: Vec<String>,
-}
-
-#[derive(Debug)]
-pub struct LoginOutcome {
-    pub tokens: TokenSet,
-    pub subject: String,
-    pub id_token_claims: Claims,
-    pub userinfo: Option<Claims>,
-    /// ID-token claims overlaid with userinfo claims (userinfo wins, `sub` equal by check).
-    pub claims: Claims,
-}
-
-#[derive(Debug)]
-pub struct RefreshOutcome {
-    /// New tokens; `refresh_token` is the rotated one, or the previous one when none came back.
-    pub tokens: TokenSet,
-    /// Claims of the new ID token, when one came back (validated, same `sub`).
-    pub id_token_claims: Option<Claims>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenTypeHint {
-    AccessToken,
-    RefreshToken,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OidcError {
-    #[error("provider metadata not loaded yet")]
-    NotReady,
-    #[error("identity provider unreachable: {0}")]
-    ProviderUnreachable(String),
-    #[error("configuration requires PAR but the provider advertises no PAR endpoint")]
-    ParUnsupported,
-    #[error("{endpoint} endpoint refused the request: {error}")]
-    ProviderRejected { endpoint: &'static str, error: String, description: Option<String> },
-    #[error("provider returned an authorization error: {error}")]
-    AuthorizationDenied { error: String, description: Option<String> },
-    #[error("state in the callback does not match the pending login")]
-    StateMismatch,
-    #[error("authorization response has no iss although the provider advertises RFC 9207")]
-    MissingIssuer,
-    #[error("authorization response iss does not match the issuer")]
-    IssuerMismatch,
-    #[error("authorization response has no code")]
-    MissingCode,
-    #[error("ID token invalid: {0}")]
-    InvalidIdToken(String),
-    #[error("userinfo sub does not match the ID token sub")]
-    SubjectMismatch,
-    #[error("invalid response from the {endpoint} endpoint: {detail}")]
-    InvalidResponse { endpoint: &'static str, detail: String },
-    #[error("refresh token refused: {0}")]
-    RefreshRejected(String),
-}
-
+/// The relying party. Cheap to clone; all clones share discovery state and keys.
 #[derive(Clone)]
 pub struct OidcClient {
-    #[allow(dead_code)]
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: Arc<OidcConfig>,
+    /// The issuer exactly as compared with `iss` values (see `discovery::issuer_string`).
+    issuer: String,
+    http: reqwest::Client,
+    /// Set once by discovery; never changes afterwards.
+    provider: OnceLock<Provider>,
+    jwks: jwks::JwksCache,
 }
 
 impl OidcClient {
+    /// Builds the client without touching the network.
     pub fn new(config: Arc<OidcConfig>) -> Result<Self, OidcError> {
-        Ok(OidcClient { config })
+        let http = http::build_client(config.http_timeout)?;
+        let inner = Inner {
+            issuer: discovery::issuer_string(&config.issuer),
+            jwks: jwks::JwksCache::new(config.jwks_refetch_interval),
+            provider: OnceLock::new(),
+            http,
+            config,
+        };
+        Ok(OidcClient { inner: Arc::new(inner) })
     }
-    pub async fn run_discovery(&self) {}
+
+    /// Loads the metadata and JWKS, retrying with exponential backoff (1 s doubling up
+    /// to `discovery_retry_max`) until it succeeds. Spawn it; cancel it by dropping the task.
+    pub async fn run_discovery(&self) {
+        let mut delay = Duration::from_secs(1);
+        let mut attempt = 1u32;
+        loop {
+            match self.discover_once().await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(issuer = %self.inner.issuer, attempt, %error, retry_in = ?delay, "OIDC discovery failed");
+                    tokio::time::sleep(delay).await;
+                    delay = discovery::next_delay(delay, self.inner.config.discovery_retry_max);
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    async fn discover_once(&self) -> Result<(), OidcError> {
+        let (provider, keys) = discovery::discover(&self.inner.http, &self.inner.issuer).await?;
+        if provider.extra.require_pushed_authorization_requests
+            && self.inner.config.par == crate::config::ParMode::Never
+        {
+            tracing::warn!("the provider requires PAR but par = never: logins will be refused");
+        }
+        self.inner.jwks.set(keys);
+        let par = provider.extra.pushed_authorization_request_endpoint.is_some();
+        if self.inner.provider.set(provider).is_ok() {
+            tracing::info!(issuer = %self.inner.issuer, par, "OIDC provider metadata loaded");
+        }
+        Ok(())
+    }
+
+    /// True once metadata and JWKS are loaded.
     pub fn is_ready(&self) -> bool {
-        false
+        self.inner.provider.get().is_some()
     }
+
+    /// The discovered metadata, once loaded.
+    pub fn provider(&self) -> Option<&Provider> {
+        self.inner.provider.get()
+    }
+
+    fn ready(&self) -> Result<&Provider, OidcError> {
+        self.inner.provider.get().ok_or(OidcError::NotReady)
+    }
+
     pub fn supports_revocation(&self) -> bool {
-        false
+        self.provider().is_some_and(|p| p.extra.revocation_endpoint.is_some())
     }
+
+    fn auth(&self) -> tokens::ClientAuth<'_> {
+        tokens::ClientAuth {
+            id: &self.inner.config.client_id,
+            secret: self.inner.config.client_secret.expose(),
+        }
+    }
+
+    /// Starts a login. With PAR this makes one provider call, bounded by `http_timeout`.
     pub async fn begin_login(&self) -> Result<LoginRedirect, OidcError> {
-        Err(OidcError::NotReady)
+        let provider = self.ready()?;
+        let config = &self.inner.config;
+        let request = authorize::new_request(&config.client_id, &config.redirect_url, &config.scopes);
+        let par = authorize::par_endpoint(
+            config.par,
+            provider.extra.pushed_authorization_request_endpoint.as_ref(),
+        )?;
+        let url = match par {
+            Some(endpoint) => {
+                let auth = self.auth();
+                let pushed = authorize::push(&self.inner.http, endpoint, auth.id, auth.secret, &request.params).await?;
+                authorize::authorize_url(
+                    &provider.authorization_endpoint,
+                    [
+                        ("client_id", config.client_id.as_str()),
+                        ("request_uri", pushed.request_uri.as_str()),
+                    ],
+                )
+            }
+            None => authorize::authorize_url(
+                &provider.authorization_endpoint,
+                request.params.iter().map(|(k, v)| (*k, v.as_str())),
+            ),
+        };
+        Ok(LoginRedirect {
+            url,
+            pending: request.pending,
+        })
     }
+
+    /// Finishes a login: callback checks, code exchange, ID token, userinfo.
     pub async fn complete_login(
         &self,
-        _pending: &PendingAuth,
-        _callback: &CallbackParams,
+        pending: &PendingAuth,
+        callback: &CallbackParams,
     ) -> Result<LoginOutcome, OidcError> {
-        Err(OidcError::NotReady)
+        let provider = self.ready()?;
+        let config = &self.inner.config;
+        let code = callback::check_callback(
+            callback,
+            &pending.state,
+            &self.inner.issuer,
+            provider.extra.authorization_response_iss_parameter_supported,
+        )?;
+        let response = tokens::exchange_code(
+            &self.inner.http,
+            &provider.token_endpoint,
+            &self.auth(),
+            code,
+            &config.redirect_url,
+            &pending.pkce_verifier,
+        )
+        .await?;
+        let raw_id_token = response.id_token.clone().ok_or(OidcError::InvalidResponse {
+            endpoint: "token",
+            detail: "no id_token (is openid in the scopes?)".into(),
+        })?;
+        let id_token = self
+            .validate_id_token(
+                &raw_id_token,
+                NonceCheck::Expect(&pending.nonce),
+                &response.access_token,
+            )
+            .await?;
+        let userinfo = match &provider.userinfo_endpoint {
+            Some(endpoint) => {
+                Some(tokens::userinfo(&self.inner.http, endpoint, &response.access_token, &id_token.subject).await?)
+            }
+            None => None,
+        };
+        let claims = tokens::merge_claims(&id_token.claims, userinfo.as_ref());
+        Ok(LoginOutcome {
+            tokens: response.into_token_set(None, &config.scopes),
+            subject: id_token.subject,
+            id_token_claims: id_token.claims,
+            userinfo,
+            claims,
+        })
     }
-    pub async fn refresh(&self, _refresh_token: &Secret, _expected_subject: &str) -> Result<RefreshOutcome, OidcError> {
-        Err(OidcError::NotReady)
+
+    /// Refresh grant. The caller must serialise refreshes per session (Authelia revokes
+    /// the grant on concurrent use) and end the session on [`OidcError::RefreshRejected`].
+    pub async fn refresh(&self, refresh_token: &Secret, expected_subject: &str) -> Result<RefreshOutcome, OidcError> {
+        let provider = self.ready()?;
+        let response = tokens::refresh(
+            &self.inner.http,
+            &provider.token_endpoint,
+            &self.auth(),
+            refresh_token.expose(),
+        )
+        .await?;
+        let id_token_claims = match &response.id_token {
+            Some(raw) => {
+                let token = self
+                    .validate_id_token(raw, NonceCheck::Ignore, &response.access_token)
+                    .await?;
+                if token.subject != expected_subject {
+                    return Err(OidcError::SubjectMismatch);
+                }
+                Some(token.claims)
+            }
+            None => None,
+        };
+        Ok(RefreshOutcome {
+            tokens: response.into_token_set(Some(refresh_token), &self.inner.config.scopes),
+            id_token_claims,
+        })
     }
-    pub async fn userinfo(&self, _access_token: &Secret, _expected_subject: &str) -> Result<Claims, OidcError> {
-        Err(OidcError::NotReady)
+
+    /// Userinfo claims for `access_token`; `sub` must equal `expected_subject`.
+    pub async fn userinfo(&self, access_token: &Secret, expected_subject: &str) -> Result<Claims, OidcError> {
+        let provider = self.ready()?;
+        let endpoint = provider.userinfo_endpoint.as_ref().ok_or(OidcError::InvalidResponse {
+            endpoint: "discovery",
+            detail: "no userinfo_endpoint".into(),
+        })?;
+        tokens::userinfo(&self.inner.http, endpoint, access_token.expose(), expected_subject).await
     }
-    pub async fn revoke(&self, _token: &Secret, _hint: TokenTypeHint) -> Result<(), OidcError> {
-        Err(OidcError::NotReady)
+
+    /// RFC 7009 revocation.
+    pub async fn revoke(&self, token: &Secret, hint: TokenTypeHint) -> Result<(), OidcError> {
+        let provider = self.ready()?;
+        let endpoint = provider
+            .extra
+            .revocation_endpoint
+            .as_ref()
+            .ok_or(OidcError::RevocationUnsupported)?;
+        tokens::revoke(&self.inner.http, endpoint, &self.auth(), token.expose(), hint).await
+    }
+
+    /// Validates an ID token, re-fetching the JWKS once (rate-limited, shared between
+    /// concurrent callers) when no key matches it.
+    async fn validate_id_token(
+        &self,
+        raw: &str,
+        nonce: NonceCheck<'_>,
+        access_token: &str,
+    ) -> Result<verify::ValidIdToken, OidcError> {
+        let provider = self.ready()?;
+        let expect = Expectations {
+            client_id: &self.inner.config.client_id,
+            issuer: &self.inner.issuer,
+            algs: &provider.id_token_algs,
+            clock_skew: self.inner.config.clock_skew,
+            nonce,
+            access_token: Some(access_token),
+        };
+        let inner = &self.inner;
+        verify::validate_with_rotation(raw, inner.jwks.current(), &expect, |seen| async move {
+            inner
+                .jwks
+                .refresh_after_miss(&inner.http, &provider.jwks_uri, &seen)
+                .await
+        })
+        .await
     }
 }

@@ -36,7 +36,11 @@ pub enum ProxyError {
 pub struct Upstream {}
 
 impl Upstream {
-    pub fn new(_upstream: &UpstreamConfig, _identity: &IdentityConfig, _cookie_names: CookieFilter) -> Result<Self, ProxyError> {
+    pub fn new(
+        _upstream: &UpstreamConfig,
+        _identity: &IdentityConfig,
+        _cookie_names: CookieFilter,
+    ) -> Result<Self, ProxyError> {
         Ok(Upstream {})
     }
 

@@ -1,0 +1,235 @@
+//! The request path, as ordered phases: route → session → (policy) → proxy.
+//!
+//! [`App`] holds what every request shares (configuration, provider client, session
+//! store, upstream client) and [`App::handle`] drives one request through the phases.
+//! Handlers return `Result<Response, AppError>`; the error becomes a response in
+//! exactly one place, at the end of `handle`, so hyper only ever sees a response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{LOCATION, SET_COOKIE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use crate::error::AppError;
+use crate::limit::RateLimiter;
+use crate::oidc::{OidcClient, OidcError};
+use crate::pages;
+use crate::policy;
+use crate::proxy::{CookieFilter, ForwardContext, Upstream};
+use crate::router::{Route, Router};
+use crate::session::cookies::CookieCodec;
+use crate::session::refresh::RefreshGate;
+use crate::session::store::{MemoryStore, SessionStore};
+use crate::session::{Session, SessionKey};
+use crate::ResponseBody;
+
+pub struct App {
+    pub(crate) config: Arc<Config>,
+    pub(crate) oidc: OidcClient,
+    pub(crate) sessions: SessionStore,
+    pub(crate) refresh_gate: RefreshGate,
+    pub(crate) cookies: CookieCodec,
+    pub(crate) upstream: Upstream,
+    pub(crate) router: Router,
+    pub(crate) login_limiter: RateLimiter,
+    /// Scheme of the public base URL, sent upstream as `X-Forwarded-Proto`.
+    pub(crate) public_scheme: &'static str,
+}
+
+/// A session that passed the session phase: present, alive, and refreshed if it was due.
+pub(crate) struct ActiveSession {
+    pub session: Arc<Session>,
+}
+
+impl App {
+    pub fn new(config: Arc<Config>) -> Result<Self, crate::StartError> {
+        let oidc = OidcClient::new(Arc::new(config.oidc.clone())).map_err(crate::StartError::Oidc)?;
+        let cookie_filter = CookieFilter {
+            session_cookie: config.session.cookie_name.clone(),
+            login_cookie_prefix: config.session.login_cookie_prefix.clone(),
+        };
+        let upstream =
+            Upstream::new(&config.upstream, &config.identity, cookie_filter).map_err(crate::StartError::Upstream)?;
+        Ok(App {
+            oidc,
+            sessions: SessionStore::Memory(MemoryStore::new(&config.session)),
+            refresh_gate: RefreshGate::new(),
+            cookies: CookieCodec::new(&config.session),
+            upstream,
+            router: Router::new(&config.routes),
+            login_limiter: RateLimiter::new(config.oidc.login_rate_per_second, config.oidc.login_rate_burst),
+            public_scheme: if config.base_url.scheme() == "https" {
+                "https"
+            } else {
+                "http"
+            },
+            config,
+        })
+    }
+
+    pub fn oidc(&self) -> &OidcClient {
+        &self.oidc
+    }
+
+    /// Answers one request. Never fails: every error is turned into a response here.
+    pub async fn handle(&self, request: Request<Incoming>, client_addr: SocketAddr) -> Response<ResponseBody> {
+        let route = self.router.classify(request.uri().path());
+        let wants_json = policy::prefers_json(request.headers());
+        let result = match route {
+            Route::Healthz => Ok(pages::text_response(StatusCode::OK, "ok\n")),
+            Route::Readyz if self.oidc.is_ready() => Ok(pages::text_response(StatusCode::OK, "ready\n")),
+            Route::Readyz => Ok(pages::text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: identity provider metadata not loaded\n",
+            )),
+            Route::Login => self.login(&request).await,
+            Route::Callback => self.callback(&request).await,
+            Route::Logout => self.logout(&request).await,
+            Route::Me => self.me(&request).await,
+            Route::ReservedUnknown => Err(AppError::NotFound),
+            Route::Protected => self.protected(request, client_addr).await,
+        };
+        result.unwrap_or_else(|error| error.into_response(wants_json, self.router.login_path()))
+    }
+
+    /// session → policy → proxy for the protected app.
+    async fn protected(
+        &self,
+        request: Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Result<Response<ResponseBody>, AppError> {
+        let Some(active) = self.session_phase(request.headers()).await? else {
+            return self.unauthenticated(&request).await;
+        };
+        let headers = &active.session.upstream_headers;
+        let ctx = ForwardContext {
+            client_addr,
+            client_scheme: self.public_scheme,
+            identity: &headers.identity,
+            access_token: headers.access_token.as_ref(),
+        };
+        Ok(self.upstream.forward(request, ctx).await?)
+    }
+
+    /// Loads the session named by the cookie and refreshes its tokens when due.
+    /// `None` means not authenticated (no cookie, unknown, expired, or ended by a refused refresh).
+    pub(crate) async fn session_phase(&self, headers: &http::HeaderMap) -> Result<Option<ActiveSession>, AppError> {
+        let Some(id) = self.cookies.session_id(headers) else {
+            return Ok(None);
+        };
+        let key = id.key();
+        let Some(session) = self.sessions.get(&key).await? else {
+            return Ok(None);
+        };
+        if !session.needs_refresh(SystemTime::now(), self.config.session.refresh_before_expiry) {
+            return Ok(Some(ActiveSession { session }));
+        }
+        self.refresh(key, session).await
+    }
+
+    /// Single-flight refresh: the first request refreshes, the others wait and then read
+    /// the refreshed session from the store.
+    async fn refresh(&self, key: SessionKey, stale: Arc<Session>) -> Result<Option<ActiveSession>, AppError> {
+        let _guard = self.refresh_gate.acquire(&key).await;
+        let Some(current) = self.sessions.get(&key).await? else {
+            return Ok(None);
+        };
+        let leeway = self.config.session.refresh_before_expiry;
+        let Some(refresh_token) = current.tokens.refresh_token.clone() else {
+            return Ok(Some(ActiveSession { session: current }));
+        };
+        if !current.needs_refresh(SystemTime::now(), leeway) {
+            return Ok(Some(ActiveSession { session: current }));
+        }
+        match self.oidc.refresh(&refresh_token, &current.subject).await {
+            Ok(outcome) => {
+                let mut refreshed = Session::clone(&current);
+                refreshed.tokens = outcome.tokens;
+                if let Some(id_claims) = outcome.id_token_claims {
+                    for (name, value) in &id_claims {
+                        refreshed.claims.entry(name.clone()).or_insert_with(|| value.clone());
+                    }
+                    refreshed.id_token_claims = id_claims;
+                }
+                refreshed.prepare_headers(&self.config.identity);
+                let refreshed = Arc::new(refreshed);
+                self.sessions.insert(key, refreshed.clone()).await?;
+                tracing::debug!(session = ?key, "access token refreshed");
+                Ok(Some(ActiveSession { session: refreshed }))
+            }
+            Err(OidcError::NotReady | OidcError::ProviderUnreachable(_)) => {
+                // The provider is down: the session stays valid on its last tokens, so the
+                // app keeps working; the next request tries again.
+                tracing::warn!(session = ?key, "token refresh failed: identity provider unreachable; keeping the session");
+                drop(stale);
+                Ok(Some(ActiveSession { session: current }))
+            }
+            Err(error) => {
+                tracing::info!(session = ?key, error = %error, "token refresh refused; ending the session");
+                self.sessions.remove(&key).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// No session: browsers are sent to log in and come back here; everything else gets 401.
+    pub(crate) async fn unauthenticated(
+        &self,
+        request: &Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, AppError> {
+        let return_to = request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .and_then(policy::local_return_path)
+            .unwrap_or("/");
+        let stale_cookie = self.cookies.has_session_cookie(request.headers());
+        let mut response = if policy::is_browser_navigation(request.method(), request.headers()) {
+            self.start_login(request.headers(), return_to).await?
+        } else {
+            let login_url = self.login_url(return_to);
+            let mut response = pages::error_json(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required. Sign in at login_url.",
+                Some(("login_url", &login_url)),
+            );
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+            response
+        };
+        if stale_cookie {
+            response.headers_mut().append(SET_COOKIE, self.cookies.clear_session());
+        }
+        Ok(response)
+    }
+
+    /// `<login path>?rd=<return_to>`, relative to this origin.
+    pub(crate) fn login_url(&self, return_to: &str) -> String {
+        let rd: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+        format!("{}?rd={rd}", self.router.login_path())
+    }
+}
+
+/// A `302 Found` to `location` (already validated or provider-issued).
+pub(crate) fn redirect(location: &str) -> Result<Response<ResponseBody>, AppError> {
+    let mut response = Response::new(pages::empty_body());
+    *response.status_mut() = StatusCode::FOUND;
+    let location = HeaderValue::from_str(location)
+        .map_err(|_| AppError::Internal("redirect target is not a valid header value"))?;
+    response.headers_mut().insert(LOCATION, location);
+    response
+        .headers_mut()
+        .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+pub(crate) fn is_get_or_head(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}

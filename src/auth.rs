@@ -1,0 +1,201 @@
+//! The routes that begin and end sessions, and the dump page: login, callback, logout, me.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::SET_COOKIE;
+use http::{HeaderMap, Method, Request, Response};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::app::{is_get_or_head, redirect, App};
+use crate::error::AppError;
+use crate::oidc::{CallbackParams, TokenTypeHint};
+use crate::pages::{self, DumpFields};
+use crate::policy;
+use crate::session::cookies::{unix_seconds, PendingLogin};
+use crate::session::{Session, SessionId, UpstreamHeaders};
+use crate::ResponseBody;
+
+/// The `rd` query parameter, if it is a local path.
+fn return_target(request: &Request<Incoming>) -> Option<String> {
+    let query = request.uri().query()?;
+    let rd = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "rd")?
+        .1;
+    policy::local_return_path(&rd).map(str::to_owned)
+}
+
+impl App {
+    /// `/.auth/login?rd=/path`: start a login that returns to `rd`.
+    pub(crate) async fn login(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
+        if !is_get_or_head(request.method()) {
+            return Err(AppError::MethodNotAllowed);
+        }
+        let return_to = return_target(request).unwrap_or_else(|| "/".to_owned());
+        self.start_login(request.headers(), &return_to).await
+    }
+
+    /// Asks the provider for an authorization URL (through PAR when in use) and redirects
+    /// there, remembering the attempt in a sealed cookie of its own.
+    pub(crate) async fn start_login(
+        &self,
+        headers: &HeaderMap,
+        return_to: &str,
+    ) -> Result<Response<ResponseBody>, AppError> {
+        if !self.oidc.is_ready() {
+            return Err(AppError::Oidc(crate::oidc::OidcError::NotReady));
+        }
+        if !self.login_limiter.try_acquire() {
+            return Err(AppError::LoginRateLimited);
+        }
+        let login = self.oidc.begin_login().await?;
+        let now = SystemTime::now();
+        let pending = PendingLogin {
+            auth: login.pending,
+            return_to: return_to.to_owned(),
+            started_at: unix_seconds(now),
+        };
+        let mut response = redirect(login.url.as_str())?;
+        let cookies = response.headers_mut();
+        for clear in self.cookies.prune_logins(headers, now) {
+            cookies.append(SET_COOKIE, clear);
+        }
+        let sealed = self
+            .cookies
+            .seal_login(&pending)
+            .ok_or(AppError::Internal("sealing the login cookie failed"))?;
+        cookies.append(SET_COOKIE, sealed);
+        Ok(response)
+    }
+
+    /// The redirect URI: check the response against the pending login, exchange the code,
+    /// validate the tokens, create a session with a new id, and return to where the user was.
+    pub(crate) async fn callback(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
+        if !is_get_or_head(request.method()) {
+            return Err(AppError::MethodNotAllowed);
+        }
+        let params = CallbackParams::from_query(request.uri().query().unwrap_or(""));
+        let state = params.state.clone().ok_or(AppError::CallbackWithoutState)?;
+        let clear_login = self.cookies.clear_login(&state);
+        let result = self.finish_login(request.headers(), &state, &params).await;
+        // Whatever the outcome, this attempt is over: its cookie goes, so a replay finds nothing.
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => error.into_response(policy::prefers_json(request.headers()), self.router.login_path()),
+        };
+        response.headers_mut().append(SET_COOKIE, clear_login);
+        Ok(response)
+    }
+
+    async fn finish_login(
+        &self,
+        headers: &HeaderMap,
+        state: &str,
+        params: &CallbackParams,
+    ) -> Result<Response<ResponseBody>, AppError> {
+        let now = SystemTime::now();
+        let pending = self
+            .cookies
+            .open_login(headers, state, now)
+            .ok_or(AppError::LoginNotFound)?;
+        let outcome = self.oidc.complete_login(&pending.auth, params).await?;
+
+        let mut session = Session {
+            subject: outcome.subject,
+            claims: outcome.claims,
+            id_token_claims: outcome.id_token_claims,
+            userinfo: outcome.userinfo,
+            tokens: outcome.tokens,
+            created_at: now,
+            expires_at: now + self.config.session.max_lifetime,
+            upstream_headers: UpstreamHeaders::default(),
+        };
+        session.prepare_headers(&self.config.identity);
+
+        // A new id at every login (no fixation); the session the browser held before ends.
+        if let Some(previous) = self.cookies.session_id(headers) {
+            self.sessions.remove(&previous.key()).await?;
+        }
+        let id = SessionId::generate();
+        self.sessions.insert(id.key(), Arc::new(session)).await?;
+        tracing::info!(session = ?id.key(), "login completed");
+
+        let mut response = redirect(&pending.return_to)?;
+        response.headers_mut().append(SET_COOKIE, self.cookies.set_session(&id));
+        Ok(response)
+    }
+
+    /// `/.auth/logout` (link or form): end the session, revoke its tokens where the provider
+    /// allows, and go to `rd` or the signed-out page. Authelia has no end-session endpoint,
+    /// so the provider's own session is untouched.
+    pub(crate) async fn logout(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
+        if !matches!(*request.method(), Method::GET | Method::HEAD | Method::POST) {
+            return Err(AppError::MethodNotAllowed);
+        }
+        if let Some(id) = self.cookies.session_id(request.headers()) {
+            let key = id.key();
+            if let Some(session) = self.sessions.get(&key).await? {
+                self.sessions.remove(&key).await?;
+                self.revoke(&session).await;
+            }
+        }
+        let mut response = match return_target(request) {
+            Some(target) => redirect(&target)?,
+            None => pages::signed_out_page(self.router.login_path()),
+        };
+        response.headers_mut().append(SET_COOKIE, self.cookies.clear_session());
+        Ok(response)
+    }
+
+    /// Revokes the refresh token (which also ends its access tokens at Authelia), or the
+    /// access token when there is none. Failures are logged, never shown: the local
+    /// session is already gone.
+    async fn revoke(&self, session: &Session) {
+        if !self.config.oidc.revoke_on_logout || !self.oidc.supports_revocation() {
+            return;
+        }
+        let (token, hint) = match &session.tokens.refresh_token {
+            Some(refresh) => (refresh, TokenTypeHint::RefreshToken),
+            None => (&session.tokens.access_token, TokenTypeHint::AccessToken),
+        };
+        if let Err(error) = self.oidc.revoke(token, hint).await {
+            tracing::warn!(error = %error, "token revocation at logout failed");
+        }
+    }
+
+    /// `/.auth/me`: the tokens, claims, scopes and fresh userinfo of the session.
+    pub(crate) async fn me(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
+        if !is_get_or_head(request.method()) {
+            return Err(AppError::MethodNotAllowed);
+        }
+        let Some(active) = self.session_phase(request.headers()).await? else {
+            return self.unauthenticated(request).await;
+        };
+        let session = &active.session;
+        let userinfo = self
+            .oidc
+            .userinfo(&session.tokens.access_token, &session.subject)
+            .await
+            .map(Value::Object)
+            .map_err(|error| error.to_string());
+        let tokens = &session.tokens;
+        let fields = DumpFields {
+            tokens: self.config.pages.show_tokens.then(|| {
+                (
+                    tokens.access_token.expose().to_owned(),
+                    tokens.refresh_token.as_ref().map(|t| t.expose().to_owned()),
+                    tokens.id_token.as_ref().map(|t| t.expose().to_owned()),
+                )
+            }),
+            claims: Value::Object(session.claims.clone()),
+            scopes: tokens.scopes.clone(),
+            userinfo,
+        };
+        Ok(if policy::prefers_json(request.headers()) {
+            pages::dump_json(&fields)
+        } else {
+            pages::dump_html(&fields, self.router.logout_path())
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! `Config::describe`: the effective settings as TOML, for `portcullis check`.
+//!
+//! The output reads like `proxy.toml.example`, with derived values as comments. Secrets
+//! appear only as `[redacted]`; the function never calls [`super::Secret::expose`].
+
+use std::fmt::Write;
+
+use super::duration::{format_duration, format_size};
+use super::{AccessTokenForwarding, Config, LogFormat, ParMode, UpstreamTarget};
+
+/// A TOML string literal, escaped.
+fn q(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn list(items: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let quoted: Vec<String> = items.into_iter().map(|i| q(i.as_ref())).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+const REDACTED: &str = "\"[redacted]\"";
+
+impl Config {
+    /// The effective settings, every secret redacted, for `portcullis check`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; the results are ignored on purpose.
+        let _ = self.write_description(&mut out);
+        out
+    }
+
+    fn write_description(&self, out: &mut String) -> std::fmt::Result {
+        let d = format_duration;
+        writeln!(out, "listen_addr = {}", q(&self.listen_addr.to_string()))?;
+        // `Url` writes an empty path as `/`; the configured form has none.
+        let base_url = self.base_url.as_str().trim_end_matches('/');
+        writeln!(out, "base_url = {}", q(base_url))?;
+        let upstream = match &self.upstream.target {
+            UpstreamTarget::Http(url) => url.to_string(),
+            UpstreamTarget::Unix(path) => format!("unix:{}", path.display()),
+        };
+        writeln!(out, "upstream_url = {}", q(&upstream))?;
+
+        let o = &self.oidc;
+        writeln!(out, "\n[oidc]")?;
+        writeln!(out, "issuer = {}", q(&o.issuer_exact))?;
+        writeln!(out, "client_id = {}", q(&o.client_id))?;
+        writeln!(out, "client_secret = {REDACTED}")?;
+        writeln!(out, "scopes = {}", list(&o.scopes))?;
+        writeln!(
+            out,
+            "# redirect_url = {} (base_url + routes.callback)",
+            q(o.redirect_url.as_str())
+        )?;
+        let par = match o.par {
+            ParMode::Auto => "auto",
+            ParMode::Always => "always",
+            ParMode::Never => "never",
+        };
+        writeln!(out, "par = {}", q(par))?;
+        writeln!(out, "allow_insecure_issuer = {}", o.allow_insecure_issuer)?;
+        writeln!(out, "http_timeout = {}", q(&d(o.http_timeout)))?;
+        writeln!(out, "discovery_retry_max = {}", q(&d(o.discovery_retry_max)))?;
+        writeln!(out, "jwks_refetch_interval = {}", q(&d(o.jwks_refetch_interval)))?;
+        writeln!(out, "clock_skew = {}", q(&d(o.clock_skew)))?;
+        writeln!(out, "revoke_on_logout = {}", o.revoke_on_logout)?;
+        writeln!(out, "login_rate_per_second = {}", o.login_rate_per_second)?;
+        writeln!(out, "login_rate_burst = {}", o.login_rate_burst)?;
+
+        let s = &self.session;
+        writeln!(out, "\n[session]")?;
+        if s.secret_is_ephemeral {
+            writeln!(
+                out,
+                "secret = {REDACTED}  # generated (ephemeral): sessions end when the process stops"
+            )?;
+        } else {
+            writeln!(out, "secret = {REDACTED}")?;
+        }
+        writeln!(out, "cookie_name = {}", q(&s.cookie_name))?;
+        writeln!(out, "login_cookie_prefix = {}", q(&s.login_cookie_prefix))?;
+        match &s.cookie_domain {
+            Some(domain) => writeln!(out, "cookie_domain = {}", q(domain))?,
+            None => writeln!(out, "# cookie_domain unset: host-only cookies")?,
+        }
+        writeln!(out, "# cookie_secure = {} (base_url is https)", s.cookie_secure)?;
+        writeln!(out, "idle_timeout = {}", q(&d(s.idle_timeout)))?;
+        writeln!(out, "max_lifetime = {}", q(&d(s.max_lifetime)))?;
+        writeln!(out, "max_memory = {}", q(&format_size(s.max_memory_bytes)))?;
+        writeln!(out, "refresh_before_expiry = {}", q(&d(s.refresh_before_expiry)))?;
+        writeln!(out, "login_timeout = {}", q(&d(s.login_timeout)))?;
+        writeln!(out, "max_pending_logins = {}", s.max_pending_logins)?;
+
+        writeln!(out, "\n[routes]")?;
+        writeln!(out, "callback = {}", q(&self.routes.callback))?;
+        writeln!(out, "prefix = {}", q(&self.routes.prefix))?;
+
+        let u = &self.upstream;
+        writeln!(out, "\n[upstream]")?;
+        writeln!(out, "connect_timeout = {}", q(&d(u.connect_timeout)))?;
+        writeln!(out, "response_timeout = {}", q(&d(u.response_timeout)))?;
+        writeln!(out, "show_address_on_error = {}", u.show_address_on_error)?;
+
+        let i = &self.identity;
+        writeln!(out, "\n[identity]")?;
+        let access_token = match i.access_token {
+            AccessTokenForwarding::None => "none",
+            AccessTokenForwarding::AuthorizationBearer => "authorization",
+            AccessTokenForwarding::XForwardedAccessToken => "x-forwarded-access-token",
+        };
+        writeln!(out, "access_token = {}", q(access_token))?;
+        writeln!(
+            out,
+            "strip_headers = {}  # identity headers included",
+            list(i.strip_headers.iter().map(|h| h.as_str()))
+        )?;
+        for header in &i.headers {
+            writeln!(out, "\n[[identity.headers]]")?;
+            writeln!(out, "header = {}", q(header.header.as_str()))?;
+            writeln!(out, "claims = {}", list(&header.claims))?;
+        }
+
+        writeln!(out, "\n[pages]")?;
+        writeln!(out, "show_tokens = {}", self.pages.show_tokens)?;
+
+        writeln!(out, "\n[server]")?;
+        writeln!(out, "shutdown_grace = {}", q(&d(self.server.shutdown_grace)))?;
+        writeln!(out, "header_read_timeout = {}", q(&d(self.server.header_read_timeout)))?;
+
+        writeln!(out, "\n[log]")?;
+        let format = match self.log.format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        writeln!(out, "format = {}", q(format))?;
+        writeln!(out, "level = {}", q(&self.log.level))?;
+        Ok(())
+    }
+}

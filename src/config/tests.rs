@@ -1,0 +1,1010 @@
+//! Configuration tests: inline TOML and a `HashMap` environment, never the process's.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use super::*;
+
+const CLIENT_SECRET: &str = "client-secret-do-not-print-8c1f";
+const SESSION_SECRET: &str = "session-secret-do-not-print-0123456789abcdef";
+
+/// The five variables the seed app used, plus `UPSTREAM_URL`.
+fn seed_env() -> HashMap<String, String> {
+    env(&[
+        ("APP_BASE_URL", "https://express.example.com"),
+        ("OIDC_ISSUER", "https://auth.example.com"),
+        ("OIDC_CLIENT_ID", "Express.js"),
+        ("OIDC_CLIENT_SECRET", CLIENT_SECRET),
+        ("SESSION_ENCRYPTION_SECRET", SESSION_SECRET),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+    ])
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn with(mut base: HashMap<String, String>, pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    base.extend(env(pairs));
+    base
+}
+
+fn without(mut base: HashMap<String, String>, keys: &[&str]) -> HashMap<String, String> {
+    for key in keys {
+        base.remove(*key);
+    }
+    base
+}
+
+fn ok(toml: &str, env: &HashMap<String, String>) -> Config {
+    match load_str(toml, "test.toml", env) {
+        Ok(config) => config,
+        Err(error) => panic!("expected a valid configuration, got {error}"),
+    }
+}
+
+fn problems(toml: &str, env: &HashMap<String, String>) -> Vec<ConfigProblem> {
+    match load_str(toml, "test.toml", env) {
+        Ok(_) => panic!("expected problems, configuration was accepted"),
+        Err(error) => error.problems,
+    }
+}
+
+/// Asserts a problem with exactly this key whose message contains `fragment`.
+#[track_caller]
+fn assert_problem(problems: &[ConfigProblem], key: &str, fragment: &str) {
+    assert!(
+        problems.iter().any(|p| p.key == key && p.message.contains(fragment)),
+        "no problem `{key}: …{fragment}…` in {problems:#?}"
+    );
+}
+
+/// The seed environment plus one file snippet, expecting one problem at `key`.
+#[track_caller]
+fn rejects(toml: &str, key: &str, fragment: &str) {
+    assert_problem(&problems(toml, &seed_env()), key, fragment);
+}
+
+#[track_caller]
+fn rejects_env(pairs: &[(&str, &str)], key: &str, fragment: &str) {
+    assert_problem(&problems("", &with(seed_env(), pairs)), key, fragment);
+}
+
+// ---- whole configurations ----------------------------------------------------------
+
+#[test]
+fn seed_environment_alone_is_a_working_config() {
+    let config = ok("", &seed_env());
+    assert_eq!(config.listen_addr.to_string(), "127.0.0.1:4180");
+    assert_eq!(config.base_url.as_str(), "https://express.example.com/");
+    assert_eq!(config.oidc.issuer_exact, "https://auth.example.com");
+    assert_eq!(config.oidc.client_id, "Express.js");
+    assert_eq!(config.oidc.client_secret.expose(), CLIENT_SECRET);
+    assert_eq!(config.oidc.scopes, ["openid", "profile", "email", "groups"]);
+    assert_eq!(
+        config.oidc.redirect_url.as_str(),
+        "https://express.example.com/callback"
+    );
+    assert_eq!(config.oidc.par, ParMode::Auto);
+    assert_eq!(config.oidc.http_timeout, Duration::from_secs(10));
+    assert_eq!(config.oidc.login_rate_per_second, 20);
+    assert_eq!(config.oidc.login_rate_burst, 100);
+    assert!(config.oidc.revoke_on_logout);
+    assert_eq!(config.session.secret.expose(), SESSION_SECRET);
+    assert!(!config.session.secret_is_ephemeral);
+    assert!(config.session.cookie_secure);
+    assert_eq!(config.session.cookie_name, "portcullis_session");
+    assert_eq!(config.session.login_cookie_prefix, "portcullis_login_");
+    assert_eq!(config.session.cookie_domain, None);
+    assert_eq!(config.session.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(config.session.max_lifetime, Duration::from_secs(12 * 3600));
+    assert_eq!(config.session.max_memory_bytes, 256 * 1024 * 1024);
+    assert_eq!(config.session.login_timeout, Duration::from_secs(600));
+    assert_eq!(config.session.max_pending_logins, 5);
+    assert_eq!(config.routes.callback, "/callback");
+    assert_eq!(config.routes.me(), "/.auth/me");
+    assert!(matches!(&config.upstream.target, UpstreamTarget::Http(u) if u.as_str() == "http://127.0.0.1:3000/"));
+    assert_eq!(config.identity.access_token, AccessTokenForwarding::None);
+    let headers: Vec<(&str, Vec<&str>)> = config
+        .identity
+        .headers
+        .iter()
+        .map(|h| (h.header.as_str(), h.claims.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("remote-user", vec!["preferred_username", "sub"]),
+            ("remote-groups", vec!["groups"]),
+            ("remote-name", vec!["name"]),
+            ("remote-email", vec!["email"]),
+        ]
+    );
+    assert!(config.pages.show_tokens);
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert_eq!(config.log.level, "info");
+}
+
+#[test]
+fn missing_session_secret_generates_an_ephemeral_one() {
+    let config = ok("", &without(seed_env(), &["SESSION_ENCRYPTION_SECRET"]));
+    assert!(config.session.secret_is_ephemeral);
+    assert!(config.session.secret.expose().len() >= MIN_SECRET_LEN);
+    let other = ok("", &without(seed_env(), &["SESSION_ENCRYPTION_SECRET"]));
+    assert_ne!(config.session.secret, other.session.secret);
+}
+
+#[test]
+fn generated_secret_is_long_enough_and_url_safe() {
+    let secret = generate_secret();
+    assert_eq!(secret.len(), 43);
+    assert!(secret
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let toml = r#"
+        base_url = "https://file.example.com"
+        listen_addr = "0.0.0.0:8080"
+        [oidc]
+        issuer = "https://file-issuer.example.com"
+        scopes = ["openid", "email"]
+        par = "never"
+        [session]
+        idle_timeout = "30m"
+    "#;
+    let env = with(
+        seed_env(),
+        &[
+            ("PORTCULLIS_SESSION_IDLE_TIMEOUT", "2h"),
+            ("PORTCULLIS_SESSION_MAX_LIFETIME", "3h"),
+        ],
+    );
+    let config = ok(toml, &env);
+    assert_eq!(config.base_url.as_str(), "https://express.example.com/");
+    assert_eq!(config.oidc.issuer_exact, "https://auth.example.com");
+    assert_eq!(config.listen_addr.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.oidc.scopes, ["openid", "email"]);
+    assert_eq!(config.oidc.par, ParMode::Never);
+    assert_eq!(config.session.idle_timeout, Duration::from_secs(7200));
+}
+
+#[test]
+fn file_alone_with_secrets_from_env() {
+    let toml = r#"
+        base_url = "https://express.example.com"
+        upstream_url = "unix:/run/app.sock"
+        [oidc]
+        issuer = "https://auth.example.com"
+        client_id = "Express.js"
+    "#;
+    let env = env(&[("OIDC_CLIENT_SECRET", CLIENT_SECRET)]);
+    let config = ok(toml, &env);
+    assert!(config.session.secret_is_ephemeral);
+    assert!(matches!(&config.upstream.target, UpstreamTarget::Unix(p) if p.to_str() == Some("/run/app.sock")));
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_source_key() {
+    let toml = r#"
+        [session]
+        idle_timeout = "soon"
+        max_pending_logins = 0
+    "#;
+    let env = env(&[("OIDC_ISSUER", "not a url"), ("LISTEN_ADDR", "localhost")]);
+    let found = problems(toml, &env);
+    assert_problem(&found, "OIDC_ISSUER", "absolute URL");
+    assert_problem(&found, "LISTEN_ADDR", "IP address and a port");
+    assert_problem(&found, "APP_BASE_URL", "is required");
+    assert_problem(&found, "OIDC_CLIENT_ID", "is required");
+    assert_problem(&found, "OIDC_CLIENT_SECRET", "is required");
+    assert_problem(&found, "UPSTREAM_URL", "is required");
+    assert_problem(&found, "session.idle_timeout", "duration");
+    assert_problem(&found, "session.max_pending_logins", "between 1 and 20");
+    assert_eq!(found.len(), 8, "{found:#?}");
+}
+
+#[test]
+fn empty_environment_variable_counts_as_unset() {
+    let env = with(seed_env(), &[("LISTEN_ADDR", ""), ("SESSION_ENCRYPTION_SECRET", "")]);
+    let config = ok(r#"listen_addr = "0.0.0.0:9000""#, &env);
+    assert_eq!(config.listen_addr.to_string(), "0.0.0.0:9000");
+    assert!(config.session.secret_is_ephemeral);
+}
+
+#[test]
+fn error_display_lists_one_line_per_problem() {
+    let error = match load_str(
+        "",
+        "test.toml",
+        &without(seed_env(), &["OIDC_CLIENT_ID", "UPSTREAM_URL"]),
+    ) {
+        Err(error) => error,
+        Ok(_) => panic!("accepted"),
+    };
+    let shown = error.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines[0], "invalid configuration:");
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(lines[1].starts_with("  - OIDC_CLIENT_ID: is required"));
+    assert!(lines[2].starts_with("  - UPSTREAM_URL: is required"));
+}
+
+// ---- file shape --------------------------------------------------------------------
+
+#[test]
+fn unknown_keys_are_named_all_at_once() {
+    let toml = r#"
+        listen_adr = "0.0.0.0:1"
+        [session]
+        cookie_secure = true
+        [oidc]
+        isuer = "x"
+        [[identity.headers]]
+        header = "X-User"
+        claim = ["sub"]
+        [nonsense]
+        a = 1
+    "#;
+    let found = problems(toml, &seed_env());
+    assert_problem(&found, "listen_adr", "unknown key");
+    assert_problem(&found, "session.cookie_secure", "unknown key (expected one of `secret`");
+    assert_problem(&found, "oidc.isuer", "unknown key");
+    assert_problem(&found, "identity.headers.claim", "unknown key");
+    assert_problem(&found, "nonsense", "unknown key");
+    // Validation still ran on what was left: the header entry lacks its claims.
+    assert_problem(&found, "identity.headers[0].claims", "non-empty array");
+}
+
+#[test]
+fn a_section_of_the_wrong_type_is_named() {
+    rejects("session = 3", "session", "must be a table");
+    rejects("[identity]\nheaders = 3", "identity.headers", "array of tables");
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let found = problems("[oidc]\nissuer = \"https://x\n", &seed_env());
+    assert_eq!(found.len(), 1);
+    assert_problem(&found, "test.toml", "line 2");
+}
+
+#[test]
+fn wrong_value_types_are_reported_per_key() {
+    let toml = r#"
+        listen_addr = 4180
+        [oidc]
+        revoke_on_logout = "maybe"
+        scopes = "openid"
+        login_rate_burst = "many"
+    "#;
+    let found = problems(toml, &seed_env());
+    assert_problem(&found, "listen_addr", "must be a string");
+    assert_problem(&found, "oidc.revoke_on_logout", "true or false");
+    assert_problem(&found, "oidc.scopes", "array of strings");
+    assert_problem(&found, "oidc.login_rate_burst", "whole number");
+}
+
+// ---- base_url, issuer, upstream, listen_addr ---------------------------------------
+
+#[test]
+fn base_url_must_be_absolute_http_without_query_or_fragment() {
+    rejects_env(&[("APP_BASE_URL", "/relative")], "APP_BASE_URL", "absolute URL");
+    rejects_env(&[("APP_BASE_URL", "ftp://example.com")], "APP_BASE_URL", "https://");
+    rejects_env(&[("APP_BASE_URL", "https://example.com/?a=b")], "APP_BASE_URL", "query");
+    rejects_env(
+        &[("APP_BASE_URL", "https://example.com/#x")],
+        "APP_BASE_URL",
+        "fragment",
+    );
+    rejects_env(
+        &[("APP_BASE_URL", "https://u:p@example.com")],
+        "APP_BASE_URL",
+        "password",
+    );
+}
+
+#[test]
+fn base_url_path_prefix_is_kept_and_trailing_slash_dropped() {
+    let config = ok("", &with(seed_env(), &[("APP_BASE_URL", "https://example.com/app/")]));
+    assert_eq!(config.base_url.as_str(), "https://example.com/app");
+    assert_eq!(config.oidc.redirect_url.as_str(), "https://example.com/app/callback");
+    let config = ok("[routes]\ncallback = \"/oauth/cb\"", &seed_env());
+    assert_eq!(
+        config.oidc.redirect_url.as_str(),
+        "https://express.example.com/oauth/cb"
+    );
+}
+
+#[test]
+fn cookie_secure_follows_base_url_scheme() {
+    let config = ok("", &with(seed_env(), &[("APP_BASE_URL", "http://localhost:4180")]));
+    assert!(!config.session.cookie_secure);
+}
+
+#[test]
+fn issuer_is_kept_exactly_and_refuses_a_trailing_slash() {
+    let config = ok(
+        "",
+        &with(seed_env(), &[("OIDC_ISSUER", "https://auth.example.com/realm")]),
+    );
+    assert_eq!(config.oidc.issuer_exact, "https://auth.example.com/realm");
+    rejects_env(
+        &[("OIDC_ISSUER", "https://auth.example.com/")],
+        "OIDC_ISSUER",
+        "character by character",
+    );
+    rejects_env(
+        &[("OIDC_ISSUER", "https://auth.example.com?x=1")],
+        "OIDC_ISSUER",
+        "query",
+    );
+    rejects_env(
+        &[("OIDC_ISSUER", "https://auth.example.com#x")],
+        "OIDC_ISSUER",
+        "fragment",
+    );
+    rejects_env(&[("OIDC_ISSUER", "auth.example.com")], "OIDC_ISSUER", "absolute URL");
+    let found = problems(
+        "[oidc]\nissuer = \"https://a.example/\"",
+        &without(seed_env(), &["OIDC_ISSUER"]),
+    );
+    assert_problem(&found, "oidc.issuer", "no trailing slash");
+}
+
+#[test]
+fn http_issuer_only_on_loopback_or_when_allowed() {
+    for issuer in [
+        "http://127.0.0.1:9000",
+        "http://127.1.2.3",
+        "http://localhost:9000",
+        "http://[::1]:9000",
+    ] {
+        let config = ok("", &with(seed_env(), &[("OIDC_ISSUER", issuer)]));
+        assert_eq!(config.oidc.issuer_exact, issuer);
+    }
+    rejects_env(
+        &[("OIDC_ISSUER", "http://auth.example.com")],
+        "OIDC_ISSUER",
+        "must be https",
+    );
+    rejects_env(&[("OIDC_ISSUER", "http://10.0.0.1")], "OIDC_ISSUER", "must be https");
+    let env = with(seed_env(), &[("OIDC_ISSUER", "http://auth.example.com")]);
+    assert!(
+        ok("[oidc]\nallow_insecure_issuer = true", &env)
+            .oidc
+            .allow_insecure_issuer
+    );
+    ok("", &with(env, &[("PORTCULLIS_OIDC_ALLOW_INSECURE_ISSUER", "true")]));
+}
+
+#[test]
+fn client_id_and_secret_are_required() {
+    let found = problems("", &without(seed_env(), &["OIDC_CLIENT_ID", "OIDC_CLIENT_SECRET"]));
+    assert_problem(&found, "OIDC_CLIENT_ID", "is required");
+    assert_problem(&found, "OIDC_CLIENT_SECRET", "is required: the plaintext client secret");
+    let found = problems(
+        "[oidc]\nclient_secret = \" \"",
+        &without(seed_env(), &["OIDC_CLIENT_SECRET"]),
+    );
+    assert_problem(&found, "oidc.client_secret", "must not be empty");
+}
+
+#[test]
+fn upstream_url_forms() {
+    let unix = ok("", &with(seed_env(), &[("UPSTREAM_URL", "unix:///run/app.sock")]));
+    assert!(matches!(&unix.upstream.target, UpstreamTarget::Unix(p) if p.to_str() == Some("/run/app.sock")));
+    let https = ok(
+        "",
+        &with(seed_env(), &[("UPSTREAM_URL", "https://app.internal:8443/base")]),
+    );
+    assert!(matches!(&https.upstream.target, UpstreamTarget::Http(u) if u.path() == "/base"));
+    rejects_env(
+        &[("UPSTREAM_URL", "unix:run/app.sock")],
+        "UPSTREAM_URL",
+        "absolute socket path",
+    );
+    rejects_env(
+        &[("UPSTREAM_URL", "ftp://files")],
+        "UPSTREAM_URL",
+        "http://, https:// or unix:/",
+    );
+    rejects_env(
+        &[("UPSTREAM_URL", "127.0.0.1:3000")],
+        "UPSTREAM_URL",
+        "http://, https:// or unix:/",
+    );
+    assert_problem(
+        &problems("", &without(seed_env(), &["UPSTREAM_URL"])),
+        "UPSTREAM_URL",
+        "is required",
+    );
+}
+
+#[test]
+fn listen_addr_must_be_a_socket_address() {
+    let config = ok("", &with(seed_env(), &[("LISTEN_ADDR", "[::]:8080")]));
+    assert_eq!(config.listen_addr.port(), 8080);
+    rejects_env(&[("LISTEN_ADDR", "localhost:4180")], "LISTEN_ADDR", "IP address");
+    rejects("listen_addr = \"0.0.0.0\"", "listen_addr", "IP address");
+}
+
+// ---- secrets -----------------------------------------------------------------------
+
+#[test]
+fn session_secret_must_be_long_enough() {
+    rejects_env(
+        &[("SESSION_ENCRYPTION_SECRET", "short")],
+        "SESSION_ENCRYPTION_SECRET",
+        "portcullis generate-secret",
+    );
+    let short = secret_file("short\n");
+    let env = with(
+        seed_env(),
+        &[
+            ("SESSION_ENCRYPTION_SECRET", ""),
+            ("SESSION_ENCRYPTION_SECRET_FILE", path_of(&short).as_str()),
+        ],
+    );
+    assert_problem(&problems("", &env), "SESSION_ENCRYPTION_SECRET_FILE", "too short");
+    let exactly = "x".repeat(MIN_SECRET_LEN);
+    ok(
+        "",
+        &with(seed_env(), &[("SESSION_ENCRYPTION_SECRET", exactly.as_str())]),
+    );
+}
+
+fn secret_file(content: &str) -> tempfile::NamedTempFile {
+    let mut file = match tempfile::NamedTempFile::new() {
+        Ok(file) => file,
+        Err(error) => panic!("temp file: {error}"),
+    };
+    if let Err(error) = file.write_all(content.as_bytes()) {
+        panic!("temp file: {error}");
+    }
+    file
+}
+
+fn path_of(file: &tempfile::NamedTempFile) -> String {
+    file.path().display().to_string()
+}
+
+#[test]
+fn file_variants_read_the_secret_and_trim_one_newline() {
+    let client = secret_file("from-a-file\n\n");
+    let session = secret_file(&format!("{SESSION_SECRET}\r\n"));
+    let env = with(
+        without(seed_env(), &["OIDC_CLIENT_SECRET", "SESSION_ENCRYPTION_SECRET"]),
+        &[
+            ("OIDC_CLIENT_SECRET_FILE", path_of(&client).as_str()),
+            ("SESSION_ENCRYPTION_SECRET_FILE", path_of(&session).as_str()),
+        ],
+    );
+    let config = ok("", &env);
+    assert_eq!(config.oidc.client_secret.expose(), "from-a-file\n");
+    assert_eq!(config.session.secret.expose(), SESSION_SECRET);
+    assert!(!config.session.secret_is_ephemeral);
+
+    let toml = format!("[oidc]\nclient_secret_file = {:?}", path_of(&client));
+    let config = ok(&toml, &without(seed_env(), &["OIDC_CLIENT_SECRET"]));
+    assert_eq!(config.oidc.client_secret.expose(), "from-a-file\n");
+}
+
+#[test]
+fn value_and_file_in_the_same_layer_conflict() {
+    let client = secret_file("x");
+    rejects_env(
+        &[("OIDC_CLIENT_SECRET_FILE", path_of(&client).as_str())],
+        "OIDC_CLIENT_SECRET",
+        "OIDC_CLIENT_SECRET_FILE",
+    );
+    let toml = format!(
+        "[session]\nsecret = {SESSION_SECRET:?}\nsecret_file = {:?}",
+        path_of(&client)
+    );
+    let found = problems(&toml, &without(seed_env(), &["SESSION_ENCRYPTION_SECRET"]));
+    assert_problem(&found, "session.secret", "session.secret_file");
+}
+
+#[test]
+fn environment_file_variant_beats_the_file_value() {
+    let client = secret_file("env-file-secret");
+    let env = with(
+        without(seed_env(), &["OIDC_CLIENT_SECRET"]),
+        &[("OIDC_CLIENT_SECRET_FILE", path_of(&client).as_str())],
+    );
+    let config = ok("[oidc]\nclient_secret = \"file-value\"", &env);
+    assert_eq!(config.oidc.client_secret.expose(), "env-file-secret");
+}
+
+#[test]
+fn unreadable_or_empty_secret_file_is_a_problem() {
+    rejects_env(
+        &[
+            ("SESSION_ENCRYPTION_SECRET", ""),
+            ("SESSION_ENCRYPTION_SECRET_FILE", "/nonexistent/portcullis-secret"),
+        ],
+        "SESSION_ENCRYPTION_SECRET_FILE",
+        "cannot read /nonexistent/portcullis-secret",
+    );
+    let empty = secret_file("\n");
+    let env = with(
+        without(seed_env(), &["OIDC_CLIENT_SECRET"]),
+        &[("OIDC_CLIENT_SECRET_FILE", path_of(&empty).as_str())],
+    );
+    assert_problem(&problems("", &env), "OIDC_CLIENT_SECRET_FILE", "empty file");
+}
+
+#[test]
+fn a_secret_in_the_wrong_place_is_never_echoed() {
+    let toml = format!(
+        r#"
+        [session]
+        cookie_name = "{CLIENT_SECRET}="
+        cookie_domain = "{CLIENT_SECRET}.org"
+        max_memory = "{CLIENT_SECRET}"
+        [log]
+        format = "{CLIENT_SECRET}"
+        level = "{CLIENT_SECRET}=[["
+        [oidc]
+        scopes = ["{CLIENT_SECRET} x"]
+        par = "{CLIENT_SECRET}"
+        [upstream]
+        connect_timeout = "{CLIENT_SECRET}"
+        [pages]
+        show_tokens = "{CLIENT_SECRET}"
+        [identity]
+        strip_headers = ["{CLIENT_SECRET} "]
+        [[identity.headers]]
+        header = "{CLIENT_SECRET} "
+        claims = []
+        "#
+    );
+    let env = with(
+        seed_env(),
+        &[
+            ("LISTEN_ADDR", CLIENT_SECRET),
+            ("APP_BASE_URL", CLIENT_SECRET),
+            ("OIDC_ISSUER", CLIENT_SECRET),
+            ("UPSTREAM_URL", CLIENT_SECRET),
+            ("SESSION_ENCRYPTION_SECRET", "short-secret"),
+            ("PORTCULLIS_SESSION_IDLE_TIMEOUT", CLIENT_SECRET),
+            ("PORTCULLIS_OIDC_LOGIN_RATE_BURST", CLIENT_SECRET),
+        ],
+    );
+    let error = match load_str(&toml, "test.toml", &env) {
+        Err(error) => error,
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(error.problems.len() >= 14, "{error}");
+    let shown = error.to_string();
+    assert!(!shown.contains("client-secret"), "{shown}");
+    assert!(!shown.contains("short-secret"), "{shown}");
+
+    let syntax = problems(&format!("x = \"{CLIENT_SECRET}"), &seed_env());
+    assert!(!format!("{syntax:?}").contains("client-secret"));
+    let shape = problems(&format!("session = \"{CLIENT_SECRET}\""), &seed_env());
+    assert!(!format!("{shape:?}").contains("client-secret"));
+}
+
+// ---- describe ----------------------------------------------------------------------
+
+#[test]
+fn describe_redacts_every_secret() {
+    let config = ok("", &seed_env());
+    let text = config.describe();
+    assert!(
+        !text.contains(CLIENT_SECRET) && !text.contains(SESSION_SECRET),
+        "{text}"
+    );
+    assert!(text.contains("client_secret = \"[redacted]\""));
+    assert!(text.contains("\n[session]\nsecret = \"[redacted]\"\n"));
+    assert!(text.contains("issuer = \"https://auth.example.com\"\n"));
+
+    let ephemeral = ok("", &without(seed_env(), &["SESSION_ENCRYPTION_SECRET"]));
+    let text = ephemeral.describe();
+    assert!(text.contains("generated (ephemeral)"));
+    assert!(!text.contains(ephemeral.session.secret.expose()));
+}
+
+#[test]
+fn describe_reads_back_as_the_same_configuration() {
+    let toml = r#"
+        [session]
+        max_memory = 1000
+        idle_timeout = "1h30m"
+        cookie_domain = ".example.com"
+        [identity]
+        access_token = "x-forwarded-access-token"
+        strip_headers = ["X-Debug"]
+        [[identity.headers]]
+        header = "X-User"
+        claims = ["email", "sub"]
+    "#;
+    let first = ok(toml, &seed_env()).describe();
+    let second = ok(&first, &seed_env()).describe();
+    assert_eq!(first, second);
+}
+
+// ---- session, cookies, limits ------------------------------------------------------
+
+#[test]
+fn cookie_names_must_be_tokens() {
+    rejects(
+        "[session]\ncookie_name = \"my session\"",
+        "session.cookie_name",
+        "cookie name",
+    );
+    rejects(
+        "[session]\nlogin_cookie_prefix = \"a;b\"",
+        "session.login_cookie_prefix",
+        "cookie name",
+    );
+    rejects("[session]\ncookie_name = \"\"", "session.cookie_name", "cookie name");
+    rejects(
+        "[session]\ncookie_name = \"portcullis_login_x\"",
+        "session.cookie_name",
+        "login_cookie_prefix",
+    );
+    let config = ok("[session]\ncookie_name = \"__Host-sid\"", &seed_env());
+    assert_eq!(config.session.cookie_name, "__Host-sid");
+    let env = with(seed_env(), &[("APP_BASE_URL", "http://localhost:4180")]);
+    assert_problem(
+        &problems("[session]\ncookie_name = \"__Host-sid\"", &env),
+        "session.cookie_name",
+        "https",
+    );
+}
+
+#[test]
+fn cookie_domain_must_cover_the_base_url_host() {
+    let config = ok("[session]\ncookie_domain = \".Example.com\"", &seed_env());
+    assert_eq!(config.session.cookie_domain.as_deref(), Some("example.com"));
+    rejects(
+        "[session]\ncookie_domain = \"other.org\"",
+        "session.cookie_domain",
+        "parent domain",
+    );
+    rejects(
+        "[session]\ncookie_domain = \"exa mple.com\"",
+        "session.cookie_domain",
+        "domain name",
+    );
+    rejects(
+        "[session]\ncookie_name = \"__Host-s\"\ncookie_domain = \"example.com\"",
+        "session.cookie_domain",
+        "__Host-",
+    );
+}
+
+#[test]
+fn session_limits() {
+    rejects(
+        "[session]\nmax_pending_logins = 0",
+        "session.max_pending_logins",
+        "between 1 and 20",
+    );
+    rejects(
+        "[session]\nmax_pending_logins = 21",
+        "session.max_pending_logins",
+        "between 1 and 20",
+    );
+    assert_eq!(
+        ok("[session]\nmax_pending_logins = 20", &seed_env())
+            .session
+            .max_pending_logins,
+        20
+    );
+    rejects(
+        "[session]\nidle_timeout = 0",
+        "session.idle_timeout",
+        "longer than zero",
+    );
+    rejects(
+        "[session]\nidle_timeout = \"2h\"\nmax_lifetime = \"1h\"",
+        "session.max_lifetime",
+        "idle_timeout",
+    );
+    rejects_env(
+        &[("PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND", "0")],
+        "PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND",
+        "between 1",
+    );
+    rejects(
+        "[session]\nmax_memory = \"0\"",
+        "session.max_memory",
+        "larger than zero",
+    );
+    rejects("[session]\nmax_memory = -5", "session.max_memory", "negative");
+    assert_eq!(
+        ok("[session]\nmax_memory = \"64KiB\"", &seed_env())
+            .session
+            .max_memory_bytes,
+        65536
+    );
+}
+
+#[test]
+fn portcullis_variables_reach_every_section() {
+    let env = with(
+        seed_env(),
+        &[
+            ("PORTCULLIS_OIDC_PAR", "Always"),
+            ("PORTCULLIS_OIDC_REVOKE_ON_LOGOUT", "no"),
+            ("PORTCULLIS_UPSTREAM_RESPONSE_TIMEOUT", "90"),
+            ("PORTCULLIS_PAGES_SHOW_TOKENS", "false"),
+            ("PORTCULLIS_SERVER_SHUTDOWN_GRACE", "0s"),
+            ("PORTCULLIS_LOG_FORMAT", "json"),
+            ("PORTCULLIS_LOG_LEVEL", "portcullis=debug,info"),
+            ("PORTCULLIS_ROUTES_PREFIX", "/_auth"),
+            ("PORTCULLIS_SESSION_MAX_MEMORY", "1GB"),
+            ("PORTCULLIS_IDENTITY_ACCESS_TOKEN", "authorization"),
+        ],
+    );
+    let config = ok("", &env);
+    assert_eq!(config.oidc.par, ParMode::Always);
+    assert!(!config.oidc.revoke_on_logout);
+    assert_eq!(config.upstream.response_timeout, Duration::from_secs(90));
+    assert!(!config.pages.show_tokens);
+    assert_eq!(config.server.shutdown_grace, Duration::ZERO);
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.log.level, "portcullis=debug,info");
+    assert_eq!(config.routes.login(), "/_auth/login");
+    assert_eq!(config.session.max_memory_bytes, 1_000_000_000);
+    assert_eq!(config.identity.access_token, AccessTokenForwarding::AuthorizationBearer);
+    assert!(config.identity.strip_headers.contains(&http::header::AUTHORIZATION));
+    rejects_env(
+        &[("PORTCULLIS_OIDC_PAR", "sometimes")],
+        "PORTCULLIS_OIDC_PAR",
+        "\"auto\", \"always\", \"never\"",
+    );
+    rejects_env(
+        &[("PORTCULLIS_LOG_LEVEL", "=[[")],
+        "PORTCULLIS_LOG_LEVEL",
+        "tracing filter",
+    );
+}
+
+// ---- scopes ------------------------------------------------------------------------
+
+#[test]
+fn scopes_from_env_are_space_separated_and_need_openid() {
+    let config = ok(
+        "",
+        &with(seed_env(), &[("OIDC_SCOPES", "openid  profile offline_access openid")]),
+    );
+    assert_eq!(config.oidc.scopes, ["openid", "profile", "offline_access"]);
+    rejects_env(
+        &[("OIDC_SCOPES", "profile email")],
+        "OIDC_SCOPES",
+        "must include `openid`",
+    );
+    rejects("[oidc]\nscopes = [\"profile\"]", "oidc.scopes", "must include `openid`");
+    rejects("[oidc]\nscopes = []", "oidc.scopes", "must include `openid`");
+    rejects("[oidc]\nscopes = [\"openid\", \"a\\\"b\"]", "oidc.scopes", "characters");
+}
+
+// ---- routes ------------------------------------------------------------------------
+
+#[test]
+fn route_paths_are_checked() {
+    rejects("[routes]\ncallback = \"callback\"", "routes.callback", "start with `/`");
+    rejects("[routes]\ncallback = \"/a b\"", "routes.callback", "only letters");
+    rejects("[routes]\ncallback = \"/a//b\"", "routes.callback", "segments");
+    rejects("[routes]\ncallback = \"/a/../b\"", "routes.callback", "segments");
+    rejects(
+        "[routes]\nprefix = \"/.auth/\"",
+        "routes.prefix",
+        "must not end with `/`",
+    );
+    rejects("[routes]\nprefix = \"/\"", "routes.prefix", "root");
+    rejects("[routes]\nprefix = \"auth\"", "routes.prefix", "start with `/`");
+    rejects(
+        "[routes]\ncallback = \"/.auth/login\"",
+        "routes.callback",
+        "reserved route",
+    );
+    rejects(
+        "[routes]\nprefix = \"/oauth2\"\ncallback = \"/oauth2\"",
+        "routes.callback",
+        "reserved route",
+    );
+    let config = ok(
+        "[routes]\nprefix = \"/oauth2\"\ncallback = \"/oauth2/callback\"",
+        &seed_env(),
+    );
+    assert_eq!(config.oidc.redirect_url.path(), "/oauth2/callback");
+}
+
+// ---- identity headers --------------------------------------------------------------
+
+#[test]
+fn configured_identity_headers_replace_the_defaults_and_are_stripped() {
+    let toml = r#"
+        [identity]
+        strip_headers = ["X-Debug-User"]
+        [[identity.headers]]
+        header = "X-User"
+        claims = ["preferred_username", "sub"]
+        [[identity.headers]]
+        header = "x-groups"
+        claims = ["groups"]
+    "#;
+    let config = ok(toml, &seed_env());
+    let names: Vec<&str> = config.identity.headers.iter().map(|h| h.header.as_str()).collect();
+    assert_eq!(names, ["x-user", "x-groups"]);
+    let stripped: Vec<&str> = config.identity.strip_headers.iter().map(|h| h.as_str()).collect();
+    assert_eq!(stripped, ["x-user", "x-groups", "x-debug-user"]);
+
+    let defaults = ok("", &seed_env());
+    let stripped: Vec<&str> = defaults.identity.strip_headers.iter().map(|h| h.as_str()).collect();
+    assert_eq!(
+        stripped,
+        ["remote-user", "remote-groups", "remote-name", "remote-email"]
+    );
+}
+
+#[test]
+fn identity_headers_from_the_environment() {
+    let env = with(
+        seed_env(),
+        &[(
+            "PORTCULLIS_IDENTITY_HEADERS",
+            "X-User=preferred_username|sub, X-Mail=email",
+        )],
+    );
+    let config = ok("", &env);
+    assert_eq!(config.identity.headers[0].claims, ["preferred_username", "sub"]);
+    assert_eq!(config.identity.headers[1].header.as_str(), "x-mail");
+    rejects_env(
+        &[("PORTCULLIS_IDENTITY_HEADERS", "X-User")],
+        "PORTCULLIS_IDENTITY_HEADERS",
+        "must look like",
+    );
+    rejects_env(
+        &[("PORTCULLIS_IDENTITY_HEADERS", "X User=sub")],
+        "PORTCULLIS_IDENTITY_HEADERS",
+        "valid header name",
+    );
+}
+
+#[test]
+fn identity_header_names_are_checked() {
+    let entry = |header: &str, claims: &str| format!("[[identity.headers]]\nheader = {header:?}\nclaims = {claims}\n");
+    rejects(
+        &entry("Remote User", "[\"sub\"]"),
+        "identity.headers[0].header",
+        "valid header name",
+    );
+    rejects(
+        &entry("Cookie", "[\"sub\"]"),
+        "identity.headers[0].header",
+        "manages itself",
+    );
+    rejects(
+        &entry("X-Forwarded-User", "[\"sub\"]"),
+        "identity.headers[0].header",
+        "manages itself",
+    );
+    rejects(&entry("X-A", "[]"), "identity.headers[0].claims", "non-empty");
+    rejects(&entry("X-A", "[\"\"]"), "identity.headers[0].claims", "non-empty");
+    let twice = format!("{}{}", entry("X-A", "[\"sub\"]"), entry("x-a", "[\"email\"]"));
+    rejects(&twice, "identity.headers[1].header", "already listed");
+    let bearer = format!(
+        "[identity]\naccess_token = \"authorization\"\n{}",
+        entry("Authorization", "[\"sub\"]")
+    );
+    rejects(&bearer, "identity.headers[0].header", "access_token");
+    rejects(
+        "[identity]\nstrip_headers = [\"bad header\"]",
+        "identity.strip_headers",
+        "valid header name",
+    );
+    rejects(
+        "[[identity.headers]]\nclaims = [\"sub\"]",
+        "identity.headers[0].header",
+        "required",
+    );
+}
+
+// ---- durations and sizes -----------------------------------------------------------
+
+#[test]
+fn duration_parser() {
+    let cases = [
+        ("30s", 30_000),
+        ("10m", 600_000),
+        ("1h", 3_600_000),
+        ("12h", 43_200_000),
+        ("500ms", 500),
+        ("1h30m", 5_400_000),
+        ("2d", 172_800_000),
+        ("45", 45_000),
+        (" 5s ", 5000),
+        ("0", 0),
+        ("1m500ms", 60_500),
+    ];
+    for (text, millis) in cases {
+        assert_eq!(parse_duration(text), Ok(Duration::from_millis(millis)), "{text}");
+    }
+    for bad in [
+        "",
+        "s",
+        "10x",
+        "1.5h",
+        "-3s",
+        "10 s",
+        "h1",
+        "1h 30m",
+        "99999999999999999999s",
+        "18446744073709551615d",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn duration_format_round_trips() {
+    for millis in [0, 500, 1000, 90_000, 3_600_000, 5_400_500, 86_400_000 + 1000] {
+        let duration = Duration::from_millis(millis);
+        let text = format_duration(duration);
+        assert_eq!(parse_duration(&text), Ok(duration), "{text}");
+    }
+    assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+}
+
+#[test]
+fn size_parser() {
+    assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+    assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+    assert_eq!(parse_size("4 KiB"), Ok(4096));
+    assert_eq!(parse_size("12345"), Ok(12345));
+    assert!(parse_size("12 parsecs").is_err());
+    assert!(parse_size("MiB").is_err());
+    assert!(parse_size("99999999999GiB").is_err());
+}
+
+// ---- the example file --------------------------------------------------------------
+
+const EXAMPLE: &str = include_str!("../../proxy.toml.example");
+
+#[test]
+fn example_file_parses_with_the_secret_set() {
+    let config = ok(EXAMPLE, &env(&[("OIDC_CLIENT_SECRET", CLIENT_SECRET)]));
+    assert_eq!(
+        config.oidc.redirect_url.as_str(),
+        "https://express.example.com/callback"
+    );
+    assert_eq!(config.oidc.client_id, "Express.js");
+    assert!(EXAMPLE.contains("- 'https://express.example.com/callback'"));
+}
+
+/// Every `#key = value` line of the example, uncommented, gives the defaults back: the
+/// documented defaults are the real ones. (`_file` twins would conflict and are skipped.)
+#[test]
+fn example_file_defaults_are_the_real_defaults() {
+    let uncommented: String = EXAMPLE
+        .lines()
+        .filter(|line| !line.starts_with("#client_secret_file") && !line.starts_with("#secret_file"))
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let env = env(&[
+        ("SESSION_ENCRYPTION_SECRET", SESSION_SECRET),
+        ("OIDC_CLIENT_SECRET", CLIENT_SECRET),
+    ]);
+    let all = ok(&uncommented, &env);
+    let defaults = ok(EXAMPLE, &env);
+    let strip_domain = |text: String| text.replace("cookie_domain = \"example.com\"\n", "");
+    let described = strip_domain(all.describe());
+    let expected = defaults
+        .describe()
+        .replace("# cookie_domain unset: host-only cookies\n", "");
+    assert_eq!(described, expected);
+}

@@ -1,0 +1,176 @@
+//! The one place where errors become responses.
+//!
+//! Each module owns its error enum; [`AppError`] gathers them and [`AppError::into_response`]
+//! maps every variant to a status and a page (or JSON body), classified by who is at
+//! fault: the client (4xx, logged at debug), the identity provider or the upstream
+//! (502/503/504, logged at warn with the cause), or portcullis itself (500).
+
+use http::header::RETRY_AFTER;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::oidc::OidcError;
+use crate::pages;
+use crate::proxy::ProxyError;
+use crate::session::store::StoreError;
+use crate::ResponseBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A request to the redirect URI without `state`: not a response to our login.
+    #[error("callback without state")]
+    CallbackWithoutState,
+    /// No pending-login cookie matches the callback's `state`: expired, already used
+    /// (a replayed callback), or started in another browser.
+    #[error("no pending login matches the callback")]
+    LoginNotFound,
+    /// More logins started per second than configured; protects the provider.
+    #[error("login rate limit reached")]
+    LoginRateLimited,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A reserved path that does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A bug or an impossible state in portcullis itself.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Who caused an error; decides the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+struct Rendering {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    message: String,
+    fault: Fault,
+}
+
+impl AppError {
+    fn rendering(&self) -> Rendering {
+        use StatusCode as S;
+        let r = |status, code, title, message: &str, fault| Rendering {
+            status,
+            code,
+            title,
+            message: message.to_owned(),
+            fault,
+        };
+        match self {
+            AppError::Oidc(error) => oidc_rendering(error),
+            AppError::Proxy(ProxyError::Timeout) => r(S::GATEWAY_TIMEOUT, "upstream_timeout", "Application timed out", "The application did not answer in time. Try again shortly.", Fault::Upstream),
+            AppError::Proxy(ProxyError::Connect(_)) | AppError::Proxy(ProxyError::Request(_)) => r(S::BAD_GATEWAY, "upstream_unavailable", "Application unavailable", "The application behind this sign-in could not be reached. Try again shortly.", Fault::Upstream),
+            AppError::Proxy(ProxyError::Config(_)) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "The proxy is misconfigured.", Fault::Internal),
+            AppError::Store(_) => r(S::SERVICE_UNAVAILABLE, "session_store_unavailable", "Sessions unavailable", "The session store could not be reached. Try again shortly.", Fault::Upstream),
+            AppError::CallbackWithoutState => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "This address is only used to finish a sign-in, and the request carries no sign-in to finish.", Fault::Downstream),
+            AppError::LoginNotFound => r(S::BAD_REQUEST, "login_expired", "Sign-in expired", "This sign-in has expired, was already completed, or was started in another browser. Please sign in again.", Fault::Downstream),
+            AppError::LoginRateLimited => r(S::SERVICE_UNAVAILABLE, "login_rate_limited", "Too many sign-ins", "Too many sign-ins are being started right now. Try again in a moment.", Fault::Downstream),
+            AppError::MethodNotAllowed => r(S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", "This address does not accept that method.", Fault::Downstream),
+            AppError::Internal(_) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "Something went wrong in the proxy.", Fault::Internal),
+            AppError::NotFound => r(S::NOT_FOUND, "not_found", "Not found", "There is nothing at this address.", Fault::Downstream),
+        }
+    }
+
+    /// The response for this error. `wants_json` picks a JSON body over a page; `login_url`
+    /// is offered where signing in again is the way forward.
+    pub fn into_response(self, wants_json: bool, login_url: &str) -> Response<ResponseBody> {
+        let rendering = self.rendering();
+        match rendering.fault {
+            Fault::Downstream => tracing::debug!(error = %self, status = rendering.status.as_u16(), "request refused"),
+            Fault::Upstream => {
+                tracing::warn!(error = %error_chain(&self), status = rendering.status.as_u16(), "dependency failed")
+            }
+            Fault::Internal => {
+                tracing::error!(error = %error_chain(&self), status = rendering.status.as_u16(), "internal error")
+            }
+        }
+        let offer_login = matches!(
+            rendering.code,
+            "login_expired" | "invalid_callback" | "authorization_denied" | "login_failed"
+        );
+        let mut response = if wants_json {
+            pages::error_json(
+                rendering.status,
+                rendering.code,
+                &rendering.message,
+                offer_login.then_some(("login_url", login_url)),
+            )
+        } else {
+            pages::error_page(
+                rendering.status,
+                rendering.title,
+                &rendering.message,
+                offer_login.then_some((login_url, "Sign in again")),
+            )
+        };
+        if rendering.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+fn oidc_rendering(error: &OidcError) -> Rendering {
+    use StatusCode as S;
+    let r = |status, code, title, message: &str, fault| Rendering {
+        status,
+        code,
+        title,
+        message: message.to_owned(),
+        fault,
+    };
+    match error {
+        OidcError::NotReady | OidcError::ProviderUnreachable(_) => r(S::SERVICE_UNAVAILABLE, "idp_unavailable", "Sign-in unavailable", "The identity provider is unreachable, so signing in is not possible right now. Try again shortly.", Fault::Upstream),
+        OidcError::ParUnsupported => r(S::BAD_GATEWAY, "idp_misconfigured", "Sign-in unavailable", "The identity provider does not support pushed authorization requests, which this proxy is configured to require.", Fault::Upstream),
+        OidcError::ProviderRejected { endpoint: "token", error, .. } if error == "invalid_grant" => r(S::BAD_REQUEST, "login_failed", "Sign-in failed", "The sign-in code was already used or has expired. Please sign in again.", Fault::Downstream),
+        OidcError::ProviderRejected { .. } => r(S::BAD_GATEWAY, "idp_rejected", "Sign-in failed", "The identity provider refused the sign-in request.", Fault::Upstream),
+        OidcError::AuthorizationDenied { error, description } => {
+            let mut message = format!("The identity provider did not sign you in ({error})");
+            if let Some(description) = description {
+                message.push_str(": ");
+                message.push_str(description);
+            }
+            message.push('.');
+            Rendering { status: S::FORBIDDEN, code: "authorization_denied", title: "Sign-in refused", message, fault: Fault::Downstream }
+        }
+        OidcError::StateMismatch => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response does not belong to the sign-in started in this browser.", Fault::Downstream),
+        OidcError::MissingIssuer | OidcError::IssuerMismatch => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response does not come from the configured identity provider.", Fault::Downstream),
+        OidcError::MissingCode => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response carries no authorization code.", Fault::Downstream),
+        OidcError::InvalidIdToken(_) | OidcError::SubjectMismatch | OidcError::InvalidResponse { .. } => r(S::BAD_GATEWAY, "idp_invalid_response", "Sign-in failed", "The identity provider returned a response that failed validation.", Fault::Upstream),
+        OidcError::HttpClient(_) | OidcError::RevocationUnsupported => r(
+            S::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "Something went wrong in the proxy.",
+            Fault::Internal,
+        ),
+        OidcError::RefreshRejected(_) => r(S::UNAUTHORIZED, "session_ended", "Session ended", "Your session has ended. Please sign in again.", Fault::Downstream),
+    }
+}
+
+/// `error: cause: cause…`, for log lines. Sources never carry secrets (each module's
+/// errors are written not to).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,154 @@
+//! Back-channel HTTP plumbing shared by every call to the provider: the client (redirects
+//! disabled, every call bounded by the configured timeout), `client_secret_basic`
+//! credentials, bounded response bodies and OAuth error bodies turned into [`OidcError`]s
+//! that never carry a secret.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use super::OidcError;
+
+/// Largest response body read from the provider; a rogue or broken provider cannot make
+/// us buffer more than this.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Longest provider-supplied `error`/`error_description` kept in an error value.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// Builds the client used for every provider call. Redirects are disabled so that a
+/// provider (or whoever controls a URL it advertises) cannot bounce our back-channel
+/// requests, with credentials, to another host (SSRF).
+pub(super) fn build_client(timeout: Duration) -> Result<reqwest::Client, OidcError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .use_rustls_tls()
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| OidcError::HttpClient(e.without_url().to_string()))
+}
+
+/// `Authorization: Basic …` for `client_secret_basic`: id and secret are each
+/// `application/x-www-form-urlencoded` before Base64 (RFC 6749 §2.3.1), which Authelia
+/// requires for secrets containing reserved characters. The value is marked sensitive so
+/// hyper/reqwest never log it.
+pub(super) fn basic_auth(client_id: &str, client_secret: &str) -> HeaderValue {
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let credentials = format!("{}:{}", encode(client_id), encode(client_secret));
+    let value = format!("Basic {}", STANDARD.encode(credentials));
+    // Base64 and "Basic " are always valid header bytes; the fallback is unreachable but
+    // keeps this path free of panics.
+    let mut header = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    header.set_sensitive(true);
+    header
+}
+
+/// A provider response read in full (up to [`MAX_BODY_BYTES`]).
+pub(super) struct Reply {
+    pub status: StatusCode,
+    /// Media type without parameters, lower-cased (`application/json`).
+    pub media_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Sends a request and reads its body. Transport failures, timeouts and oversized
+/// bodies become [`OidcError::ProviderUnreachable`] / [`OidcError::InvalidResponse`];
+/// the message never contains the URL (which may carry a query) or any header.
+pub(super) async fn send(endpoint: &'static str, request: reqwest::RequestBuilder) -> Result<Reply, OidcError> {
+    let unreachable =
+        |e: reqwest::Error| OidcError::ProviderUnreachable(format!("{endpoint} endpoint: {}", e.without_url()));
+    let mut response = request.send().await.map_err(unreachable)?;
+    let status = response.status();
+    let media_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(OidcError::InvalidResponse {
+                endpoint,
+                detail: format!("response body larger than {MAX_BODY_BYTES} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Reply {
+        status,
+        media_type,
+        body,
+    })
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    error: String,
+    error_description: Option<String>,
+}
+
+/// An OAuth error response (RFC 6749 §5.2) reduced to safe text: every value we sent
+/// that must stay secret (`sensitive`) is redacted should the provider echo it, and the
+/// text is shortened and stripped of control characters.
+pub(super) struct OAuthError {
+    pub error: String,
+    pub description: Option<String>,
+}
+
+impl OAuthError {
+    /// Parses an OAuth error body; `None` when the body is not one.
+    pub(super) fn parse(body: &[u8], sensitive: &[&str]) -> Option<Self> {
+        let parsed: OAuthErrorBody = serde_json::from_slice(body).ok()?;
+        Some(OAuthError {
+            error: sanitize(&parsed.error, sensitive),
+            description: parsed.error_description.map(|d| sanitize(&d, sensitive)),
+        })
+    }
+}
+
+/// Turns a failed reply into an error: an OAuth error body is the provider's answer to
+/// our request ([`OidcError::ProviderRejected`]); a 5xx without one means the provider
+/// (or a proxy in front of it) is not working ([`OidcError::ProviderUnreachable`]);
+/// anything else is a rejection named by its status.
+pub(super) fn failure(endpoint: &'static str, reply: &Reply, sensitive: &[&str]) -> OidcError {
+    match OAuthError::parse(&reply.body, sensitive) {
+        Some(e) => OidcError::ProviderRejected {
+            endpoint,
+            error: e.error,
+            description: e.description,
+        },
+        None if reply.status.is_server_error() => {
+            OidcError::ProviderUnreachable(format!("{endpoint} endpoint answered HTTP {}", reply.status.as_u16()))
+        }
+        None => OidcError::ProviderRejected {
+            endpoint,
+            error: format!("HTTP {}", reply.status.as_u16()),
+            description: None,
+        },
+    }
+}
+
+/// Removes secrets, control characters and excess length from provider-supplied text.
+pub(super) fn sanitize(text: &str, sensitive: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in sensitive.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret, "[redacted]");
+    }
+    let mut out: String = out.chars().filter(|c| !c.is_control()).collect();
+    if out.len() > MAX_ERROR_TEXT {
+        let mut cut = MAX_ERROR_TEXT;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}

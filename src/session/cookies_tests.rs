@@ -1,0 +1,168 @@
+use std::time::SystemTime;
+
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+use crate::oidc::PendingAuth;
+use crate::session::tests::session_config;
+
+fn pending(state: &str, started_at: u64) -> PendingLogin {
+    PendingLogin {
+        auth: PendingAuth {
+            state: state.into(),
+            nonce: "n".repeat(43),
+            pkce_verifier: "v".repeat(43),
+        },
+        return_to: "/reports?year=2026".into(),
+        started_at,
+    }
+}
+
+/// Turns `Set-Cookie` values into the `Cookie` header a browser would send back.
+fn cookie_header(set_cookies: &[HeaderValue]) -> HeaderMap {
+    let pairs: Vec<String> = set_cookies
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    let mut headers = HeaderMap::new();
+    headers.insert(COOKIE, HeaderValue::from_str(&pairs.join("; ")).unwrap());
+    headers
+}
+
+fn now_secs() -> u64 {
+    unix_seconds(SystemTime::now())
+}
+
+#[test]
+fn a_sealed_login_opens_with_the_same_state() {
+    let codec = CookieCodec::new(&session_config());
+    let state = "s".repeat(43);
+    let set = codec.seal_login(&pending(&state, now_secs())).unwrap();
+    let opened = codec
+        .open_login(&cookie_header(&[set]), &state, SystemTime::now())
+        .unwrap();
+    assert_eq!(opened.return_to, "/reports?year=2026");
+    assert_eq!(opened.auth.nonce, "n".repeat(43));
+}
+
+#[test]
+fn the_sealed_cookie_reveals_nothing_and_has_safe_attributes() {
+    let codec = CookieCodec::new(&session_config());
+    let set = codec.seal_login(&pending(&"s".repeat(43), now_secs())).unwrap();
+    let text = set.to_str().unwrap();
+    assert!(!text.contains("reports") && !text.contains("nnnn"), "{text}");
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure", "Max-Age=600"] {
+        assert!(text.contains(attribute), "{attribute} missing in {text}");
+    }
+}
+
+#[test]
+fn tampered_truncated_or_foreign_login_cookies_do_not_open() {
+    let codec = CookieCodec::new(&session_config());
+    let state = "t".repeat(43);
+    let set = codec.seal_login(&pending(&state, now_secs())).unwrap();
+    let mut headers = cookie_header(&[set]);
+    let original = headers.get(COOKIE).unwrap().to_str().unwrap().to_string();
+    let (name, value) = original.split_once('=').unwrap();
+
+    let mut flipped = value.as_bytes().to_vec();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    let variants = [
+        format!("{name}={}", String::from_utf8(flipped).unwrap()),
+        format!("{name}={}", &value[..value.len() / 2]),
+        format!("{name}="),
+    ];
+    for variant in variants {
+        headers.insert(COOKIE, HeaderValue::from_str(&variant).unwrap());
+        assert!(
+            codec.open_login(&headers, &state, SystemTime::now()).is_none(),
+            "{variant}"
+        );
+    }
+
+    let mut other = session_config();
+    other.secret = crate::config::Secret::new("another-secret-another-secret-another");
+    let foreign = CookieCodec::new(&other)
+        .seal_login(&pending(&state, now_secs()))
+        .unwrap();
+    assert!(codec
+        .open_login(&cookie_header(&[foreign]), &state, SystemTime::now())
+        .is_none());
+}
+
+#[test]
+fn a_login_cookie_does_not_open_under_another_state() {
+    let codec = CookieCodec::new(&session_config());
+    let set = codec.seal_login(&pending(&"a".repeat(43), now_secs())).unwrap();
+    let value = set
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    // The same sealed value presented under another state's cookie name: the name is
+    // authenticated, so it must not open.
+    let renamed = format!("{}={value}", codec.login_cookie_name(&"b".repeat(43)));
+    let mut headers = HeaderMap::new();
+    headers.insert(COOKIE, HeaderValue::from_str(&renamed).unwrap());
+    assert!(codec.open_login(&headers, &"b".repeat(43), SystemTime::now()).is_none());
+}
+
+#[test]
+fn an_expired_login_does_not_open() {
+    let codec = CookieCodec::new(&session_config());
+    let state = "e".repeat(43);
+    let set = codec.seal_login(&pending(&state, now_secs() - 601)).unwrap();
+    assert!(codec
+        .open_login(&cookie_header(&[set]), &state, SystemTime::now())
+        .is_none());
+}
+
+#[test]
+fn pruning_keeps_at_most_the_configured_number_of_pending_logins() {
+    let codec = CookieCodec::new(&session_config()); // max 3
+    let now = now_secs();
+    let sets: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| codec.seal_login(&pending(&s.repeat(43), now - 100 + i as u64)).unwrap())
+        .collect();
+    let cleared = codec.prune_logins(&cookie_header(&sets), SystemTime::now());
+    // 4 present + 1 new must become 3: the two oldest go.
+    let names: Vec<_> = cleared
+        .iter()
+        .map(|v| v.to_str().unwrap().split('=').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            codec.login_cookie_name(&"a".repeat(43)),
+            codec.login_cookie_name(&"b".repeat(43))
+        ]
+    );
+    assert!(cleared.iter().all(|v| v.to_str().unwrap().contains("Max-Age=0")));
+}
+
+#[test]
+fn the_session_cookie_carries_only_the_id_with_safe_attributes() {
+    let codec = CookieCodec::new(&session_config());
+    let id = SessionId::generate();
+    let set = codec.set_session(&id);
+    let text = set.to_str().unwrap();
+    assert!(
+        text.starts_with(&format!("portcullis_session={};", id.cookie_value())),
+        "{text}"
+    );
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Secure"] {
+        assert!(text.contains(attribute), "{attribute} missing in {text}");
+    }
+    assert_eq!(
+        codec.session_id(&cookie_header(&[set])).map(|s| s.key()),
+        Some(id.key())
+    );
+}

@@ -1,0 +1,196 @@
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use super::store::{MemoryStore, SessionBackend};
+use super::*;
+use crate::config::{IdentityHeader, Secret, SessionConfig};
+
+pub(crate) fn session_config() -> SessionConfig {
+    SessionConfig {
+        secret: Secret::new("0123456789abcdef0123456789abcdef-test"),
+        secret_is_ephemeral: false,
+        cookie_name: "portcullis_session".into(),
+        login_cookie_prefix: "portcullis_login_".into(),
+        cookie_secure: true,
+        cookie_domain: None,
+        idle_timeout: Duration::from_secs(3600),
+        max_lifetime: Duration::from_secs(12 * 3600),
+        max_memory_bytes: 16 * 1024 * 1024,
+        refresh_before_expiry: Duration::from_secs(30),
+        login_timeout: Duration::from_secs(600),
+        max_pending_logins: 3,
+    }
+}
+
+fn identity_config() -> IdentityConfig {
+    let header = |name: &'static str, claims: &[&str]| IdentityHeader {
+        header: HeaderName::from_static(name),
+        claims: claims.iter().map(|c| c.to_string()).collect(),
+    };
+    IdentityConfig {
+        headers: vec![
+            header("remote-user", &["preferred_username", "sub"]),
+            header("remote-groups", &["groups"]),
+            header("remote-name", &["name"]),
+            header("remote-email", &["email"]),
+        ],
+        strip_headers: vec![],
+        access_token: AccessTokenForwarding::None,
+    }
+}
+
+pub(crate) fn session(claims: serde_json::Value, lifetime: Duration) -> Session {
+    let claims = claims.as_object().cloned().unwrap_or_default();
+    let now = SystemTime::now();
+    let mut session = Session {
+        subject: "0b2f6f4e-sub".into(),
+        claims: claims.clone(),
+        id_token_claims: Claims::new(),
+        userinfo: Some(claims),
+        tokens: TokenSet {
+            access_token: Secret::new("authelia_at_example"),
+            token_type: "bearer".into(),
+            expires_at: Some(now + Duration::from_secs(3600)),
+            refresh_token: Some(Secret::new("authelia_rt_example")),
+            id_token: None,
+            scopes: vec!["openid".into()],
+        },
+        created_at: now,
+        expires_at: now + lifetime,
+        upstream_headers: UpstreamHeaders::default(),
+    };
+    session.prepare_headers(&identity_config());
+    session
+}
+
+fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .upstream_headers
+        .identity
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.to_str().ok())
+}
+
+#[test]
+fn session_ids_round_trip_through_the_cookie_and_hash_to_a_different_key() {
+    let id = SessionId::generate();
+    let parsed = SessionId::parse(&id.cookie_value()).expect("own cookie value parses");
+    assert_eq!(parsed.key(), id.key());
+    assert_ne!(id.key().0, id.0, "the store key is a hash, not the id");
+    assert_ne!(SessionId::generate().key(), id.key());
+}
+
+#[test]
+fn malformed_session_cookie_values_are_not_ids() {
+    for value in ["", "short", &"A".repeat(44), &"!".repeat(43), "../../etc/passwd"] {
+        assert!(SessionId::parse(value).is_none(), "{value:?}");
+    }
+}
+
+#[test]
+fn identity_headers_follow_authelia_conventions() {
+    let session = session(
+        json!({"sub": "abc", "preferred_username": "john", "name": "John Doe",
+               "email": "john@example.com", "groups": ["admins", "dev"]}),
+        Duration::from_secs(60),
+    );
+    assert_eq!(header(&session, "remote-user"), Some("john"));
+    assert_eq!(header(&session, "remote-groups"), Some("admins,dev"));
+    assert_eq!(header(&session, "remote-name"), Some("John Doe"));
+    assert_eq!(header(&session, "remote-email"), Some("john@example.com"));
+}
+
+#[test]
+fn remote_user_falls_back_to_sub_and_missing_claims_send_no_header() {
+    let session = session(json!({"sub": "abc"}), Duration::from_secs(60));
+    assert_eq!(header(&session, "remote-user"), Some("abc"));
+    assert_eq!(header(&session, "remote-email"), None);
+    assert_eq!(header(&session, "remote-groups"), None);
+}
+
+#[test]
+fn claims_with_control_characters_never_become_headers() {
+    let session = session(
+        json!({"sub": "abc", "name": "Eve\r\nRemote-User: admin"}),
+        Duration::from_secs(60),
+    );
+    assert_eq!(header(&session, "remote-name"), None);
+}
+
+#[test]
+fn refresh_is_due_only_with_a_refresh_token_near_expiry() {
+    let mut session = session(json!({"sub": "abc"}), Duration::from_secs(60));
+    let now = SystemTime::now();
+    session.tokens.expires_at = Some(now + Duration::from_secs(20));
+    assert!(session.needs_refresh(now, Duration::from_secs(30)));
+    assert!(!session.needs_refresh(now, Duration::ZERO));
+    session.tokens.refresh_token = None;
+    assert!(!session.needs_refresh(now + Duration::from_secs(60), Duration::ZERO));
+}
+
+#[tokio::test]
+async fn memory_store_returns_what_was_inserted_and_forgets_removed_sessions() {
+    let store = MemoryStore::new(&session_config());
+    let key = SessionId::generate().key();
+    store
+        .insert(key, Arc::new(session(json!({"sub": "abc"}), Duration::from_secs(60))))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap().unwrap().subject, "0b2f6f4e-sub");
+    store.remove(&key).await.unwrap();
+    assert!(store.get(&key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn memory_store_drops_sessions_past_their_absolute_deadline() {
+    let store = MemoryStore::new(&session_config());
+    let key = SessionId::generate().key();
+    store
+        .insert(key, Arc::new(session(json!({"sub": "abc"}), Duration::from_millis(50))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(store.get(&key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn memory_store_drops_idle_sessions() {
+    let mut config = session_config();
+    config.idle_timeout = Duration::from_millis(100);
+    let store = MemoryStore::new(&config);
+    let key = SessionId::generate().key();
+    store
+        .insert(key, Arc::new(session(json!({"sub": "abc"}), Duration::from_secs(60))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store.get(&key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn memory_store_stays_within_its_memory_bound() {
+    let mut config = session_config();
+    config.max_memory_bytes = 256 * 1024;
+    let store = MemoryStore::new(&config);
+    let template = Arc::new(session(
+        json!({"sub": "abc", "name": "x".repeat(1000)}),
+        Duration::from_secs(60),
+    ));
+    let size = template.approximate_size() as u64;
+    for _ in 0..2_000 {
+        store
+            .insert(SessionId::generate().key(), template.clone())
+            .await
+            .unwrap();
+    }
+    store.cache.run_pending_tasks().await;
+    assert!(
+        store.len() * size <= config.max_memory_bytes,
+        "{} sessions of {size} bytes",
+        store.len()
+    );
+    assert!(!store.is_empty());
+}

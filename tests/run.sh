@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need, then runs every test:
+# the test provider's own self-test, the unit tests and the end-to-end tests against
+# the real binary, the real oidc-provider, a real upstream and headless Chromium.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash tests/setup.sh
+(cd tests/idp && node --test selftest.mjs)
+cargo test --all-targets
