@@ -206,7 +206,10 @@ async fn an_idle_session_ends_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_in_use_still_ends_at_its_maximum_lifetime() {
+    // Idle timeout as long as the lifetime (it may not be longer), so that only
+    // the lifetime can end the session below.
     let stack = Stack::builder()
+        .env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "3s")
         .env("PORTCULLIS_SESSION_MAX_LIFETIME", "3s")
         .start()
         .await;

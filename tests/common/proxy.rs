@@ -65,6 +65,7 @@ impl PortcullisBuilder {
             // A provider that comes up late is noticed within about a second.
             ("PORTCULLIS_OIDC_DISCOVERY_RETRY_MAX", "1s".to_owned()),
             ("RUST_LOG", "portcullis=debug,info".to_owned()),
+            ("NO_COLOR", "1".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
