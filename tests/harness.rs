@@ -83,3 +83,62 @@ async fn the_login_walk_reaches_the_redirect_uri_through_par() {
     assert!(client.cookie_names(&app.base_url.parse().unwrap()).is_empty());
     assert!(!client.cookie_names(&idp.issuer_url()).is_empty());
 }
+
+#[test]
+fn the_jar_keeps_ports_apart_matches_paths_and_honours_removals() {
+    use common::cookies::Jar;
+    let app: url::Url = "http://localhost:1000/a/b".parse().unwrap();
+    let other_port: url::Url = "http://localhost:2000/a/b".parse().unwrap();
+    let mut jar = Jar::default();
+    for raw in ["s=1; Path=/; HttpOnly", "scoped=2; Path=/a/b", "defaulted=3"] {
+        jar.store(&app, &SetCookie::parse(raw).unwrap());
+    }
+    assert_eq!(jar.header_for(&app).as_deref(), Some("scoped=2; defaulted=3; s=1"));
+    assert_eq!(jar.header_for(&other_port), None, "cookies leaked to another port");
+    let root: url::Url = "http://localhost:1000/".parse().unwrap();
+    assert_eq!(jar.header_for(&root).as_deref(), Some("s=1"));
+    let sibling: url::Url = "http://localhost:1000/a/bc".parse().unwrap();
+    assert_eq!(jar.get(&sibling, "scoped"), None, "/a/b must not match /a/bc");
+
+    jar.store(&app, &SetCookie::parse("s=; Path=/; Max-Age=0").unwrap());
+    jar.store(
+        &app,
+        &SetCookie::parse("defaulted=; Expires=Thu, 01 Jan 1970 00:00:00 GMT").unwrap(),
+    );
+    assert_eq!(jar.header_for(&app).as_deref(), Some("scoped=2"));
+}
+
+#[test]
+fn the_form_parser_finds_the_login_action() {
+    let html = r#"<p>x</p><form method="post" action="/interaction/Ab_-9/login" autocomplete="off">
+        <input name="username"><input name="password" type="password"></form>"#;
+    assert_eq!(
+        client::login_form_action(html).as_deref(),
+        Some("/interaction/Ab_-9/login")
+    );
+    assert_eq!(
+        client::login_form_action("<form action=\"/search\"><input name=q></form>"),
+        None
+    );
+}
+
+#[test]
+fn a_backslash_location_counts_as_off_site() {
+    // What the open-redirect tests rely on: Location resolves the way browsers do.
+    let base: url::Url = "http://localhost:1000/callback?code=x".parse().unwrap();
+    for (location, off_site) in [
+        ("/\\evil.example", true),
+        ("//evil.example", true),
+        ("/\t/evil.example", true),
+        ("https:evil.example", true),
+        ("/%2F/evil.example", false),
+        ("/ok?next=//evil.example", false),
+    ] {
+        let resolved = base.join(location).unwrap();
+        assert_eq!(
+            resolved.host_str() != Some("localhost"),
+            off_site,
+            "{location:?} -> {resolved}"
+        );
+    }
+}
