@@ -259,12 +259,13 @@ impl Browserless {
     }
 
     /// Follows redirects from `resp` (GET navigations, as a browser after 302/303)
-    /// until a response is not a redirect. Returns every response including `resp`.
+    /// until a response is not a redirect, or redirects off the test servers.
+    /// Returns every response including `resp`.
     pub async fn follow(&self, resp: Resp) -> LoginTrace {
         let mut hops = vec![resp];
         for _ in 0..MAX_HOPS {
             let last = hops.last().expect("non-empty");
-            let Some(next) = last.location().filter(|_| last.is_redirect()) else {
+            let Some(next) = last.location().filter(|u| last.is_redirect() && is_test_server(u)) else {
                 return LoginTrace { hops };
             };
             hops.push(self.navigate(next.as_str()).await);
@@ -275,6 +276,7 @@ impl Browserless {
     /// Navigates to `protected_url`, signs in at the provider as `user` and
     /// follows the redirects back until the browser lands. When the provider
     /// still has a session, no form appears and the walk goes straight back.
+    /// A redirect off the test servers (loopback) ends the walk unfollowed.
     pub async fn login(&self, protected_url: &str, user: &str, password: &str) -> LoginTrace {
         self.walk(protected_url, user, password, StopAt::Landing).await
     }
@@ -298,7 +300,7 @@ impl Browserless {
             let last = hops.last().expect("non-empty");
             if last.is_redirect() {
                 let next = last.location().expect("redirect has a valid Location");
-                if matches!(stop, StopAt::Callback) && next.path() == "/callback" {
+                if !is_test_server(&next) || matches!(stop, StopAt::Callback) && next.path() == "/callback" {
                     return LoginTrace { hops };
                 }
                 hops.push(self.navigate(next.as_str()).await);
@@ -361,6 +363,12 @@ impl Browserless {
         // A poisoned jar only means another task of this test panicked already.
         self.jar.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Every server of a test listens on loopback over http. A redirect anywhere
+/// else is not followed: the walk ends there, for the test to judge.
+fn is_test_server(url: &Url) -> bool {
+    url.scheme() == "http" && matches!(url.host_str(), Some("localhost" | "127.0.0.1"))
 }
 
 /// The `action` of the provider's login form (`<form … action="/interaction/<uid>/login">`).
