@@ -72,6 +72,13 @@ impl AppError {
             AppError::Oidc(error) => oidc_rendering(error),
             AppError::Proxy(ProxyError::Timeout) => r(S::GATEWAY_TIMEOUT, "upstream_timeout", "Application timed out", "The application did not answer in time. Try again shortly.", Fault::Upstream),
             AppError::Proxy(ProxyError::Connect(_)) | AppError::Proxy(ProxyError::Request(_)) => r(S::BAD_GATEWAY, "upstream_unavailable", "Application unavailable", "The application behind this sign-in could not be reached. Try again shortly.", Fault::Upstream),
+            AppError::Proxy(ProxyError::BadRequest(reason)) => Rendering {
+                status: S::BAD_REQUEST,
+                code: "bad_request",
+                title: "Bad request",
+                message: format!("This request cannot be forwarded: {reason}."),
+                fault: Fault::Downstream,
+            },
             AppError::Proxy(ProxyError::Config(_)) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "The proxy is misconfigured.", Fault::Internal),
             AppError::Store(_) => r(S::SERVICE_UNAVAILABLE, "session_store_unavailable", "Sessions unavailable", "The session store could not be reached. Try again shortly.", Fault::Upstream),
             AppError::CallbackWithoutState => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "This address is only used to finish a sign-in, and the request carries no sign-in to finish.", Fault::Downstream),

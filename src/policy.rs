@@ -52,7 +52,8 @@ pub fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
     if method != Method::GET && method != Method::HEAD {
         return false;
     }
-    if headers.contains_key("x-requested-with") {
+    // A WebSocket handshake is never a page a person can be redirected from.
+    if headers.contains_key("x-requested-with") || headers.contains_key(http::header::UPGRADE) {
         return false;
     }
     if let Some(mode) = headers.get("sec-fetch-mode") {

@@ -50,9 +50,18 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!(grace_seconds = grace.as_secs(), "shutting down: draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    // Upgraded connections (WebSockets) left hyper's hands at the 101, so they are
+    // drained separately, within the same grace period.
+    let drain = async {
+        graceful.shutdown().await;
+        while app.upstream.upgraded_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
+    app.upstream.close_upgraded_connections();
 }
 
 fn serve_connection(

@@ -79,18 +79,6 @@ pub struct Provider {
     pub id_token_algs: Vec<CoreJwsSigningAlgorithm>,
 }
 
-/// The issuer as a string for exact comparison. `Url` always gives an origin-only URL a
-/// `/` path, while Authelia's issuer has no trailing slash, so an empty path is written
-/// without it; any other path is kept as configured.
-pub(super) fn issuer_string(issuer: &Url) -> String {
-    let s = issuer.as_str();
-    if issuer.path() == "/" && issuer.query().is_none() && issuer.fragment().is_none() {
-        s.strip_suffix('/').unwrap_or(s).to_owned()
-    } else {
-        s.to_owned()
-    }
-}
-
 impl Provider {
     /// Checks parsed metadata: endpoints we need exist and, for an https issuer, are
     /// https too (no downgrade of the back channel through a forged document).

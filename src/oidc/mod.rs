@@ -48,7 +48,7 @@ pub struct OidcClient {
 
 struct Inner {
     config: Arc<OidcConfig>,
-    /// The issuer exactly as compared with `iss` values (see `discovery::issuer_string`).
+    /// The issuer exactly as compared with `iss` values (`OidcConfig::issuer_exact`, never re-serialised from a `Url`).
     issuer: String,
     http: reqwest::Client,
     /// Set once by discovery; never changes afterwards.
@@ -61,7 +61,7 @@ impl OidcClient {
     pub fn new(config: Arc<OidcConfig>) -> Result<Self, OidcError> {
         let http = http::build_client(config.http_timeout)?;
         let inner = Inner {
-            issuer: discovery::issuer_string(&config.issuer),
+            issuer: config.issuer_exact.clone(),
             jwks: jwks::JwksCache::new(config.jwks_refetch_interval),
             provider: OnceLock::new(),
             http,

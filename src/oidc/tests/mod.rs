@@ -19,6 +19,7 @@ pub const SECRET: &str = "insecure_secret";
 pub fn config(issuer: &str) -> OidcConfig {
     OidcConfig {
         issuer: Url::parse(issuer).expect("issuer"),
+        issuer_exact: issuer.to_owned(),
         client_id: CLIENT_ID.into(),
         client_secret: Secret::new(SECRET),
         scopes: ["openid", "profile", "email", "groups"].map(String::from).to_vec(),

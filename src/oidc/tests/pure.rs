@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::config::ParMode;
 use crate::oidc::authorize::{authorize_url, par_endpoint, par_response};
 use crate::oidc::callback::check_callback;
-use crate::oidc::discovery::{issuer_string, Metadata, Provider};
+use crate::oidc::discovery::{Metadata, Provider};
 use crate::oidc::http::{basic_auth, Reply};
 use crate::oidc::test_provider::authelia_discovery;
 use crate::oidc::{CallbackParams, OidcError};
@@ -323,15 +323,6 @@ fn discovery_refuses_plain_http_endpoints_under_an_https_issuer() {
         Provider::from_metadata(&metadata, ISS),
         Err(OidcError::InvalidResponse { .. })
     ));
-}
-
-#[test]
-fn issuer_string_drops_only_the_slash_url_adds_to_an_origin() {
-    let s = |u: &str| issuer_string(&url::Url::parse(u).expect("url"));
-    assert_eq!(s("https://auth.example.com"), "https://auth.example.com");
-    assert_eq!(s("http://127.0.0.1:9091"), "http://127.0.0.1:9091");
-    assert_eq!(s("https://example.com/authelia"), "https://example.com/authelia");
-    assert_eq!(s("https://example.com/authelia/"), "https://example.com/authelia/");
 }
 
 #[test]

@@ -1,0 +1,271 @@
+//! Header rewriting between downstream and upstream, as pure functions over
+//! [`HeaderMap`]: hop-by-hop removal, identity-header stripping (every case and
+//! `_` spelling), `X-Forwarded-*`, and removal of portcullis' own cookies.
+//!
+//! Nothing here does I/O, so every rule is unit-tested in `headers/tests.rs`.
+
+use std::net::IpAddr;
+
+use http::header::{
+    AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::CookieFilter;
+use crate::config::{AccessTokenForwarding, IdentityConfig};
+
+#[cfg(test)]
+mod tests;
+
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(super) static X_FORWARDED_ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-forwarded-access-token");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the common non-standard ones). `TE` and
+/// `Upgrade` are handled separately because they survive in some cases.
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+];
+
+/// Header names that no client copy of may reach the upstream, compared after
+/// lowercasing and folding `_` to `-` (CGI/PHP/WSGI servers merge `Remote_User`
+/// and `Remote-User` into one `HTTP_REMOTE_USER`).
+///
+/// Built once in [`super::Upstream::new`]; the lookup allocates nothing.
+#[derive(Debug, Clone)]
+pub(super) struct StripSet {
+    /// Folded names (lowercase, `-` only), without duplicates.
+    folded: Box<[Box<str>]>,
+}
+
+impl StripSet {
+    /// Identity headers, the configured extra names, the access-token header(s) and the
+    /// `X-Forwarded-*`/`Forwarded` family (whose `_` spellings would otherwise slip past
+    /// the values portcullis sets).
+    pub(super) fn new(identity: &IdentityConfig) -> Self {
+        let mut names: Vec<&str> = identity
+            .headers
+            .iter()
+            .map(|h| h.header.as_str())
+            .chain(identity.strip_headers.iter().map(HeaderName::as_str))
+            .collect();
+        names.extend([
+            X_FORWARDED_ACCESS_TOKEN.as_str(),
+            X_FORWARDED_FOR.as_str(),
+            X_FORWARDED_PROTO.as_str(),
+            X_FORWARDED_HOST.as_str(),
+            FORWARDED.as_str(),
+        ]);
+        if identity.access_token == AccessTokenForwarding::AuthorizationBearer {
+            names.push(AUTHORIZATION.as_str());
+        }
+        let mut folded: Vec<Box<str>> = names
+            .into_iter()
+            .map(|n| n.bytes().map(|b| fold(b) as char).collect::<String>().into())
+            .collect();
+        folded.sort();
+        folded.dedup();
+        StripSet { folded: folded.into() }
+    }
+
+    /// Whether `name` folds to one of the stripped names.
+    pub(super) fn matches(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        self.folded
+            .iter()
+            .any(|f| f.len() == name.len() && f.bytes().zip(name).all(|(f, &n)| fold(n) == f))
+    }
+
+    /// Removes every header that [`Self::matches`], all values of it.
+    pub(super) fn strip(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.matches(n)).cloned().collect();
+        for name in doomed {
+            headers.remove(&name);
+        }
+    }
+}
+
+/// `_` → `-` and ASCII lowercase: the equivalence CGI-style servers apply to names.
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+/// The comma-separated tokens of every `Connection` header value, trimmed.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub(super) fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+///
+/// With `upgrade` (an upgrade request, or the upstream's `101` to one) the `Upgrade`
+/// header is kept as-is and `Connection` is reduced to exactly `upgrade`. A `TE` that
+/// lists `trailers` becomes `TE: trailers`; any other `TE` goes.
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Collected first: the names come from a header this function then removes.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for name in &named {
+        if !(upgrade && name == UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| {
+            // `trailers` takes no parameters, but tolerate `trailers;q=1`.
+            let token = t.split(|&b| b == b';').next().unwrap_or_default();
+            trim_ows(token).eq_ignore_ascii_case(b"trailers")
+        });
+    headers.remove(TE);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Replaces the client's `Forwarded`/`X-Forwarded-*` with what portcullis saw.
+///
+/// `X-Forwarded-For` is the peer address only: trusted-proxy chains are not supported
+/// yet, so a client-supplied chain is never believed. `host` is the client's `Host`
+/// (or the HTTP/2 authority); without one, `X-Forwarded-Host` is left out.
+pub(super) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    client_scheme: &'static str,
+    host: Option<HeaderValue>,
+) {
+    headers.remove(FORWARDED);
+    // An IP address in text form is always a valid header value.
+    match HeaderValue::try_from(client_ip.to_string()) {
+        Ok(ip) => headers.insert(&X_FORWARDED_FOR, ip),
+        Err(_) => headers.remove(&X_FORWARDED_FOR),
+    };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client_scheme));
+    match host {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// The `Host` the client asked for: its `Host` header, else the URI authority
+/// (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target).
+pub(super) fn client_host(headers: &HeaderMap, uri: &http::Uri) -> Option<HeaderValue> {
+    if let Some(host) = headers.get(HOST) {
+        return Some(host.clone());
+    }
+    uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+/// Removes portcullis' cookies (the session cookie, every pending-login cookie) from
+/// the `Cookie` header(s), keeping the other pairs byte-for-byte and in order.
+///
+/// Several `Cookie` headers (as HTTP/2 clients send them, RFC 9113 §8.2.3) are joined
+/// into one with `; `, as HTTP/1.1 requires. The header is dropped when nothing is
+/// left. A single header from which nothing is removed is left untouched.
+pub(super) fn filter_cookies(headers: &mut HeaderMap, filter: &CookieFilter) {
+    let values = headers.get_all(COOKIE);
+    let count = values.iter().count();
+    if count == 0 {
+        return;
+    }
+    let mut removed = false;
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for pair in values
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .map(trim_ows)
+        .filter(|p| !p.is_empty())
+    {
+        let name = trim_ows(pair.split(|&b| b == b'=').next().unwrap_or_default());
+        if filter.is_ours(name) {
+            removed = true;
+        } else {
+            kept.push(pair);
+        }
+    }
+    if count == 1 && !removed {
+        return;
+    }
+    let joined = kept.join(&b"; "[..]);
+    headers.remove(COOKIE);
+    if joined.is_empty() {
+        return;
+    }
+    // The pairs were cut from valid header values at `;` and trimmed, and `; ` is
+    // valid too, so this cannot fail; if it ever did, dropping the header is safe.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
+}
+
+impl CookieFilter {
+    /// Whether a cookie of this name belongs to portcullis.
+    fn is_ours(&self, name: &[u8]) -> bool {
+        name == self.session_cookie.as_bytes()
+            || (!self.login_cookie_prefix.is_empty() && name.starts_with(self.login_cookie_prefix.as_bytes()))
+    }
+}
+
+/// Sets the session's identity headers and the access token, after every client copy
+/// was removed by [`StripSet::strip`]. Each name is cleared first so that a name given
+/// twice in `identity` is still sent exactly as listed, and one missing from the strip
+/// set (a caller bug) cannot leave a client value beside it.
+pub(super) fn set_identity(
+    headers: &mut HeaderMap,
+    identity: &[(HeaderName, HeaderValue)],
+    access_token: Option<(&HeaderName, &HeaderValue)>,
+) {
+    for (name, _) in identity {
+        headers.remove(name);
+    }
+    for (name, value) in identity {
+        headers.append(name.clone(), value.clone());
+    }
+    if let Some((name, value)) = access_token {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Removes optional whitespace (space, tab) at both ends.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}

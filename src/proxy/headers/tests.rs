@@ -1,0 +1,262 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use http::header::{CONNECTION, COOKIE, HOST, TE, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::*;
+use crate::config::{AccessTokenForwarding, IdentityConfig, IdentityHeader};
+
+fn identity(access_token: AccessTokenForwarding) -> IdentityConfig {
+    let header = |name: &'static str| IdentityHeader {
+        header: HeaderName::from_static(name),
+        claims: vec!["sub".into()],
+    };
+    IdentityConfig {
+        headers: vec![
+            header("remote-user"),
+            header("remote-email"),
+            header("remote-name"),
+            header("remote-groups"),
+        ],
+        strip_headers: vec![HeaderName::from_static("x-forwarded-user")],
+        access_token,
+    }
+}
+
+/// Builds a map from raw `(name, value)` pairs; names keep the test's spelling until
+/// `HeaderName` lowercases them, as hyper does on the wire.
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    headers
+}
+
+/// The names present, sorted (a `HeaderMap` does not keep order across removals).
+fn names(headers: &HeaderMap) -> Vec<&str> {
+    let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+fn all<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
+}
+
+fn filter() -> CookieFilter {
+    CookieFilter {
+        session_cookie: "portcullis".into(),
+        login_cookie_prefix: "portcullis_login_".into(),
+    }
+}
+
+#[test]
+fn identity_headers_are_stripped_in_every_case_and_underscore_spelling() {
+    let mut headers = map(&[
+        ("Remote-User", "a"),
+        ("remote-user", "b"),
+        ("REMOTE_USER", "c"),
+        ("Remote_User", "d"),
+        ("remote-groups", "admins"),
+        ("Remote-Groups", "root"),
+        ("REMOTE-EMAIL", "e@x"),
+        ("remote_name", "n"),
+        ("X-Forwarded-User", "f"),
+        ("x_forwarded_user", "g"),
+        ("x-forwarded-access-token", "t"),
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("authorization", "Basic abc"),
+        ("accept", "text/html"),
+        ("remote-userx", "kept: not the same name"),
+    ]);
+    StripSet::new(&identity(AccessTokenForwarding::None)).strip(&mut headers);
+    assert_eq!(names(&headers), ["accept", "authorization", "remote-userx"]);
+}
+
+#[test]
+fn authorization_is_stripped_only_when_the_access_token_goes_there() {
+    for (mode, kept) in [
+        (AccessTokenForwarding::None, true),
+        (AccessTokenForwarding::XForwardedAccessToken, true),
+        (AccessTokenForwarding::AuthorizationBearer, false),
+    ] {
+        let mut headers = map(&[("Authorization", "Bearer spoofed"), ("x-forwarded-access-token", "x")]);
+        StripSet::new(&identity(mode)).strip(&mut headers);
+        assert_eq!(headers.contains_key("authorization"), kept, "{mode:?}");
+        assert!(!headers.contains_key("x-forwarded-access-token"), "{mode:?}");
+    }
+}
+
+#[test]
+fn identity_values_are_set_exactly_once_after_stripping() {
+    let mut headers = map(&[("remote-user", "mallory"), ("remote_user", "mallory")]);
+    StripSet::new(&identity(AccessTokenForwarding::AuthorizationBearer)).strip(&mut headers);
+    let ours = [
+        (
+            HeaderName::from_static("remote-user"),
+            HeaderValue::from_static("alice"),
+        ),
+        (
+            HeaderName::from_static("remote-groups"),
+            HeaderValue::from_static("admins,dev"),
+        ),
+    ];
+    let token = HeaderValue::from_static("Bearer at");
+    set_identity(&mut headers, &ours, Some((&AUTHORIZATION, &token)));
+    assert_eq!(all(&headers, "remote-user"), ["alice"]);
+    assert_eq!(all(&headers, "remote-groups"), ["admins,dev"]);
+    assert_eq!(all(&headers, "authorization"), ["Bearer at"]);
+    assert_eq!(headers.len(), 3);
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_are_removed() {
+    let mut headers = map(&[
+        ("connection", "keep-alive, X-Secret , close"),
+        ("connection", "x-other"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("x-secret", "1"),
+        ("x-other", "2"),
+        ("te", "gzip"),
+        ("trailer", "x-checksum"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("proxy-authorization", "Basic abc"),
+        ("proxy-authenticate", "Basic"),
+        ("accept", "*/*"),
+    ]);
+    remove_hop_by_hop(&mut headers, false);
+    assert_eq!(names(&headers), ["accept"]);
+}
+
+#[test]
+fn te_trailers_survives() {
+    let mut headers = map(&[("te", "gzip, trailers")]);
+    remove_hop_by_hop(&mut headers, false);
+    assert_eq!(all(&headers, "te"), ["trailers"]);
+    assert!(headers.get(TE).is_some());
+}
+
+#[test]
+fn upgrade_keeps_upgrade_and_reduces_connection_to_upgrade() {
+    let mut headers = map(&[
+        ("Connection", "keep-alive, Upgrade, x-secret"),
+        ("Upgrade", "websocket"),
+        ("x-secret", "1"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ]);
+    assert!(is_upgrade_request(&headers));
+    remove_hop_by_hop(&mut headers, true);
+    assert_eq!(all(&headers, "connection"), ["upgrade"]);
+    assert_eq!(all(&headers, "upgrade"), ["websocket"]);
+    assert!(!headers.contains_key("x-secret"));
+    assert!(headers.contains_key("sec-websocket-key"));
+}
+
+#[test]
+fn upgrade_needs_both_connection_upgrade_and_an_upgrade_header() {
+    assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+    assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+    assert!(!is_upgrade_request(&map(&[
+        ("connection", "upgraded"),
+        ("upgrade", "websocket")
+    ])));
+    assert!(is_upgrade_request(&map(&[
+        ("connection", "close"),
+        ("connection", "UPGRADE"),
+        ("upgrade", "h2c")
+    ])));
+    let mut headers = map(&[(CONNECTION.as_str(), "upgrade"), (UPGRADE.as_str(), "x")]);
+    remove_hop_by_hop(&mut headers, false);
+    assert!(headers.is_empty());
+}
+
+#[test]
+fn forwarded_headers_are_replaced_with_what_portcullis_saw() {
+    let mut headers = map(&[
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-for", "7.7.7.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=6.6.6.6;host=evil.example"),
+        ("host", "app.example.com"),
+    ]);
+    let host = client_host(&headers, &"/x".parse().unwrap());
+    set_forwarded(&mut headers, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), "http", host);
+    assert_eq!(all(&headers, "x-forwarded-for"), ["192.0.2.7"]);
+    assert_eq!(all(&headers, "x-forwarded-proto"), ["http"]);
+    assert_eq!(all(&headers, "x-forwarded-host"), ["app.example.com"]);
+    assert!(!headers.contains_key("forwarded"));
+}
+
+#[test]
+fn http2_authority_stands_in_for_a_missing_host() {
+    let mut headers = map(&[("x-forwarded-host", "evil.example")]);
+    let host = client_host(&headers, &"https://app.example.com:8443/x".parse().unwrap());
+    assert_eq!(host.as_ref().unwrap(), "app.example.com:8443");
+    set_forwarded(&mut headers, "::1".parse().unwrap(), "https", host);
+    assert_eq!(all(&headers, "x-forwarded-host"), ["app.example.com:8443"]);
+    assert_eq!(all(&headers, "x-forwarded-for"), ["::1"]);
+
+    let mut headers = map(&[("x-forwarded-host", "evil.example")]);
+    let host = client_host(&headers, &"/x".parse().unwrap());
+    set_forwarded(&mut headers, "::1".parse().unwrap(), "https", host);
+    assert!(!headers.contains_key("x-forwarded-host"));
+    assert!(!headers.contains_key(HOST));
+}
+
+#[test]
+fn portcullis_cookies_are_removed_and_others_kept_in_order() {
+    let mut headers = map(&[(
+        "cookie",
+        "theme=dark; portcullis=SESSION; portcullis_login_a=1;lang=en-GB;  b=\"x y\"; portcullis_login_b=2",
+    )]);
+    filter_cookies(&mut headers, &filter());
+    assert_eq!(all(&headers, "cookie"), ["theme=dark; lang=en-GB; b=\"x y\""]);
+}
+
+#[test]
+fn a_cookie_merely_starting_with_the_session_name_is_kept() {
+    let mut headers = map(&[("cookie", "portcullis2=a; xportcullis=b; portcullis=c")]);
+    filter_cookies(&mut headers, &filter());
+    assert_eq!(all(&headers, "cookie"), ["portcullis2=a; xportcullis=b"]);
+}
+
+#[test]
+fn cookie_header_is_removed_when_only_portcullis_cookies_were_sent() {
+    let mut headers = map(&[
+        ("cookie", "portcullis=SESSION"),
+        ("cookie", "portcullis_login_x=1; portcullis_login_y=2"),
+        ("accept", "*/*"),
+    ]);
+    filter_cookies(&mut headers, &filter());
+    assert_eq!(names(&headers), ["accept"]);
+}
+
+#[test]
+fn several_cookie_headers_are_joined_for_http1() {
+    let mut headers = map(&[
+        ("cookie", "a=1"),
+        ("cookie", "portcullis=SESSION"),
+        ("cookie", "b=2; c=3"),
+    ]);
+    filter_cookies(&mut headers, &filter());
+    assert_eq!(all(&headers, "cookie"), ["a=1; b=2; c=3"]);
+
+    let mut headers = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+    filter_cookies(&mut headers, &filter());
+    assert_eq!(all(&headers, "cookie"), ["a=1; b=2"]);
+}
+
+#[test]
+fn a_single_cookie_header_without_portcullis_cookies_is_untouched() {
+    let raw = "a=1;b=2 ;  weird;=x";
+    let mut headers = map(&[("cookie", raw)]);
+    filter_cookies(&mut headers, &filter());
+    assert_eq!(headers.get(COOKIE).unwrap(), raw);
+}

@@ -1,0 +1,136 @@
+//! Where a request goes: the upstream's scheme, authority and path prefix, parsed
+//! once from the configuration, and the per-request URI rewrite.
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+
+use super::ProxyError;
+use crate::config::UpstreamTarget;
+
+/// The fixed part of every upstream URI.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    scheme: Scheme,
+    /// For a unix socket `localhost`: it only keys the connection pool, the connector
+    /// ignores it, and the client's `Host` is sent anyway.
+    authority: Authority,
+    /// Path prefix of the upstream URL without its trailing `/` (`""` for none), so
+    /// that `/app/` + `/x` gives `/app/x` as nginx's `proxy_pass http://h/app/` does.
+    prefix: Box<str>,
+}
+
+impl Target {
+    pub(super) fn new(target: &UpstreamTarget) -> Result<Self, ProxyError> {
+        let url = match target {
+            UpstreamTarget::Unix(_) => {
+                return Ok(Target {
+                    scheme: Scheme::HTTP,
+                    authority: Authority::from_static("localhost"),
+                    prefix: "".into(),
+                })
+            }
+            UpstreamTarget::Http(url) => url,
+        };
+        let scheme = match url.scheme() {
+            "http" => Scheme::HTTP,
+            "https" => Scheme::HTTPS,
+            other => {
+                return Err(ProxyError::Config(format!(
+                    "upstream scheme must be http, https or unix, not {other:?}"
+                )))
+            }
+        };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ProxyError::Config(
+                "the upstream URL must not have a query or fragment".into(),
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ProxyError::Config("the upstream URL must not carry credentials".into()));
+        }
+        // `host_str` brackets IPv6 addresses, as an authority needs.
+        let host = url
+            .host_str()
+            .ok_or_else(|| ProxyError::Config("the upstream URL has no host".into()))?;
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority =
+            Authority::try_from(authority).map_err(|e| ProxyError::Config(format!("upstream host: {e}")))?;
+        let prefix = url.path().trim_end_matches('/');
+        // Checked here so that joining it with a valid path cannot fail per request.
+        PathAndQuery::try_from(format!("{prefix}/")).map_err(|e| ProxyError::Config(format!("upstream path: {e}")))?;
+        Ok(Target {
+            scheme,
+            authority,
+            prefix: prefix.into(),
+        })
+    }
+
+    /// The upstream URI for a downstream request URI: target scheme and authority, the
+    /// prefix, then the client's path and query byte-for-byte (no normalisation: the
+    /// upstream must see what the client sent, as policy saw it).
+    pub(super) fn uri_for(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        if !path_and_query.starts_with('/') {
+            // `OPTIONS *` and authority-form targets have no path to forward.
+            return Err(ProxyError::BadRequest("request target is not a path"));
+        }
+        let path_and_query = if self.prefix.is_empty() {
+            PathAndQuery::try_from(path_and_query)
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))
+        }
+        .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))
+    }
+
+    pub(super) fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use url::Url;
+
+    fn target(url: &str) -> Target {
+        Target::new(&UpstreamTarget::Http(Url::parse(url).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn path_and_query_are_kept_byte_for_byte_after_the_prefix() {
+        let t = target("http://10.0.0.1:8080/app/");
+        let uri: Uri = "/a%2Fb/../c;x?q=%20&r".parse().unwrap();
+        assert_eq!(
+            t.uri_for(&uri).unwrap().to_string(),
+            "http://10.0.0.1:8080/app/a%2Fb/../c;x?q=%20&r"
+        );
+        let t = target("https://[::1]/");
+        let uri: Uri = "https://public.example/x?y".parse().unwrap();
+        assert_eq!(t.uri_for(&uri).unwrap().to_string(), "https://[::1]/x?y");
+    }
+
+    #[test]
+    fn asterisk_form_is_refused() {
+        let t = target("http://u");
+        let uri: Uri = "*".parse().unwrap();
+        assert!(matches!(t.uri_for(&uri), Err(ProxyError::BadRequest(_))));
+    }
+
+    #[test]
+    fn upstream_url_with_query_is_a_configuration_error() {
+        let url = Url::parse("http://u/?a=b").unwrap();
+        assert!(matches!(
+            Target::new(&UpstreamTarget::Http(url)),
+            Err(ProxyError::Config(_))
+        ));
+    }
+}

@@ -1,0 +1,307 @@
+//! Test harness: an echo upstream (TCP or unix socket), a front server that runs
+//! `Upstream::forward` for every request, and a client. Every listener is bound
+//! before its task is spawned, so no test waits for readiness.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, UnixListener};
+use url::Url;
+
+use crate::config::{AccessTokenForwarding, IdentityConfig, IdentityHeader, UpstreamConfig, UpstreamTarget};
+use crate::proxy::{CookieFilter, ForwardContext, ProxyError, Upstream};
+use crate::{BoxError, ResponseBody};
+
+pub type ClientBody = BoxBody<Bytes, Infallible>;
+
+pub fn empty() -> ClientBody {
+    Empty::new().boxed()
+}
+
+pub fn full(data: &'static str) -> ClientBody {
+    Full::new(Bytes::from_static(data.as_bytes())).boxed()
+}
+
+/// A request body fed through a channel: chunks go out as they are sent, the body
+/// ends when the sender is dropped. (`http_body_util::channel` needs a feature the
+/// crate does not enable.)
+pub fn channel_body(buffer: usize) -> (tokio::sync::mpsc::Sender<Bytes>, ClientBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(buffer);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok(http_body::Frame::data(data)), rx))
+    });
+    (tx, http_body_util::StreamBody::new(frames).boxed())
+}
+
+/// A client with the pool off, so that each request opens its own connection.
+pub fn client() -> Client<HttpConnector, ClientBody> {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, ClientBody> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// The upstream's view of a request, as the echo server reports it.
+#[derive(Debug, serde::Deserialize)]
+pub struct Seen {
+    pub uri: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// Every value of headers whose name, folded like CGI servers fold it, is `name`.
+    #[track_caller]
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        let fold = |s: &str| s.to_ascii_lowercase().replace('_', "-");
+        self.headers
+            .iter()
+            .filter(|(n, _)| fold(n) == fold(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub async fn from(response: Response<Incoming>) -> Seen {
+        assert_eq!(response.status(), StatusCode::OK, "{:?}", response.headers());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+/// The echo upstream. By path suffix:
+/// - `/slow`: answers after 2 s;
+/// - `/echo-body`: streams the request body back as the response body;
+/// - `/count-body`: reads the whole body, then answers with its length;
+/// - `/ws`: answers `101` and echoes bytes on the upgraded connection;
+/// - anything else: the method, URI, version and headers it received, as JSON.
+async fn echo(mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let response = if path.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Response::new(body(Bytes::new()))
+    } else if path.ends_with("/echo-body") {
+        Response::new(req.into_body().map_err(BoxError::from).boxed())
+    } else if path.ends_with("/count-body") {
+        let len = req.into_body().collect().await.unwrap().to_bytes().len();
+        Response::new(body(len.to_string().into()))
+    } else if path.ends_with("/ws") {
+        let protocol = req.headers().get(UPGRADE).cloned();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let io = TokioIo::new(upgrade.await.unwrap());
+            let (mut read, mut write) = tokio::io::split(io);
+            // Ends when the proxy closes the connection.
+            let _echoed = tokio::io::copy(&mut read, &mut write).await;
+        });
+        let mut response = Response::new(body(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = response.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        if let Some(protocol) = protocol {
+            h.insert("x-saw-upgrade", protocol);
+        }
+        response
+    } else {
+        let seen = serde_json::json!({
+            "uri": req.uri().to_string(),
+            "version": format!("{:?}", req.version()),
+            "headers": req.headers().iter()
+                .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
+                .collect::<Vec<_>>(),
+        });
+        let mut response = Response::new(body(seen.to_string().into()));
+        // Hop-by-hop headers the proxy must not pass down.
+        let h = response.headers_mut();
+        h.insert(CONNECTION, HeaderValue::from_static("x-upstream-secret"));
+        h.insert("x-upstream-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authenticate", HeaderValue::from_static("Basic"));
+        response
+    };
+    Ok(response)
+}
+
+fn body(data: Bytes) -> ResponseBody {
+    Full::new(data).map_err(|never| match never {}).boxed()
+}
+
+/// Serves the echo upstream on `127.0.0.1:0`; returns its address.
+pub async fn tcp_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            tokio::spawn(serve_http1(TokioIo::new(io)));
+        }
+    });
+    addr
+}
+
+/// Serves the echo upstream on a unix socket at `path`.
+pub fn unix_upstream(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            tokio::spawn(serve_http1(TokioIo::new(io)));
+        }
+    });
+}
+
+async fn serve_http1<I>(io: TokioIo<I>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // A connection error (the proxy hanging up) only ends this connection.
+    let _served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service_fn(echo))
+        .with_upgrades()
+        .await;
+}
+
+/// How the front server answers a `ProxyError`: 502 with the variant in
+/// `x-proxy-error` and the error's `Display` as the body.
+pub const ERROR_HEADER: &str = "x-proxy-error";
+
+fn variant(error: &ProxyError) -> &'static str {
+    match error {
+        ProxyError::Connect(_) => "connect",
+        ProxyError::Timeout => "timeout",
+        ProxyError::Request(_) => "request",
+        ProxyError::Config(_) => "config",
+        ProxyError::BadRequest(_) => "bad-request",
+    }
+}
+
+/// The session's identity headers every test expects upstream.
+pub fn session_identity() -> Vec<(HeaderName, HeaderValue)> {
+    vec![
+        (
+            HeaderName::from_static("remote-user"),
+            HeaderValue::from_static("alice"),
+        ),
+        (
+            HeaderName::from_static("remote-groups"),
+            HeaderValue::from_static("admins,dev"),
+        ),
+    ]
+}
+
+pub fn identity_config() -> IdentityConfig {
+    let header = |name: &'static str, claim: &str| IdentityHeader {
+        header: HeaderName::from_static(name),
+        claims: vec![claim.into()],
+    };
+    IdentityConfig {
+        headers: vec![
+            header("remote-user", "preferred_username"),
+            header("remote-email", "email"),
+            header("remote-name", "name"),
+            header("remote-groups", "groups"),
+        ],
+        strip_headers: vec![HeaderName::from_static("x-forwarded-user")],
+        access_token: AccessTokenForwarding::AuthorizationBearer,
+    }
+}
+
+pub fn http_target(addr: SocketAddr, prefix: &str) -> UpstreamTarget {
+    UpstreamTarget::Http(Url::parse(&format!("http://{addr}{prefix}")).unwrap())
+}
+
+pub fn upstream(target: UpstreamTarget, response_timeout: Duration) -> Arc<Upstream> {
+    let config = UpstreamConfig {
+        target,
+        connect_timeout: Duration::from_secs(2),
+        response_timeout,
+        show_address_on_error: false,
+        preserve_host: true,
+        ca_file: None,
+        tls_server_name: None,
+        http2: false,
+    };
+    let cookies = CookieFilter {
+        session_cookie: "portcullis".into(),
+        login_cookie_prefix: "portcullis_login_".into(),
+    };
+    Arc::new(Upstream::new(&config, &identity_config(), cookies).unwrap())
+}
+
+/// Serves HTTP/1.1 (with upgrades) and HTTP/2 on `127.0.0.1:0`, forwarding every
+/// request through `upstream` with the session identity and access token.
+pub async fn front(upstream: Arc<Upstream>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let identity: Arc<[(HeaderName, HeaderValue)]> = session_identity().into();
+    tokio::spawn(async move {
+        while let Ok((io, peer)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let identity = identity.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                let upstream = upstream.clone();
+                let identity = identity.clone();
+                async move {
+                    let token = HeaderValue::from_static("Bearer real-token");
+                    let ctx = ForwardContext {
+                        client_addr: peer,
+                        client_scheme: "http",
+                        identity: &identity,
+                        access_token: Some(&token),
+                    };
+                    let response = match upstream.forward(req, ctx).await {
+                        Ok(response) => response,
+                        Err(e) => {
+                            let mut r = Response::new(body(e.to_string().into()));
+                            *r.status_mut() = StatusCode::BAD_GATEWAY;
+                            r.headers_mut()
+                                .insert(ERROR_HEADER, HeaderValue::from_static(variant(&e)));
+                            r
+                        }
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                // A connection error only ends this connection.
+                let _served = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The `ProxyError` variant the front server reported, after checking it is a 502.
+#[track_caller]
+pub fn proxy_error(response: &Response<Incoming>) -> &str {
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    response
+        .headers()
+        .get(ERROR_HEADER)
+        .expect("a ProxyError")
+        .to_str()
+        .unwrap()
+}
+
+/// The request-building boilerplate.
+pub fn get(addr: SocketAddr, path: &str) -> http::request::Builder {
+    Request::get(format!("http://{addr}{path}"))
+}

@@ -1,0 +1,94 @@
+//! The response timeout. It runs from the last progress of the request, not from
+//! its start: every request-body frame pushes the deadline out, so a large upload
+//! (which the upstream usually reads in full before answering) is not cut off, while
+//! an upstream that stops reading the body or never answers is.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+/// When the request last made progress, shared between the body (which moves it)
+/// and [`Progress::wait`] (which reads it).
+#[derive(Debug)]
+pub(super) struct Progress {
+    start: Instant,
+    /// Milliseconds after `start` of the last body frame (0: none yet).
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn deadline(&self, timeout: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+    }
+
+    /// Awaits `fut` until it resolves, or `None` once `timeout` has passed without any
+    /// progress (body frame sent, or the start).
+    pub(super) async fn wait<F: Future>(&self, fut: F, timeout: Duration) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            let deadline = self.deadline(timeout);
+            match tokio::time::timeout_at(deadline, fut.as_mut()).await {
+                Ok(out) => return Some(out),
+                // The body moved on while we slept: wait again from the new deadline.
+                Err(_) if self.deadline(timeout) > deadline => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// The downstream request body, streamed as is, reporting each frame to [`Progress`].
+pub(super) struct ProgressBody {
+    inner: Incoming,
+    progress: Arc<Progress>,
+}
+
+impl ProgressBody {
+    pub(super) fn new(inner: Incoming, progress: Arc<Progress>) -> Self {
+        ProgressBody { inner, progress }
+    }
+}
+
+impl Body for ProgressBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_)) | None) = polled {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
