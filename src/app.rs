@@ -52,8 +52,13 @@ impl App {
             session_cookie: config.session.cookie_name.clone(),
             login_cookie_prefix: config.session.login_cookie_prefix.clone(),
         };
-        let upstream =
-            Upstream::new(&config.upstream, &config.identity, cookie_filter).map_err(crate::StartError::Upstream)?;
+        let upstream = Upstream::new(
+            &config.upstream,
+            &config.identity,
+            cookie_filter,
+            &config.server.trusted_proxies,
+        )
+        .map_err(crate::StartError::Upstream)?;
         Ok(App {
             oidc,
             sessions: SessionStore::Memory(MemoryStore::new(&config.session)),
