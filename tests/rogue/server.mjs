@@ -24,7 +24,7 @@ const MODES = [
   'honest', 'alg-none', 'wrong-key', 'hs256-confusion', 'wrong-iss', 'wrong-aud',
   'multi-aud-no-azp', 'expired', 'future-iat', 'wrong-nonce', 'missing-nonce',
   'bad-at-hash', 'callback-wrong-iss', 'callback-no-iss', 'userinfo-sub-mismatch',
-  'token-error', 'token-garbage', 'slow-token',
+  'token-error', 'token-garbage', 'slow-token', 'unknown-kid',
 ];
 const MODE = process.env.ROGUE_MODE || 'honest';
 if (!MODES.includes(MODE)) die(`unknown ROGUE_MODE ${JSON.stringify(MODE)}; one of ${MODES.join(', ')}`);
@@ -115,8 +115,11 @@ async function idToken(p, accessToken) {
       .setProtectedHeader({ alg: 'HS256', typ: 'JWT', kid: KID })
       .sign(new TextEncoder().encode(publicPem));
   }
-  const key = MODE === 'wrong-key' ? stranger.privateKey : privateKey;
-  return new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', typ: 'JWT', kid: KID }).sign(key);
+  // wrong-key: an unpublished key under the published kid; unknown-kid: under a kid
+  // the JWKS never has (portcullis re-fetches the JWKS once, then must refuse).
+  const key = ['wrong-key', 'unknown-kid'].includes(MODE) ? stranger.privateKey : privateKey;
+  const kid = MODE === 'unknown-kid' ? 'rogue-key-2' : KID;
+  return new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', typ: 'JWT', kid }).sign(key);
 }
 
 async function par(req, res) {
