@@ -193,11 +193,11 @@ cat <<EOF
   ┌──────────────────────────────────────────────────────────────────────┐
   │  portcullis demo is running                                          │
   │                                                                      │
-  │  Open       $(printf '%-58s' "$BASE_URL/")│
+  │  Open       $(printf '%-57s' "$BASE_URL/")│
   │  Log in as  john / password   (also harry, mallory: same password)   │
   │  Your session, tokens and claims:                                    │
-  │             $(printf '%-58s' "$BASE_URL/.auth/me")│
-  │  Log out    $(printf '%-58s' "$BASE_URL/.auth/logout")│
+  │             $(printf '%-57s' "$BASE_URL/.auth/me")│
+  │  Log out    $(printf '%-57s' "$BASE_URL/.auth/logout")│
   │                                                                      │
   │  The page behind the proxy shows the headers the upstream received.  │
   │  Ctrl-C stops everything.                                            │

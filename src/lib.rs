@@ -52,6 +52,8 @@ pub enum StartError {
     Oidc(oidc::OidcError),
     #[error("cannot set up the upstream client: {0}")]
     Upstream(proxy::ProxyError),
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
 }
 
 /// Runs portcullis on an already bound listener until `shutdown` completes and the
@@ -64,14 +66,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let oidc = app.oidc().clone();
     let discovery = tokio::spawn(async move { oidc.run_discovery().await });
 
-    server::serve(
-        listener,
-        app,
-        shutdown,
-        config.server.shutdown_grace,
-        config.server.header_read_timeout,
-    )
-    .await;
+    let served = server::serve(listener, app, shutdown, &config.server, &config.base_url).await;
     discovery.abort();
-    Ok(())
+    Ok(served?)
 }

@@ -100,6 +100,16 @@ impl Config {
         writeln!(out, "connect_timeout = {}", q(&d(u.connect_timeout)))?;
         writeln!(out, "response_timeout = {}", q(&d(u.response_timeout)))?;
         writeln!(out, "show_address_on_error = {}", u.show_address_on_error)?;
+        writeln!(out, "preserve_host = {}", u.preserve_host)?;
+        match &u.ca_file {
+            Some(path) => writeln!(out, "ca_file = {}", q(&path.display().to_string()))?,
+            None => writeln!(out, "# ca_file unset: system roots only")?,
+        }
+        match &u.tls_server_name {
+            Some(name) => writeln!(out, "tls_server_name = {}", q(name))?,
+            None => writeln!(out, "# tls_server_name unset: the upstream URL's host")?,
+        }
+        writeln!(out, "http2 = {}", u.http2)?;
 
         let i = &self.identity;
         writeln!(out, "\n[identity]")?;
@@ -126,6 +136,27 @@ impl Config {
         writeln!(out, "\n[server]")?;
         writeln!(out, "shutdown_grace = {}", q(&d(self.server.shutdown_grace)))?;
         writeln!(out, "header_read_timeout = {}", q(&d(self.server.header_read_timeout)))?;
+        let sv = &self.server;
+        match &sv.tls {
+            Some(tls) => {
+                writeln!(out, "tls_cert_file = {}", q(&tls.cert.display().to_string()))?;
+                writeln!(out, "tls_key_file = {}", q(&tls.key.display().to_string()))?;
+            }
+            None => writeln!(out, "# tls_cert_file / tls_key_file unset: plain HTTP")?,
+        }
+        match &sv.http_redirect_addr {
+            Some(addr) => writeln!(out, "http_redirect_addr = {}", q(&addr.to_string()))?,
+            None => writeln!(out, "# http_redirect_addr unset: no HTTP-to-HTTPS redirect listener")?,
+        }
+        writeln!(out, "h2c = {}", sv.h2c)?;
+        writeln!(out, "max_connections = {}", sv.max_connections)?;
+        writeln!(out, "max_header_bytes = {}", sv.max_header_bytes)?;
+        writeln!(out, "max_headers = {}", sv.max_headers)?;
+        writeln!(
+            out,
+            "trusted_proxies = {}",
+            list(sv.trusted_proxies.iter().map(|n| n.to_string()))
+        )?;
 
         writeln!(out, "\n[log]")?;
         let format = match self.log.format {

@@ -13,6 +13,7 @@ mod routes;
 mod secret;
 mod session;
 mod source;
+mod transport;
 mod validate;
 
 #[cfg(test)]
@@ -64,6 +65,14 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Show the configured upstream address on 502/504 pages (default false).
     pub show_address_on_error: bool,
+    /// Send the client's `Host` upstream (default true); false sends the upstream's authority.
+    pub preserve_host: bool,
+    /// Extra PEM CA certificates trusted for an https upstream, beside the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name sent as SNI and checked in the upstream's certificate (default the URL's host).
+    pub tls_server_name: Option<String>,
+    /// Speak HTTP/2 to the upstream (gRPC); default HTTP/1.1.
+    pub http2: bool,
 }
 
 /// When to use Pushed Authorization Requests (RFC 9126).
@@ -186,8 +195,31 @@ pub struct PagesConfig {
 pub struct ServerConfig {
     /// Time in-flight requests get to finish after SIGTERM (default 30 s).
     pub shutdown_grace: Duration,
-    /// Maximum time to read a request head (default 30 s).
+    /// Maximum time to wait for a request head, on a new connection and between requests
+    /// on a kept-alive one (hyper uses one timer for both; default 30 s). A client that has
+    /// started sending a head and not finished gets 408; an idle connection is closed.
     pub header_read_timeout: Duration,
+    /// Terminate TLS on the main listener with these PEM files (default: plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// A second, plain-HTTP listener that redirects every request to `base_url` (default none).
+    pub http_redirect_addr: Option<SocketAddr>,
+    /// Accept prior-knowledge HTTP/2 (h2c) on a plain listener (default false; TLS always offers h2 by ALPN).
+    pub h2c: bool,
+    /// Connections served at once; more are refused with 503 (default 10 000).
+    pub max_connections: usize,
+    /// Largest request head accepted, in bytes; larger gets 431 (default 64 KiB).
+    pub max_header_bytes: usize,
+    /// Most request header fields accepted; more gets 431 (default 100).
+    pub max_headers: usize,
+    /// Peers whose `X-Forwarded-*` headers are trusted and appended to (default none: replaced).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Certificate chain and private key of the listener, PEM, re-read on change or SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -82,6 +82,10 @@ struct RawUpstream {
     connect_timeout: Leaf,
     response_timeout: Leaf,
     show_address_on_error: Leaf,
+    preserve_host: Leaf,
+    ca_file: Leaf,
+    tls_server_name: Leaf,
+    http2: Leaf,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +118,14 @@ struct RawPages {
 struct RawServer {
     shutdown_grace: Leaf,
     header_read_timeout: Leaf,
+    tls_cert_file: Leaf,
+    tls_key_file: Leaf,
+    http_redirect_addr: Leaf,
+    h2c: Leaf,
+    max_connections: Leaf,
+    max_header_bytes: Leaf,
+    max_headers: Leaf,
+    trusted_proxies: Leaf,
 }
 
 #[derive(Deserialize)]

@@ -1008,3 +1008,91 @@ fn example_file_defaults_are_the_real_defaults() {
         .replace("# cookie_domain unset: host-only cookies\n", "");
     assert_eq!(described, expected);
 }
+
+#[test]
+fn transport_defaults_are_safe() {
+    let config = ok("", &seed_env());
+    assert!(config.server.tls.is_none());
+    assert!(!config.server.h2c);
+    assert_eq!(config.server.max_headers, 100);
+    assert_eq!(config.server.max_header_bytes, 64 * 1024);
+    assert!(config.server.trusted_proxies.is_empty());
+    assert!(config.upstream.preserve_host);
+    assert!(!config.upstream.http2);
+}
+
+#[test]
+fn tls_needs_both_the_certificate_and_the_key() {
+    rejects(
+        "[server]\ntls_cert_file = \"/etc/cert.pem\"\n",
+        "server.tls_key_file",
+        "is required",
+    );
+    rejects(
+        "[server]\ntls_key_file = \"/etc/key.pem\"\n",
+        "server.tls_cert_file",
+        "is required",
+    );
+    let config = ok(
+        "[server]\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n",
+        &seed_env(),
+    );
+    assert_eq!(
+        config.server.tls.map(|t| t.key),
+        Some(std::path::PathBuf::from("/k.pem"))
+    );
+}
+
+#[test]
+fn trusted_proxies_take_addresses_and_ranges() {
+    let config = ok(
+        "",
+        &with(
+            seed_env(),
+            &[("PORTCULLIS_SERVER_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1 ::1")],
+        ),
+    );
+    let shown: Vec<String> = config.server.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+    rejects_env(
+        &[("PORTCULLIS_SERVER_TRUSTED_PROXIES", "10.0.0.0/33")],
+        "PORTCULLIS_SERVER_TRUSTED_PROXIES",
+        "CIDR",
+    );
+}
+
+#[test]
+fn the_https_redirect_listener_needs_an_https_base_url() {
+    rejects_env(
+        &[
+            ("APP_BASE_URL", "http://localhost:4180"),
+            ("PORTCULLIS_SERVER_HTTP_REDIRECT_ADDR", "127.0.0.1:8080"),
+        ],
+        "PORTCULLIS_SERVER_HTTP_REDIRECT_ADDR",
+        "https",
+    );
+    rejects_env(
+        &[("PORTCULLIS_SERVER_HTTP_REDIRECT_ADDR", "port 80")],
+        "PORTCULLIS_SERVER_HTTP_REDIRECT_ADDR",
+        "address",
+    );
+}
+
+#[test]
+fn an_invalid_upstream_server_name_is_refused() {
+    rejects(
+        "[upstream]\ntls_server_name = \"not a name\"\n",
+        "upstream.tls_server_name",
+        "DNS name",
+    );
+}
+
+#[test]
+fn upstream_tls_settings_need_an_https_upstream() {
+    rejects("[upstream]\nca_file = \"/etc/ca.pem\"\n", "upstream.ca_file", "https");
+    let config = ok(
+        "upstream_url = \"https://10.0.0.5:8443\"\n[upstream]\ntls_server_name = \"app.internal\"\n",
+        &without(seed_env(), &["UPSTREAM_URL"]),
+    );
+    assert_eq!(config.upstream.tls_server_name.as_deref(), Some("app.internal"));
+}

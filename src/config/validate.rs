@@ -11,9 +11,9 @@ use super::identity::identity;
 use super::routes::routes;
 use super::session::session;
 use super::source::{env_name, Raw, Source};
+use super::transport::{server, upstream_transport};
 use super::{
-    Config, LogConfig, LogFormat, OidcConfig, PagesConfig, ParMode, RoutePaths, Secret, ServerConfig, UpstreamConfig,
-    UpstreamTarget,
+    Config, LogConfig, LogFormat, OidcConfig, PagesConfig, ParMode, RoutePaths, Secret, UpstreamConfig, UpstreamTarget,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4180";
@@ -31,10 +31,7 @@ pub fn validate(src: &mut Source<'_>) -> Option<Config> {
     let pages = PagesConfig {
         show_tokens: src.bool("pages.show_tokens", true),
     };
-    let server = ServerConfig {
-        shutdown_grace: src.duration("server.shutdown_grace", Duration::from_secs(30)),
-        header_read_timeout: src.positive_duration("server.header_read_timeout", Duration::from_secs(30)),
-    };
+    let server = server(src, base_url.as_ref());
     let log = log(src);
 
     if !src.problems.is_empty() {
@@ -299,6 +296,7 @@ fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
     let connect_timeout = src.positive_duration("upstream.connect_timeout", Duration::from_secs(10));
     let response_timeout = src.positive_duration("upstream.response_timeout", Duration::from_secs(60));
     let show_address_on_error = src.bool("upstream.show_address_on_error", false);
+    let transport = upstream_transport(src);
     let (key, value) = required(
         src,
         "upstream_url",
@@ -319,11 +317,25 @@ fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
         }
         UpstreamTarget::Http(web_url(src, &key, &value)?)
     };
+    let is_https = matches!(&target, UpstreamTarget::Http(url) if url.scheme() == "https");
+    for (path, set) in [
+        ("upstream.ca_file", transport.ca_file.is_some()),
+        ("upstream.tls_server_name", transport.tls_server_name.is_some()),
+    ] {
+        if set && !is_https {
+            let key = src.key_of(path);
+            src.problem(key, "only applies to an https upstream_url");
+        }
+    }
     Some(UpstreamConfig {
         target,
         connect_timeout,
         response_timeout,
         show_address_on_error,
+        preserve_host: transport.preserve_host,
+        ca_file: transport.ca_file,
+        tls_server_name: transport.tls_server_name,
+        http2: transport.http2,
     })
 }
 

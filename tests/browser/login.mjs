@@ -116,10 +116,10 @@ async function main() {
   }
   const meText = await page.locator('body').innerText();
 
-  const me = await page.evaluate(async (url) => {
-    const res = await fetch(url, { headers: { Accept: 'application/json' }, credentials: 'same-origin' });
-    return { status: res.status, type: res.headers.get('content-type'), text: await res.text() };
-  }, meUrl);
+  // The dump page's Content-Security-Policy (default-src 'none') forbids fetch() from the
+  // page itself, so read the JSON through the browser context: same cookies, no page CSP.
+  const meRes = await context.request.get(meUrl, { headers: { Accept: 'application/json' } });
+  const me = { status: meRes.status(), type: meRes.headers()['content-type'], text: await meRes.text() };
   if (me.status !== 200) throw new Error(`fetch ${meUrl} (Accept: application/json) answered ${me.status}: ${me.text.slice(0, 500)}`);
   let meJson;
   try {

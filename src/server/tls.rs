@@ -1,0 +1,172 @@
+//! TLS termination with rustls: TLS 1.2 and 1.3 only, h2 and http/1.1 offered by ALPN,
+//! and the certificate re-read when its files change or on SIGHUP, without dropping a
+//! connection (new handshakes get the new certificate, open connections keep theirs).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pemfile::Item;
+use tokio::sync::watch;
+
+use crate::config::TlsFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey { path: String },
+    #[error("the private key in {path} is not usable: {reason}")]
+    BadKey { path: String, reason: String },
+    #[error("TLS configuration refused: {0}")]
+    Config(String),
+}
+
+/// The certificate currently served; swapped whole on reload.
+pub struct ReloadingCert {
+    files: TlsFiles,
+    current: RwLock<Arc<CertifiedKey>>,
+    loaded_stamp: RwLock<Option<(SystemTime, SystemTime)>>,
+}
+
+impl fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .map_or_else(|poisoned| poisoned.into_inner().clone(), |key| key.clone()),
+        )
+    }
+}
+
+impl ReloadingCert {
+    pub fn load(files: &TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let key = load_certified_key(files)?;
+        Ok(Arc::new(ReloadingCert {
+            files: files.clone(),
+            current: RwLock::new(Arc::new(key)),
+            loaded_stamp: RwLock::new(modification_times(files)),
+        }))
+    }
+
+    /// Re-reads the files; on failure the previous certificate stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = load_certified_key(&self.files)?;
+        if let Ok(mut current) = self.current.write() {
+            *current = Arc::new(key);
+        }
+        if let Ok(mut stamp) = self.loaded_stamp.write() {
+            *stamp = modification_times(&self.files);
+        }
+        Ok(())
+    }
+
+    fn files_changed(&self) -> bool {
+        let now = modification_times(&self.files);
+        self.loaded_stamp.read().map(|stamp| *stamp != now).unwrap_or(true)
+    }
+
+    /// Reloads on SIGHUP and when the files' modification times change (checked every
+    /// `poll`), until `shutdown` turns true.
+    pub async fn watch(self: Arc<Self>, poll: Duration, mut shutdown: watch::Receiver<bool>) {
+        #[cfg(unix)]
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let signalled = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<bool>();
+            let reason = tokio::select! {
+                _ = signalled => "SIGHUP",
+                () = tokio::time::sleep(poll) => if self.files_changed() { "files changed" } else { continue },
+                () = super::stop_requested(&mut shutdown) => return,
+            };
+            match self.reload() {
+                Ok(()) => tracing::info!(reason, cert = %self.files.cert.display(), "TLS certificate reloaded"),
+                Err(error) => {
+                    tracing::error!(reason, %error, "TLS certificate reload failed; keeping the previous one")
+                }
+            }
+        }
+    }
+}
+
+/// A rustls server configuration serving `cert`, TLS 1.2+ and ALPN h2/http1.1.
+pub fn server_config(cert: Arc<ReloadingCert>, offer_h2: bool) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|error| TlsError::Config(error.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = if offer_h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}
+
+fn modification_times(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    Some((modified(&files.cert)?, modified(&files.key)?))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+    let cert_path = files.cert.display().to_string();
+    let key_path = files.key.display().to_string();
+    let cert_pem = read(&files.cert)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: cert_path });
+    }
+    let key_pem = read(&files.key)?;
+    let key = rustls_pemfile::read_all(&mut key_pem.as_slice())
+        .filter_map(Result::ok)
+        .find_map(|item| match item {
+            Item::Pkcs8Key(key) => Some(key.into()),
+            Item::Pkcs1Key(key) => Some(key.into()),
+            Item::Sec1Key(key) => Some(key.into()),
+            _ => None,
+        })
+        .ok_or(TlsError::NoKey { path: key_path.clone() })?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|error| TlsError::BadKey {
+        path: key_path.clone(),
+        reason: error.to_string(),
+    })?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|error| TlsError::BadKey {
+        path: key_path,
+        reason: error.to_string(),
+    })?;
+    Ok(certified)
+}

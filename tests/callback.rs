@@ -1,0 +1,274 @@
+//! The redirect URI under attack: forged state, replays, RFC 9207 `iss` checks,
+//! provider errors, and cookies that are tampered with, cut short or foreign.
+//! Every refusal is a clear 4xx page (or the usual login redirect), never a 500.
+
+mod common;
+
+use url::Url;
+
+use common::*;
+
+/// `url` with query parameter `name` set to `value` (`None` removes it), the
+/// other parameters kept in order.
+fn with_param(url: &Url, name: &str, value: Option<&str>) -> Url {
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().filter(|(k, _)| k != name).collect();
+    let mut out = url.clone();
+    {
+        let mut q = out.query_pairs_mut();
+        q.clear();
+        for (k, v) in &pairs {
+            q.append_pair(k, v);
+        }
+        if let Some(v) = value {
+            q.append_pair(name, v);
+        }
+    }
+    out
+}
+
+fn param(url: &Url, name: &str) -> String {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("{url} has no {name}"))
+}
+
+/// Changes one character in the middle of `value` (every bit of a middle
+/// character counts, unlike the last one of unpadded base64).
+fn tamper(value: &str) -> String {
+    let mut chars: Vec<char> = value.chars().collect();
+    let mid = chars.len() / 2;
+    chars[mid] = if chars[mid] == 'A' { 'B' } else { 'A' };
+    chars.into_iter().collect()
+}
+
+/// Walks a login as john up to the redirect URI and returns its URL.
+async fn callback_url(stack: &Stack, client: &Browserless) -> Url {
+    let (_, callback) = client
+        .login_until_callback(&stack.url("/start"), "john", PASSWORD)
+        .await;
+    callback
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_with_another_state_is_refused_without_a_session() {
+    let stack = Stack::start().await;
+    let genuine = callback_url(&stack, &stack.client).await;
+    let forged = with_param(&genuine, "state", Some("forged-state-0123456789abcdefghij"));
+
+    let resp = stack.client.navigate(forged.as_str()).await;
+    assert_status(&resp, 400);
+    assert_html_page(&resp);
+    assert_no_session_issued(&resp);
+    assert_eq!(
+        stack.idp.stats().await.authorization_code,
+        0,
+        "the code was redeemed despite the state mismatch"
+    );
+    assert_status(&stack.client.api_get(&stack.url("/.auth/me")).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_callback_gets_a_clear_page_not_a_crash() {
+    let stack = Stack::start().await;
+    let app = stack.base_url();
+    let callback = callback_url(&stack, &stack.client).await;
+    let pending: Vec<(String, String, String)> = stack
+        .client
+        .cookies(&app)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with(LOGIN_COOKIE_PREFIX))
+        .collect();
+    assert!(!pending.is_empty(), "no pending-login cookie before the callback");
+
+    let first = stack.client.navigate(callback.as_str()).await;
+    assert!(
+        first.is_redirect(),
+        "the genuine callback failed:\n{}\n{}",
+        first.summary(),
+        first.body
+    );
+    assert!(first.set_cookie(SESSION_COOKIE).is_some());
+
+    // The same browser again: its pending login was consumed.
+    let again = stack.client.navigate(callback.as_str()).await;
+    assert_client_error(&again);
+    assert_html_page(&again);
+    assert_no_session_issued(&again);
+
+    // Someone who kept the URL and the pending-login cookie: the code is spent.
+    let thief = stack.client.fresh();
+    for (name, _, value) in &pending {
+        thief.put_cookie(&app, name, value);
+    }
+    let stolen = thief.navigate(callback.as_str()).await;
+    assert_client_error(&stolen);
+    assert_html_page(&stolen);
+    assert_no_session_issued(&stolen);
+    assert_eq!(thief.cookie(&app, SESSION_COOKIE), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callback_without_iss_or_with_another_iss_is_refused() {
+    let stack = Stack::start().await;
+    let cases = [
+        ("missing iss", None),
+        ("another issuer", Some("http://127.0.0.1:1".to_owned())),
+        ("issuer with a trailing slash", Some(format!("{}/", stack.idp.issuer))),
+    ];
+    for (what, iss) in cases {
+        let client = stack.client.fresh();
+        let genuine = callback_url(&stack, &client).await;
+        assert_eq!(
+            param(&genuine, "iss"),
+            stack.idp.issuer,
+            "the provider sends iss (RFC 9207)"
+        );
+        let rewritten = with_param(&genuine, "iss", iss.as_deref());
+
+        let resp = client.navigate(rewritten.as_str()).await;
+        assert!(
+            resp.status == 400,
+            "{what}: expected 400:\n{}\n{}",
+            resp.summary(),
+            resp.body
+        );
+        assert_html_page(&resp);
+        assert_no_session_issued(&resp);
+    }
+    assert_eq!(
+        stack.idp.stats().await.authorization_code,
+        0,
+        "a code was redeemed despite a bad iss"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_error_is_shown_on_a_page_with_its_description_escaped() {
+    let stack = Stack::start().await;
+    let genuine = callback_url(&stack, &stack.client).await;
+    let mut error = stack.base_url().join("/callback").unwrap();
+    error
+        .query_pairs_mut()
+        .append_pair("error", "access_denied")
+        .append_pair("error_description", "<script>alert(1)</script> The user denied access")
+        .append_pair("state", &param(&genuine, "state"))
+        .append_pair("iss", &stack.idp.issuer);
+
+    let resp = stack.client.navigate(error.as_str()).await;
+    assert_client_error(&resp);
+    assert_html_page(&resp);
+    assert_no_session_issued(&resp);
+    assert!(
+        !resp.body.contains("<script>alert(1)"),
+        "the provider's description is rendered as HTML:\n{}",
+        resp.body
+    );
+    assert_mentions(&resp, "denied");
+    assert_eq!(stack.idp.stats().await.authorization_code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_truncated_and_foreign_session_cookies_count_as_no_session() {
+    // Two portcullis instances with different secrets in front of one provider:
+    // a cookie of one is foreign to the other.
+    let (app_a, app_b) = (AppAddr::reserve(), AppAddr::reserve());
+    let idp_opts = IdpOptions {
+        redirect_uris: vec![app_a.redirect_uri(), app_b.redirect_uri()],
+        ..Default::default()
+    };
+    let (idp, echo) = tokio::join!(Idp::start(idp_opts), Echo::start());
+    let (a, b) = tokio::join!(
+        Portcullis::builder(app_a, &idp.issuer, &echo.url).start(),
+        Portcullis::builder(app_b, &idp.issuer, &echo.url).start(),
+    );
+    let (url_a, url_b) = (a.base_url(), b.base_url());
+
+    let alice = Browserless::new();
+    alice.login(&a.url("/"), "john", PASSWORD).await;
+    let genuine = alice.cookie(&url_a, SESSION_COOKIE).expect("session at A");
+    let bob = Browserless::new();
+    bob.login(&b.url("/"), "harry", PASSWORD).await;
+    let foreign = bob.cookie(&url_b, SESSION_COOKIE).expect("session at B");
+    assert_ne!(genuine, foreign);
+
+    let variants = [
+        ("tampered", tamper(&genuine)),
+        ("truncated", genuine[..genuine.len() / 2].to_owned()),
+        ("extended", format!("{genuine}A")),
+        ("foreign", foreign.clone()),
+        ("empty", String::new()),
+        ("garbage", "%00%ff..--__!!".to_owned()),
+        ("oversized", "A".repeat(4000)),
+    ];
+    for (what, value) in &variants {
+        let mallory = Browserless::new();
+        mallory.put_cookie(&url_a, SESSION_COOKIE, value);
+        let nav = mallory.navigate(&a.url("/private")).await;
+        assert!(
+            nav.status.as_u16() < 500,
+            "{what} cookie: {}\n{}",
+            nav.summary(),
+            nav.body
+        );
+        assert_redirects_to_provider(&nav, &idp);
+        mallory.put_cookie(&url_a, SESSION_COOKIE, value);
+        let api = mallory.api_get(&a.url("/private")).await;
+        assert!(api.status == 401, "{what} cookie: {}\n{}", api.summary(), api.body);
+        assert_login_required_json(&api);
+    }
+
+    // None of that disturbed the genuine sessions.
+    assert_eq!(
+        alice.api_get(&a.url("/still")).await.echo().values("remote-user"),
+        ["john"]
+    );
+    assert_eq!(
+        bob.api_get(&b.url("/still")).await.echo().values("remote-user"),
+        ["harry"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_pending_login_cookie_is_refused_at_the_callback() {
+    let stack = Stack::start().await;
+    let app = stack.base_url();
+    let callback = callback_url(&stack, &stack.client).await;
+    let pending: Vec<(String, String)> = stack
+        .client
+        .cookies(&app)
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with(LOGIN_COOKIE_PREFIX))
+        .map(|(n, _, v)| (n, v))
+        .collect();
+    assert!(!pending.is_empty(), "no pending-login cookie before the callback");
+
+    for (label, change) in [
+        ("tampered", tamper as fn(&str) -> String),
+        ("truncated", |v: &str| v[..v.len() / 2].to_owned()),
+    ] {
+        let client = stack.client.fresh();
+        for (name, value) in &pending {
+            client.put_cookie(&app, name, &change(value));
+        }
+        let resp = client.navigate(callback.as_str()).await;
+        assert!(
+            resp.status == 400,
+            "{label} pending-login cookie: {}\n{}",
+            resp.summary(),
+            resp.body
+        );
+        assert_html_page(&resp);
+        assert_no_session_issued(&resp);
+    }
+    assert_eq!(stack.idp.stats().await.authorization_code, 0);
+
+    // The untouched cookie still completes the login.
+    let ok = stack.client.navigate(callback.as_str()).await;
+    assert!(
+        ok.is_redirect() && ok.set_cookie(SESSION_COOKIE).is_some(),
+        "{}\n{}",
+        ok.summary(),
+        ok.body
+    );
+}

@@ -1,0 +1,42 @@
+//! End-to-end harness: starts the real processes (the test provider, the echo
+//! upstream and the portcullis binary) on free ports and drives them over HTTP
+//! like a browser would, without a browser.
+//!
+//! # Layout
+//! - [`process`]: a child process that is killed on drop, logs to a temp file,
+//!   and prints that log when the test fails; free ports; `eventually`.
+//! - [`peers`]: the node peers, [`Idp`] (tests/idp) and [`Echo`] (tests/upstream).
+//! - [`proxy`]: [`Portcullis`] and its builder (environment-only configuration).
+//! - [`stack`]: all three wired together, the usual starting point of a test.
+//! - [`client`]: [`Browserless`], a redirect-free HTTP client with a per-host+port
+//!   cookie jar that can walk the provider's login form.
+//! - [`cookies`]: the jar and `Set-Cookie` parsing for attribute assertions.
+//! - [`raw`]: raw HTTP/1.1 over TCP for requests a client library would normalise.
+//! - [`assert`]: `#[track_caller]` assertions on meaning (Location, cookies, headers).
+//!
+//! Every test file compiles this module on its own and uses part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod assert;
+pub mod client;
+pub mod cookies;
+pub mod peers;
+pub mod process;
+pub mod proxy;
+pub mod raw;
+pub mod stack;
+
+pub use assert::*;
+pub use client::{html_escape, Browserless, LoginTrace, Resp, ACCEPT_HTML};
+pub use cookies::SetCookie;
+pub use peers::{Echo, EchoSeen, Idp, IdpOptions, IdpStats};
+pub use process::{eventually, free_port};
+pub use proxy::{AppAddr, Portcullis, PortcullisBuilder};
+pub use raw::{raw_request, RawResponse};
+pub use stack::{Stack, StackBuilder};
+
+/// The scopes to ask for when a test needs refresh tokens.
+pub const SCOPES_WITH_REFRESH: &str = "openid profile email groups offline_access";
+
+/// The test provider's users (tests/idp/server.mjs); every password is `password`.
+pub const PASSWORD: &str = "password";

@@ -1,0 +1,248 @@
+//! The node peers: the test provider (tests/idp/server.mjs, oidc-provider set up
+//! like Authelia) and the echo upstream (tests/upstream/echo.mjs).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::process::{node, ChildProcess};
+
+/// How a test wants its provider.
+#[derive(Debug, Clone)]
+pub struct IdpOptions {
+    /// 0 = any free port (read back from `IDP_READY`).
+    pub port: u16,
+    /// Exact-match redirect URIs of the `Express.js` client.
+    pub redirect_uris: Vec<String>,
+    pub access_token_ttl: Option<u64>,
+    pub id_token_ttl: Option<u64>,
+    pub refresh_token_ttl: Option<u64>,
+    /// false = Authelia 4.39 (profile claims only from userinfo); true = also in the ID token.
+    pub claims_in_id_token: bool,
+    pub require_par: bool,
+}
+
+impl Default for IdpOptions {
+    fn default() -> Self {
+        IdpOptions {
+            port: 0,
+            redirect_uris: Vec::new(),
+            access_token_ttl: None,
+            id_token_ttl: None,
+            refresh_token_ttl: None,
+            claims_in_id_token: false,
+            require_par: true,
+        }
+    }
+}
+
+/// Grant and endpoint counters of the provider (`GET /__test/stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct IdpStats {
+    pub par: u64,
+    pub authorization_code: u64,
+    pub refresh_token: u64,
+    pub userinfo: u64,
+    pub revocation: u64,
+}
+
+/// A running test provider.
+pub struct Idp {
+    /// `http://127.0.0.1:<port>`, exactly as the provider spells its issuer.
+    pub issuer: String,
+    pub port: u16,
+    proc: ChildProcess,
+    http: reqwest::Client,
+}
+
+impl Idp {
+    pub async fn start(opts: IdpOptions) -> Idp {
+        assert!(!opts.redirect_uris.is_empty(), "IdpOptions::redirect_uris is required");
+        let mut cmd = node("tests/idp/server.mjs");
+        cmd.env("IDP_PORT", opts.port.to_string())
+            .env("IDP_REDIRECT_URIS", opts.redirect_uris.join(","))
+            .env("IDP_CLIENT_ID", "Express.js")
+            .env("IDP_CLIENT_SECRET", "insecure_secret")
+            .env(
+                "IDP_CLAIMS_IN_ID_TOKEN",
+                if opts.claims_in_id_token { "1" } else { "0" },
+            )
+            .env("IDP_REQUIRE_PAR", if opts.require_par { "1" } else { "0" });
+        for (key, ttl) in [
+            ("IDP_ACCESS_TOKEN_TTL", opts.access_token_ttl),
+            ("IDP_ID_TOKEN_TTL", opts.id_token_ttl),
+            ("IDP_REFRESH_TOKEN_TTL", opts.refresh_token_ttl),
+        ] {
+            match ttl {
+                Some(secs) => cmd.env(key, secs.to_string()),
+                None => cmd.env_remove(key),
+            };
+        }
+        let (proc, issuer) = ChildProcess::spawn_announcing("idp", cmd, "IDP_READY").await;
+        let port = Url::parse(&issuer)
+            .ok()
+            .and_then(|u| u.port())
+            .unwrap_or_else(|| panic!("IDP_READY printed an issuer without a port: {issuer}"));
+        if opts.port != 0 {
+            assert_eq!(port, opts.port, "idp listens on another port than asked");
+        }
+        Idp {
+            issuer,
+            port,
+            proc,
+            http: plain_client(),
+        }
+    }
+
+    /// The issuer as a URL (for host/port comparisons).
+    pub fn issuer_url(&self) -> Url {
+        Url::parse(&self.issuer).expect("issuer is a URL")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    pub async fn stats(&self) -> IdpStats {
+        let resp = self
+            .http
+            .get(self.url("/__test/stats"))
+            .send()
+            .await
+            .expect("GET /__test/stats");
+        assert!(resp.status().is_success(), "/__test/stats answered {}", resp.status());
+        resp.json().await.expect("/__test/stats is JSON")
+    }
+
+    pub async fn reset_stats(&self) {
+        let resp = self
+            .http
+            .post(self.url("/__test/reset-stats"))
+            .send()
+            .await
+            .expect("POST /__test/reset-stats");
+        assert!(
+            resp.status().is_success(),
+            "/__test/reset-stats answered {}",
+            resp.status()
+        );
+    }
+
+    /// Every refresh token issued so far becomes invalid at the provider.
+    pub async fn revoke_refresh_tokens(&self) {
+        let resp = self
+            .http
+            .post(self.url("/__test/revoke-refresh-tokens"))
+            .send()
+            .await
+            .expect("POST /__test/revoke-refresh-tokens");
+        assert!(
+            resp.status().is_success(),
+            "/__test/revoke-refresh-tokens answered {}",
+            resp.status()
+        );
+    }
+
+    /// Stops the provider (its port is free afterwards).
+    pub async fn stop(mut self) {
+        self.proc.kill().await;
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.proc.log_tail()
+    }
+}
+
+/// A running echo upstream.
+pub struct Echo {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    proc: ChildProcess,
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        let mut cmd = node("tests/upstream/echo.mjs");
+        cmd.env("ECHO_PORT", "0");
+        let (proc, url) = ChildProcess::spawn_announcing("echo", cmd, "ECHO_READY").await;
+        Echo { url, proc }
+    }
+}
+
+/// What the echo upstream received, as it reports it (JSON when the request did
+/// not prefer `text/html`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EchoSeen {
+    pub method: String,
+    /// Path and query as received.
+    pub url: String,
+    /// Lower-case name → value (repeated headers joined with `, `).
+    pub headers: BTreeMap<String, String>,
+    /// Every header line as sent on the wire, in order.
+    #[serde(rename = "rawHeaders", deserialize_with = "pairs")]
+    pub raw_headers: Vec<(String, String)>,
+    #[serde(rename = "bodyBytes")]
+    pub body_bytes: u64,
+}
+
+fn pairs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    let raw: Vec<Vec<String>> = Vec::deserialize(d)?;
+    raw.into_iter()
+        .map(|p| match <[String; 2]>::try_from(p) {
+            Ok([n, v]) => Ok((n, v)),
+            Err(p) => Err(serde::de::Error::custom(format!(
+                "rawHeaders entry of {} items",
+                p.len()
+            ))),
+        })
+        .collect()
+}
+
+impl EchoSeen {
+    /// Every value of header `name` (case-insensitive, exact spelling otherwise).
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        self.raw_headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Every header line whose name, folded the way CGI/PHP/WSGI fold it
+    /// (lower case, `_` → `-`), starts with `remote-`: name folded → values.
+    pub fn identity_headers(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, value) in &self.raw_headers {
+            let folded = name.to_ascii_lowercase().replace('_', "-");
+            if folded.starts_with("remote-") {
+                out.entry(folded).or_default().push(value.clone());
+            }
+        }
+        out
+    }
+
+    /// The cookies the upstream received, in order (from every `Cookie` line).
+    pub fn cookies(&self) -> Vec<(String, String)> {
+        self.values("cookie")
+            .iter()
+            .flat_map(|line| line.split(';'))
+            .filter_map(|pair| {
+                let pair = pair.trim();
+                let (n, v) = pair.split_once('=')?;
+                Some((n.to_owned(), v.to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// A client for test-control calls (no cookies, no redirects, no proxy).
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("build reqwest client")
+}

@@ -1,0 +1,204 @@
+//! Child processes owned by a test: killed when dropped, their output kept in a
+//! temp file and printed when the test fails, readiness awaited with a deadline.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// How long any process gets to become ready. Generous: the machine may be
+/// compiling or running other tests on both cores at the same time.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The repository root (where `Cargo.toml` and `tests/` are).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port that was free a moment ago on 127.0.0.1. The listener is dropped before
+/// returning, so the port is handed to a child process that binds it itself.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr of a bound listener").port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics naming `what`
+/// after `timeout`. The way to wait for anything that has no ready signal.
+#[track_caller]
+pub fn eventually<'a, T, F, Fut>(what: &'a str, timeout: Duration, mut check: F) -> impl Future<Output = T> + 'a
+where
+    F: FnMut() -> Fut + 'a,
+    Fut: Future<Output = Option<T>> + 'a,
+    T: 'a,
+{
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                panic!("{caller}: timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A child process of the test. Killed (SIGKILL) when dropped; when the drop
+/// happens during a panic (a failing test), its captured output is printed.
+pub struct ChildProcess {
+    name: String,
+    child: Child,
+    log_path: PathBuf,
+    /// Holds the log file; removed with the process.
+    _dir: tempfile::TempDir,
+}
+
+impl ChildProcess {
+    /// Spawns `cmd` with stdout and stderr appended to a log file.
+    pub fn spawn(name: &str, mut cmd: Command) -> ChildProcess {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("portcullis-e2e-{name}-"))
+            .tempdir()
+            .expect("create temp dir for a process log");
+        let log_path = dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("create process log");
+        let log2 = log.try_clone().expect("clone log file handle");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(true);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        ChildProcess {
+            name: name.to_owned(),
+            child,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    /// Spawns a node peer that announces readiness with one stdout line
+    /// `<marker> <url>`, waits for that line (with a deadline) and returns the URL.
+    /// The rest of stdout and all of stderr go to the log.
+    pub async fn spawn_announcing(name: &str, mut cmd: Command, marker: &str) -> (ChildProcess, String) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("portcullis-e2e-{name}-"))
+            .tempdir()
+            .expect("create temp dir for a process log");
+        let log_path = dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("create process log");
+        let log2 = log.try_clone().expect("clone log file handle");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let mut proc = ChildProcess {
+            name: name.to_owned(),
+            child,
+            log_path,
+            _dir: dir,
+        };
+
+        let mut lines = BufReader::new(stdout).lines();
+        let prefix = format!("{marker} ");
+        let wait = async {
+            while let Some(line) = lines.next_line().await.ok().flatten() {
+                if let Some(url) = line.strip_prefix(&prefix) {
+                    return Some(url.trim().to_owned());
+                }
+            }
+            None
+        };
+        let url = match tokio::time::timeout(READY_TIMEOUT, wait).await {
+            Ok(Some(url)) => url,
+            Ok(None) => proc.fail(&format!("exited before printing {marker}")),
+            Err(_) => proc.fail(&format!("did not print {marker} within {READY_TIMEOUT:?}")),
+        };
+        // Keep draining stdout so the peer never blocks on a full pipe; the task
+        // ends when the process does (EOF).
+        let mut rest = lines.into_inner();
+        let mut sink = tokio::fs::File::from_std(log2);
+        tokio::spawn(async move {
+            // Errors here only lose log lines of a process that is going away.
+            let _ = tokio::io::copy(&mut rest, &mut sink).await;
+            let _ = sink.flush().await;
+        });
+        (proc, url)
+    }
+
+    /// Panics with `why`; the log is printed when `self` drops during the unwind.
+    #[track_caller]
+    pub fn fail(&mut self, why: &str) -> ! {
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => format!("exited with {status}"),
+            Ok(None) => "still running".to_owned(),
+            Err(e) => format!("state unknown: {e}"),
+        };
+        panic!("{}: {why} ({status})", self.name);
+    }
+
+    /// `Some(description)` when the process has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
+    /// The last lines of the captured output, framed for printing.
+    pub fn log_tail(&self) -> String {
+        const MAX_LINES: usize = 200;
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("(log unreadable: {e})"));
+        let lines: Vec<&str> = text.lines().collect();
+        let skip = lines.len().saturating_sub(MAX_LINES);
+        let mut out = format!(
+            "----- {} log ({} lines, last {}) -----\n",
+            self.name,
+            lines.len(),
+            lines.len() - skip
+        );
+        for line in &lines[skip..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str(&format!("----- end of {} log -----", self.name));
+        out
+    }
+
+    /// Kills the process and waits until it is gone (its port is then free).
+    pub async fn kill(&mut self) {
+        // An error means the process is already gone, which is what we want.
+        let _ = self.child.kill().await;
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+        // kill_on_drop(true) sends SIGKILL when `child` drops right after this.
+    }
+}
+
+/// A tokio `Command` for `node <script>` with the repository root as working directory.
+pub fn node(script: &str) -> Command {
+    let path = repo_root().join(script);
+    assert!(
+        path.exists(),
+        "{} is missing: the node peers land on main (git merge main), then run `bash tests/setup.sh`",
+        path.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(path).current_dir(repo_root());
+    cmd
+}

@@ -1,0 +1,176 @@
+//! The binary under test, configured through the environment only (design.md §1).
+
+use std::time::Duration;
+
+use tokio::process::Command;
+use url::Url;
+
+use super::peers::plain_client;
+use super::process::{free_port, ChildProcess, READY_TIMEOUT};
+
+/// The address portcullis will listen on, chosen before anything starts because
+/// the provider must know the redirect URI up front.
+#[derive(Debug, Clone)]
+pub struct AppAddr {
+    pub port: u16,
+    /// `http://localhost:<port>`: `localhost` for the app and `127.0.0.1` for the
+    /// provider, so the two never share cookies even in a host-only jar.
+    pub base_url: String,
+}
+
+impl AppAddr {
+    pub fn reserve() -> AppAddr {
+        let port = free_port();
+        AppAddr {
+            port,
+            base_url: format!("http://localhost:{port}"),
+        }
+    }
+
+    /// The redirect URI portcullis derives from its base URL.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/callback", self.base_url)
+    }
+
+    /// `path` (with its query) on the app.
+    pub fn url(&self, path_and_query: &str) -> String {
+        assert!(
+            path_and_query.starts_with('/'),
+            "app paths start with /: {path_and_query}"
+        );
+        format!("{}{path_and_query}", self.base_url)
+    }
+}
+
+/// Settings for one portcullis process. Defaults make a working proxy in front of
+/// `upstream` logging in at `issuer`; `env` adds or overrides variables.
+pub struct PortcullisBuilder {
+    app: AppAddr,
+    env: Vec<(String, String)>,
+}
+
+impl PortcullisBuilder {
+    pub fn new(app: AppAddr, issuer: &str, upstream: &str) -> PortcullisBuilder {
+        let secret = format!("e2e-{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+        let env = [
+            ("APP_BASE_URL", app.base_url.clone()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{}", app.port)),
+            ("OIDC_ISSUER", issuer.to_owned()),
+            ("OIDC_CLIENT_ID", "Express.js".to_owned()),
+            ("OIDC_CLIENT_SECRET", "insecure_secret".to_owned()),
+            ("SESSION_ENCRYPTION_SECRET", secret),
+            ("UPSTREAM_URL", upstream.to_owned()),
+            // Refresh only expired tokens, so short-lived tokens behave predictably.
+            ("PORTCULLIS_SESSION_REFRESH_BEFORE_EXPIRY", "0s".to_owned()),
+            // A provider that comes up late is noticed within about a second.
+            ("PORTCULLIS_OIDC_DISCOVERY_RETRY_MAX", "1s".to_owned()),
+            ("RUST_LOG", "portcullis=debug,info".to_owned()),
+            ("NO_COLOR", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        PortcullisBuilder { app, env }
+    }
+
+    /// Sets (or overrides) one environment variable.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Starts portcullis and waits until `/.auth/readyz` answers 200.
+    pub async fn start(self) -> Portcullis {
+        let mut p = self.spawn();
+        p.wait_for("/.auth/readyz", "ready (readyz 200)").await;
+        p
+    }
+
+    /// Starts portcullis and waits only until it answers `/.auth/healthz`: for
+    /// tests where the provider is down at start.
+    pub async fn start_unready(self) -> Portcullis {
+        let mut p = self.spawn();
+        p.wait_for("/.auth/healthz", "alive (healthz 200)").await;
+        p
+    }
+
+    fn spawn(self) -> Portcullis {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        // Nothing from the developer's own environment may leak into the test.
+        for (key, _) in std::env::vars() {
+            if [
+                "OIDC_",
+                "PORTCULLIS_",
+                "SESSION_",
+                "UPSTREAM_",
+                "APP_BASE_URL",
+                "LISTEN_ADDR",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+            {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let proc = ChildProcess::spawn("portcullis", cmd);
+        Portcullis { app: self.app, proc }
+    }
+}
+
+/// A running portcullis.
+pub struct Portcullis {
+    pub app: AppAddr,
+    proc: ChildProcess,
+}
+
+impl Portcullis {
+    pub fn builder(app: AppAddr, issuer: &str, upstream: &str) -> PortcullisBuilder {
+        PortcullisBuilder::new(app, issuer, upstream)
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        self.app.url(path_and_query)
+    }
+
+    pub fn base_url(&self) -> Url {
+        Url::parse(&self.app.base_url).expect("base URL is a URL")
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.proc.log_tail()
+    }
+
+    pub async fn stop(mut self) {
+        self.proc.kill().await;
+    }
+
+    /// Polls `path` until it answers 200; fails early if the process exits.
+    async fn wait_for(&mut self, path: &str, what: &str) {
+        let http = plain_client();
+        let url = self.url(path);
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.proc.exited().is_some() {
+                self.proc.fail(&format!("exited before it was {what}"));
+            }
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(2), http.get(&url).send()).await,
+                Ok(Ok(resp)) if resp.status() == 200
+            );
+            if ok {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.proc.fail(&format!("was not {what} within {READY_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `/.auth/readyz` answers 200 (after the provider came up).
+    pub async fn wait_ready(&mut self) {
+        self.wait_for("/.auth/readyz", "ready (readyz 200)").await;
+    }
+}

@@ -1,0 +1,119 @@
+//! Refreshing tokens: single-flight per session (Authelia revokes the whole grant
+//! when one refresh token is used twice), rotation, and the end of a session
+//! whose refresh token was revoked.
+//!
+//! These tests wait for real time to pass: the provider issues access tokens
+//! that live 2 s and portcullis refreshes only expired ones
+//! (`PORTCULLIS_SESSION_REFRESH_BEFORE_EXPIRY=0s`, the harness default).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Access-token lifetime at the provider, in seconds.
+const ACCESS_TTL: u64 = 2;
+
+/// Long enough for any access token issued before the call to have expired.
+async fn let_the_access_token_expire() {
+    tokio::time::sleep(Duration::from_millis(ACCESS_TTL * 1000 + 600)).await;
+}
+
+async fn refresh_stack() -> Stack {
+    Stack::builder()
+        .idp(|o| o.access_token_ttl = Some(ACCESS_TTL))
+        .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_requests_after_expiry_share_one_refresh() {
+    let stack = refresh_stack().await;
+    stack.login("john", "/").await;
+    let before = stack.client.me_json(&stack.base_url()).await;
+    assert!(
+        before["refreshToken"].is_string(),
+        "no refresh token with offline_access: {before:#}"
+    );
+    stack.idp.reset_stats().await;
+
+    let_the_access_token_expire().await;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let client = stack.client.clone();
+        let url = stack.url(&format!("/data/{i}"));
+        requests.spawn(async move { (i, client.api_get(&url).await) });
+    }
+    while let Some(joined) = requests.join_next().await {
+        let (i, resp) = joined.expect("request task");
+        assert_status(&resp, 200);
+        let seen = resp.echo();
+        assert_eq!(seen.url, format!("/data/{i}"));
+        assert_eq!(seen.values("remote-user"), ["john"], "request {i} lost its identity");
+    }
+
+    let stats = stack.idp.stats().await;
+    assert_eq!(stats.refresh_token, 1, "refresh is not single-flight: {stats:?}");
+    assert_eq!(
+        stats.authorization_code, 0,
+        "a request logged in again instead of refreshing: {stats:?}"
+    );
+
+    // Rotation: the session now holds the new tokens.
+    let after = stack.client.me_json(&stack.base_url()).await;
+    assert_ne!(
+        after["refreshToken"], before["refreshToken"],
+        "the refresh token did not rotate"
+    );
+    assert_ne!(
+        after["accessToken"], before["accessToken"],
+        "the access token did not change"
+    );
+    assert_eq!(after["userInfo"]["preferred_username"], "john", "{after:#}");
+    // Still the same session: refreshing does not log the user in anew.
+    assert_eq!(stack.idp.stats().await.authorization_code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_expiry_refreshes_again_with_the_rotated_token() {
+    let stack = refresh_stack().await;
+    stack.login("john", "/").await;
+    stack.idp.reset_stats().await;
+
+    for round in 1..=2u64 {
+        let_the_access_token_expire().await;
+        let resp = stack.client.api_get(&stack.url(&format!("/round/{round}"))).await;
+        assert_eq!(resp.echo().values("remote-user"), ["john"], "round {round}");
+        assert_eq!(stack.idp.stats().await.refresh_token, round, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_refresh_token_ends_the_session_once_the_access_token_expires() {
+    let stack = refresh_stack().await;
+    stack.login("john", "/").await;
+    assert_status(&stack.client.api_get(&stack.url("/before")).await, 200);
+
+    stack.idp.revoke_refresh_tokens().await;
+    stack.idp.reset_stats().await;
+    let_the_access_token_expire().await;
+
+    let session = stack.session_cookie().expect("session cookie");
+    let api = stack.client.api_get(&stack.url("/after")).await;
+    assert_login_required_json(&api);
+
+    // Even a browser that kept the old cookie is not let in: the session is over
+    // on the server, not retried at the provider on every request.
+    let app = stack.base_url();
+    stack.client.put_cookie(&app, SESSION_COOKIE, &session);
+    let nav = stack.client.navigate(&stack.url("/after")).await;
+    assert_redirects_to_provider(&nav, &stack.idp);
+    stack.client.put_cookie(&app, SESSION_COOKIE, &session);
+    let me = stack.client.api_get(&stack.url("/.auth/me")).await;
+    assert_status(&me, 401);
+
+    let stats = stack.idp.stats().await;
+    assert_eq!(stats.refresh_token, 1, "{stats:?}");
+}
