@@ -60,6 +60,8 @@ RUN_CRITERION = env_flag("BENCH_CRITERION", True)
 KEEP_TMP = env_flag("BENCH_KEEP_TMP", False)
 PERF = env_flag("BENCH_PERF", False)
 PORTCULLIS_BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target", "release", "portcullis"))
+# Other portcullis binaries measured as extra rows in the same run (A/B of a change).
+COMPARE_BINS = os.environ.get("BENCH_COMPARE", "").split()
 
 # The classic nginx welcome page: the "small static body" of the issue (612 bytes).
 WELCOME = """<!DOCTYPE html>
@@ -476,7 +478,7 @@ LoadModule auth_openidc_module {mods}/mod_auth_openidc.so
 
 # Sized for 256 busy connections from the start (Debian's defaults, 2 x 25 threads and
 # at most 150, refuse connections while Apache grows under the 256-connection load)
-StartServers 4
+StartServers 6
 ServerLimit 8
 ThreadLimit 64
 ThreadsPerChild 64
@@ -728,7 +730,7 @@ def perf_profile(c, others, tmp, started_at):
     os.makedirs(out_dir, exist_ok=True)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
     flat = subprocess.run(
-        ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.3"],
+        ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.05"],
         capture_output=True, text=True,
     ).stdout
     by_dso = subprocess.run(
@@ -739,8 +741,25 @@ def perf_profile(c, others, tmp, started_at):
         ["perf", "report", "-i", data, "--stdio", "--children", "--sort", "symbol", "-g", "none", "--percent-limit", "2"],
         capture_output=True, text=True,
     ).stdout
+    crates = {}
+    for line in flat.splitlines():
+        m = re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*?)\s{2,}", line + "  ")
+        if not m:
+            continue
+        pct, dso, sym = float(m.group(1)), m.group(2), m.group(3)
+        if dso.startswith("[kernel"):
+            group = "kernel"
+        elif dso != "portcullis":
+            group = dso
+        else:
+            sym = re.sub(r"^<", "", sym)
+            group = re.split(r"::|<| as ", sym, maxsplit=1)[0] or sym
+            if group in ("hyper", "hyper_util", "http", "tokio"):
+                group = "::".join(sym.split("::")[:2])
+        crates[group] = crates.get(group, 0.0) + pct
+    by_crate = "\n".join(f"{pct:6.2f}%  {name}" for name, pct in sorted(crates.items(), key=lambda kv: -kv[1]))
     path = os.path.join(out_dir, f"perf-{stamp}.txt")
-    write(path, "## syscalls and context switches per request\n" + "\n".join(counts_text) + "\n\n## by DSO\n" + by_dso + "\n## self time by symbol\n" + flat + "\n## inclusive time by symbol\n" + callers)
+    write(path, "## syscalls and context switches per request\n" + "\n".join(counts_text) + "\n\n## by DSO\n" + by_dso + "\n## self time by crate/module (symbols >= 0.05%)\n" + by_crate + "\n" + "\n## self time by symbol\n" + flat + "\n## inclusive time by symbol\n" + callers)
     log(f"perf profile of portcullis at c={CONNECTIONS[0]} saved to {os.path.relpath(path, ROOT)}")
 
 
@@ -794,7 +813,7 @@ def run(tmp, procs, started_at, load_before):
     session_memory = run_session_memory() if RUN_SESSION_MEMORY else None
     criterion = run_criterion() if RUN_CRITERION else None
 
-    up_port, ngx_port, caddy_port, apache_port, pc_port, idp_port = free_ports(6)
+    up_port, ngx_port, caddy_port, apache_port, pc_port, idp_port, *compare_ports = free_ports(6 + len(COMPARE_BINS))
 
     # --- upstream: nginx with the welcome page and a sparse big file
     www = os.path.join(tmp, "www")
@@ -821,7 +840,10 @@ def run(tmp, procs, started_at, load_before):
     idp_env = dict(
         os.environ,
         IDP_PORT=str(idp_port),
-        IDP_REDIRECT_URIS=f"http://localhost:{pc_port}/callback,http://localhost:{apache_port}/oauth2callback",
+        IDP_REDIRECT_URIS=",".join(
+            [f"http://localhost:{p}/callback" for p in [pc_port, *compare_ports]]
+            + [f"http://localhost:{apache_port}/oauth2callback"]
+        ),
         # mod_auth_openidc 2.4.12 has no PAR; portcullis still uses it (advertised by the provider)
         IDP_REQUIRE_PAR="0",
         IDP_QUIET="1",
@@ -839,29 +861,40 @@ def run(tmp, procs, started_at, load_before):
     apache_env = dict(os.environ, APACHE_RUN_DIR=f"{tmp}/apache-run", APACHE_LOG_DIR=tmp)
     apache = procs.start("apache", ["apache2", "-f", conf, "-DFOREGROUND"], env=apache_env)
 
-    # --- portcullis
-    secret = subprocess.run([PORTCULLIS_BIN, "generate-secret"], capture_output=True, text=True, check=True).stdout.strip()
-    pc_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "APP_BASE_URL": f"http://localhost:{pc_port}",
-        "LISTEN_ADDR": f"127.0.0.1:{pc_port}",
-        "OIDC_ISSUER": issuer,
-        "OIDC_CLIENT_ID": "Express.js",
-        "OIDC_CLIENT_SECRET": "insecure_secret",
-        "SESSION_ENCRYPTION_SECRET": secret,
-        "UPSTREAM_URL": f"http://127.0.0.1:{up_port}",
-        "RUST_LOG": "warn",
-        # the login-cost measurement starts 200 logins in a few seconds; the default
-        # limit (20/s, burst 100) would answer some of them with 503
-        "PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND": "1000",
-        "PORTCULLIS_OIDC_LOGIN_RATE_BURST": "1000",
-    }
-    portcullis = procs.start("portcullis", [PORTCULLIS_BIN], env=pc_env)
+    # --- portcullis (and the binaries to compare it with)
+    def start_portcullis(name, binary, port):
+        secret = subprocess.run([binary, "generate-secret"], capture_output=True, text=True, check=True).stdout.strip()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "APP_BASE_URL": f"http://localhost:{port}",
+            "LISTEN_ADDR": f"127.0.0.1:{port}",
+            "OIDC_ISSUER": issuer,
+            "OIDC_CLIENT_ID": "Express.js",
+            "OIDC_CLIENT_SECRET": "insecure_secret",
+            "SESSION_ENCRYPTION_SECRET": secret,
+            "UPSTREAM_URL": f"http://127.0.0.1:{up_port}",
+            "RUST_LOG": "warn",
+            # the login-cost measurement starts 200 logins in a few seconds; the default
+            # limit (20/s, burst 100) would answer some of them with 503
+            "PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND": "1000",
+            "PORTCULLIS_OIDC_LOGIN_RATE_BURST": "1000",
+        }
+        # allocator and runtime tuning, for experiments
+        env.update({k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_", "GLIBC_TUNABLES", "TOKIO_"))})
+        return procs.start(name, [binary], env=env)
+
+    portcullis = start_portcullis("portcullis", PORTCULLIS_BIN, pc_port)
+    compared = [
+        (f"compare{i + 1}", binary, port, start_portcullis(f"compare{i + 1}", binary, port))
+        for i, (binary, port) in enumerate(zip(COMPARE_BINS, compare_ports))
+    ]
 
     wait_until("nginx proxy", lambda: http_get(f"http://127.0.0.1:{ngx_port}/")[0] == 200, nginx_proxy, procs, "nginx-proxy")
     wait_until("caddy", lambda: http_get(f"http://127.0.0.1:{caddy_port}/")[0] == 200, caddy, procs, "caddy")
     wait_until("apache", lambda: http_get(f"http://localhost:{apache_port}/", {"Accept": "text/html"})[0] == 302, apache, procs, "apache")
     wait_until("portcullis", lambda: http_get(f"http://localhost:{pc_port}/.auth/readyz")[0] == 200, portcullis, procs, "portcullis")
+    for key, binary, port, proc in compared:
+        wait_until(binary, lambda port=port: http_get(f"http://localhost:{port}/.auth/readyz")[0] == 200, proc, procs, key)
     log("all servers up")
 
     contenders = [
@@ -870,6 +903,9 @@ def run(tmp, procs, started_at, load_before):
         Contender("caddy", "caddy proxy", f"http://localhost:{caddy_port}/", caddy),
         Contender("apache", "apache + mod_auth_openidc", f"http://localhost:{apache_port}/", apache, authenticated=True),
         Contender("portcullis", "portcullis authenticated", f"http://localhost:{pc_port}/", portcullis, authenticated=True),
+    ] + [
+        Contender(key, f"compare: {os.path.relpath(binary, ROOT) if binary.startswith(ROOT) else binary}", f"http://localhost:{port}/", proc, authenticated=True)
+        for key, binary, port, proc in compared
     ]
     by_key = {c.key: c for c in contenders}
 
@@ -954,7 +990,7 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
     v = versions()
     lines.append(f"### Benchmark, {started_at.strftime('%Y-%m-%d %H:%M UTC')}")
     lines.append("")
-    lines.append(f"Machine: {machine_description()}; load average {' '.join(load_before)} before, {' '.join(load_after)} after.")
+    lines.append(f"Machine: {machine_description()}; load average {' '.join(load_before)} before the run.")
     lines.append(
         f"Versions: portcullis {v['portcullis']}, nginx {v['nginx']}, Caddy {v['caddy']}, {v['apache']} + "
         f"mod_auth_openidc {v['mod_auth_openidc']}, {v['wrk']}."
@@ -1012,6 +1048,10 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
             f"caddy / nginx proxy = {ratio(cd, ngx, conns):.2f}×"
         )
     lines.append(f"- p99 at c={c_lo}: portcullis / nginx proxy = {ratio(pc, ngx, c_lo, 'p99'):.2f}×")
+    for c in contenders:
+        if c.key.startswith("compare"):
+            parts = [f"c={conns}: {ratio(c, ngx, conns):.2f}× nginx proxy, {ratio(c, pc, conns):.2f}× portcullis" for conns in CONNECTIONS]
+            lines.append(f"- {c.label}: " + "; ".join(parts))
     lines.append("")
 
     targets = []
