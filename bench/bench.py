@@ -229,19 +229,25 @@ def proc_stat(pid):
         return f.read().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid):
-    """utime+stime of the process tree under `pid`, plus the root's reaped children
-    (cutime+cstime), so a worker that exits between two readings is still counted."""
-    total = 0
+def cpu_times(pid):
+    """(user, system) seconds of the process tree under `pid`, plus the root's reaped
+    children, so a worker that exits between two readings is still counted."""
+    user = system = 0
     for i, p in enumerate(tree(pid)):
         try:
             rest = proc_stat(p)
         except OSError:
             continue
-        total += int(rest[11]) + int(rest[12])
+        user += int(rest[11])
+        system += int(rest[12])
         if i == 0:
-            total += int(rest[13]) + int(rest[14])
-    return total / CLK_TCK
+            user += int(rest[13])
+            system += int(rest[14])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pid):
+    return sum(cpu_times(pid))
 
 
 def status_kib(pid, field):
@@ -525,6 +531,7 @@ class Contender:
         self.authenticated = authenticated
         self.runs = {c: [] for c in CONNECTIONS}
         self.cpu = 0.0
+        self.cpu_user = 0.0
         self.requests = 0
         self.rss_idle = 0
         self.rss_peak = 0
@@ -933,6 +940,7 @@ def run(tmp, procs, started_at, load_before):
                 n += 1
                 if WARMUP not in ("0", "0s", ""):
                     run_wrk(c.wrk_url, c.host, c.cookie, conns, WARMUP)
+                user_before = cpu_times(c.proc.pid)[0]
                 cpu_before = {pid: cpu_seconds(pid) for pid in all_pids}
                 busy_before = system_busy_seconds()
                 t0 = time.time()
@@ -941,6 +949,7 @@ def run(tmp, procs, started_at, load_before):
                 elapsed = time.time() - t0
                 busy = system_busy_seconds() - busy_before
                 cpu_after = {pid: cpu_seconds(pid) for pid in all_pids}
+                c.cpu_user += cpu_times(c.proc.pid)[0] - user_before
                 ours = sum(cpu_after[p] - cpu_before[p] for p in all_pids) + result["wrk_cpu"]
                 other = max(0.0, busy - ours) / (elapsed * os.cpu_count())
                 foreign.append(other)
@@ -971,7 +980,12 @@ def run(tmp, procs, started_at, load_before):
                 verify(c, body)
 
     if PERF:
-        perf_profile(by_key["portcullis"], [by_key["nginx"], by_key["caddy"]], tmp, started_at)
+        perf_profile(
+            by_key["portcullis"],
+            [by_key["nginx"], by_key["caddy"]] + [c for c in contenders if c.key.startswith("compare")],
+            tmp,
+            started_at,
+        )
 
     stream = None
     if RUN_STREAM:
@@ -1014,7 +1028,8 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
             else:
                 cells += ["–", "–", "–"]
         cpu = c.cpu / c.requests * 10000 if c.requests else float("nan")
-        cells += [f"{cpu:.3f}", fmt_mib(c.rss_idle), fmt_mib(c.rss_peak)]
+        user = c.cpu_user / c.requests * 10000 if c.requests else float("nan")
+        cells += [f"{cpu:.3f} ({user:.2f} user)", fmt_mib(c.rss_idle), fmt_mib(c.rss_peak)]
         lines.append("| " + " | ".join(cells) + " |")
     na = "n/a (not implemented)"
     lines.append(f"| portcullis public path | {na} | | | | | | | | |")
