@@ -166,6 +166,11 @@ impl Portcullis {
         self.proc.wait_exit(timeout).await
     }
 
+    /// `Some(exit status)` once the process has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        self.proc.exited()
+    }
+
     /// Everything it logged so far.
     pub fn log_text(&self) -> String {
         self.proc.log_text()

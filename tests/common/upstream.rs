@@ -149,6 +149,8 @@ struct Seen {
     paths: HashMap<String, u64>,
     /// Every request head, in order: method, path+query, headers.
     heads: Vec<(String, String, Vec<(String, String)>)>,
+    /// The HTTP version of every request, in order (`HTTP/1.1`, `HTTP/2.0`).
+    versions: Vec<String>,
 }
 
 /// A hyper server (HTTP/1.1 and h2c, upgrades) on 127.0.0.1. Routes:
@@ -207,6 +209,11 @@ impl RustUpstream {
         self.seen.lock().unwrap().paths.get(path).copied().unwrap_or(0)
     }
 
+    /// The HTTP version of every request so far, in order.
+    pub fn versions(&self) -> Vec<String> {
+        self.seen.lock().unwrap().versions.clone()
+    }
+
     /// Every request head seen: (method, path+query, headers).
     pub fn heads(&self) -> Vec<(String, String, Vec<(String, String)>)> {
         self.seen.lock().unwrap().heads.clone()
@@ -239,6 +246,7 @@ async fn route(mut req: Request<Incoming>, seen: Arc<Mutex<Seen>>) -> Response<T
             .collect();
         let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
         seen.heads.push((req.method().as_str().to_owned(), pq, headers));
+        seen.versions.push(format!("{:?}", req.version()));
     }
     let chunked_flag = query(&req, "chunked").as_deref() == Some("1");
     match path.as_str() {
