@@ -52,8 +52,13 @@ impl App {
             session_cookie: config.session.cookie_name.clone(),
             login_cookie_prefix: config.session.login_cookie_prefix.clone(),
         };
-        let upstream =
-            Upstream::new(&config.upstream, &config.identity, cookie_filter).map_err(crate::StartError::Upstream)?;
+        let upstream = Upstream::new(
+            &config.upstream,
+            &config.identity,
+            cookie_filter,
+            &config.server.trusted_proxies,
+        )
+        .map_err(crate::StartError::Upstream)?;
         Ok(App {
             oidc,
             sessions: SessionStore::Memory(MemoryStore::new(&config.session)),
@@ -128,12 +133,12 @@ impl App {
         if !session.needs_refresh(SystemTime::now(), self.config.session.refresh_before_expiry) {
             return Ok(Some(ActiveSession { session }));
         }
-        self.refresh(key, session).await
+        self.refresh(key).await
     }
 
     /// Single-flight refresh: the first request refreshes, the others wait and then read
     /// the refreshed session from the store.
-    async fn refresh(&self, key: SessionKey, stale: Arc<Session>) -> Result<Option<ActiveSession>, AppError> {
+    async fn refresh(&self, key: SessionKey) -> Result<Option<ActiveSession>, AppError> {
         let _guard = self.refresh_gate.acquire(&key).await;
         let Some(current) = self.sessions.get(&key).await? else {
             return Ok(None);
@@ -165,7 +170,6 @@ impl App {
                 // The provider is down: the session stays valid on its last tokens, so the
                 // app keeps working; the next request tries again.
                 tracing::warn!(session = ?key, "token refresh failed: identity provider unreachable; keeping the session");
-                drop(stale);
                 Ok(Some(ActiveSession { session: current }))
             }
             Err(error) => {

@@ -83,12 +83,19 @@ fn accept_admits_html(accept: &str) -> bool {
 }
 
 /// Whether the client prefers a JSON answer (for error bodies and the dump page).
+/// Runs on every request, so it does not allocate.
 pub fn prefers_json(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers.get(ACCEPT).and_then(|v| v.to_str().ok()) else {
+    let Some(accept) = headers.get(ACCEPT) else {
         return false;
     };
-    let accept = accept.to_ascii_lowercase();
-    accept.contains("application/json") && !accept.contains("text/html")
+    let accept = accept.as_bytes();
+    contains_ignore_case(accept, b"application/json") && !contains_ignore_case(accept, b"text/html")
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
@@ -175,5 +182,7 @@ mod tests {
         assert!(prefers_json(&headers(&[("accept", "application/json")])));
         assert!(!prefers_json(&headers(&[("accept", "text/html,application/json")])));
         assert!(!prefers_json(&headers(&[])));
+        assert!(prefers_json(&headers(&[("accept", "Application/JSON")])));
+        assert!(!prefers_json(&headers(&[("accept", "TEXT/HTML, application/json")])));
     }
 }

@@ -1086,3 +1086,13 @@ fn an_invalid_upstream_server_name_is_refused() {
         "DNS name",
     );
 }
+
+#[test]
+fn upstream_tls_settings_need_an_https_upstream() {
+    rejects("[upstream]\nca_file = \"/etc/ca.pem\"\n", "upstream.ca_file", "https");
+    let config = ok(
+        "upstream_url = \"https://10.0.0.5:8443\"\n[upstream]\ntls_server_name = \"app.internal\"\n",
+        &without(seed_env(), &["UPSTREAM_URL"]),
+    );
+    assert_eq!(config.upstream.tls_server_name.as_deref(), Some("app.internal"));
+}

@@ -317,6 +317,16 @@ fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
         }
         UpstreamTarget::Http(web_url(src, &key, &value)?)
     };
+    let is_https = matches!(&target, UpstreamTarget::Http(url) if url.scheme() == "https");
+    for (path, set) in [
+        ("upstream.ca_file", transport.ca_file.is_some()),
+        ("upstream.tls_server_name", transport.tls_server_name.is_some()),
+    ] {
+        if set && !is_https {
+            let key = src.key_of(path);
+            src.problem(key, "only applies to an https upstream_url");
+        }
+    }
     Some(UpstreamConfig {
         target,
         connect_timeout,

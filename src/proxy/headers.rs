@@ -1,10 +1,9 @@
 //! Header rewriting between downstream and upstream, as pure functions over
 //! [`HeaderMap`]: hop-by-hop removal, identity-header stripping (every case and
-//! `_` spelling), `X-Forwarded-*`, and removal of portcullis' own cookies.
+//! `_` spelling), and removal of portcullis' own cookies. `X-Forwarded-*` values
+//! are set in `forwarded`.
 //!
 //! Nothing here does I/O, so every rule is unit-tested in `headers/tests.rs`.
-
-use std::net::IpAddr;
 
 use http::header::{
     AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
@@ -156,30 +155,6 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Replaces the client's `Forwarded`/`X-Forwarded-*` with what portcullis saw.
-///
-/// `X-Forwarded-For` is the peer address only: trusted-proxy chains are not supported
-/// yet, so a client-supplied chain is never believed. `host` is the client's `Host`
-/// (or the HTTP/2 authority); without one, `X-Forwarded-Host` is left out.
-pub(super) fn set_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: IpAddr,
-    client_scheme: &'static str,
-    host: Option<HeaderValue>,
-) {
-    headers.remove(FORWARDED);
-    // An IP address in text form is always a valid header value.
-    match HeaderValue::try_from(client_ip.to_string()) {
-        Ok(ip) => headers.insert(&X_FORWARDED_FOR, ip),
-        Err(_) => headers.remove(&X_FORWARDED_FOR),
-    };
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client_scheme));
-    match host {
-        Some(host) => headers.insert(&X_FORWARDED_HOST, host),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
-}
-
 /// The `Host` the client asked for: its `Host` header, else the URI authority
 /// (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target).
 pub(super) fn client_host(headers: &HeaderMap, uri: &http::Uri) -> Option<HeaderValue> {
@@ -260,7 +235,7 @@ pub(super) fn set_identity(
 }
 
 /// Removes optional whitespace (space, tab) at both ends.
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+pub(super) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }

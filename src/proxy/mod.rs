@@ -4,14 +4,25 @@
 //! # Layout
 //! - `mod.rs`: the public contract ([`Upstream`], [`ForwardContext`], [`ProxyError`],
 //!   [`CookieFilter`]) and [`Upstream::forward`], which reads as the ordered phases.
-//! - `headers`: pure header rewriting (hop-by-hop, identity stripping, forwarding
-//!   headers, portcullis' cookies).
+//! - `headers`: pure header rewriting (hop-by-hop, identity stripping, portcullis'
+//!   cookies).
+//! - `forwarded`: `X-Forwarded-*` with trusted proxies, and [`client_ip`].
 //! - `target`: the upstream scheme/authority/prefix and the URI rewrite.
 //! - `connector`: TCP/TLS/unix connector under the pooled client.
 //! - `timeout`: the response timeout measured from the request's last progress.
 //! - `upgrade`: splicing upgraded (WebSocket) connections.
+//!
+//! # Upstream protocol
+//! HTTP/1.1 by default. With `upstream.http2` every request goes as HTTP/2: h2 by
+//! ALPN on https, prior-knowledge h2c on http and unix. Its `:authority` is the
+//! client's host (or the upstream's, without `preserve_host`) and `Host` is set to
+//! the same value; connections always go to the configured address whatever the
+//! `:authority` (the pool keeps one connection per distinct authority). Upgrades
+//! (WebSocket) cannot pass over an HTTP/2 upstream: they are refused with
+//! [`ProxyError::BadRequest`].
 
 mod connector;
+mod forwarded;
 mod headers;
 mod target;
 mod timeout;
@@ -20,19 +31,24 @@ mod upgrade;
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::header::{AUTHORIZATION, HOST};
-use http::{Extensions, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::uri::Authority;
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
+use rustls::pki_types::ServerName;
 
 use crate::config::{AccessTokenForwarding, IdentityConfig, UpstreamConfig, UpstreamTarget};
 use crate::{BoxError, ResponseBody};
-use connector::{ConnectTimeout, UpstreamConnector};
+use connector::{ConnectTimeout, TlsSettings, UpstreamConnector};
+pub use forwarded::client_ip;
+use forwarded::Relayed;
 use headers::StripSet;
 use target::Target;
 use timeout::{Progress, ProgressBody};
@@ -41,7 +57,8 @@ use upgrade::Tunnels;
 /// What the proxy needs to know about the downstream request beyond the request itself.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardContext<'a> {
-    /// Peer address of the downstream connection (for `X-Forwarded-For`).
+    /// Peer address of the downstream connection (for `X-Forwarded-For`; when it is a
+    /// trusted proxy, the client's forwarding headers are kept and appended to).
     pub client_addr: SocketAddr,
     /// Scheme the client used to reach portcullis (`http` or `https`).
     pub client_scheme: &'static str,
@@ -71,8 +88,9 @@ pub enum ProxyError {
     /// The upstream configuration cannot be used (only from [`Upstream::new`]).
     #[error("upstream configuration invalid: {0}")]
     Config(String),
-    /// The downstream request cannot be forwarded at all (a `CONNECT`, `OPTIONS *`).
-    /// Downstream's fault: 400, not logged as an error.
+    /// The downstream request cannot be forwarded at all (a `CONNECT`, `OPTIONS *`, a
+    /// WebSocket upgrade when the upstream speaks HTTP/2, a `Host` that cannot be an
+    /// HTTP/2 `:authority`). Downstream's fault: 400, not logged as an error.
     #[error("request cannot be forwarded: {0}")]
     BadRequest(&'static str),
 }
@@ -94,6 +112,12 @@ pub struct Upstream {
     cookies: CookieFilter,
     response_timeout: Duration,
     tunnels: Tunnels,
+    /// Send the client's `Host` (else the target authority).
+    preserve_host: bool,
+    /// Speak HTTP/2 to the upstream.
+    http2: bool,
+    /// Peers whose `X-Forwarded-*` are kept and appended to.
+    trusted_proxies: Box<[IpNet]>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -102,26 +126,56 @@ impl std::fmt::Debug for Upstream {
             .field("target", &self.target)
             .field("strip", &self.strip)
             .field("response_timeout", &self.response_timeout)
+            .field("preserve_host", &self.preserve_host)
+            .field("http2", &self.http2)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
 
 impl Upstream {
     /// Builds the pooled client and precomputes everything per-request work needs
-    /// (the folded strip set, the target URI parts). Loads the system CA certificates
-    /// when the upstream is `https`, falling back to the bundled webpki roots with a
-    /// warning when there are none. Needs no runtime; `forward` needs tokio.
+    /// (the folded strip set, the target URI parts). When the upstream is `https`,
+    /// loads the system CA certificates (falling back to the bundled webpki roots with
+    /// a warning when there are none) and `ca_file`, and fixes the TLS server name
+    /// (`tls_server_name`, else the URL's host). `ca_file` or `tls_server_name` on a
+    /// non-https upstream is a [`ProxyError::Config`]. `trusted_proxies` are the peers
+    /// whose `X-Forwarded-*` are believed. Needs no runtime; `forward` needs tokio.
     pub fn new(
         upstream: &UpstreamConfig,
         identity: &IdentityConfig,
         cookie_names: CookieFilter,
+        trusted_proxies: &[IpNet],
     ) -> Result<Self, ProxyError> {
         let target = Target::new(&upstream.target)?;
+        if !target.is_https() {
+            if upstream.ca_file.is_some() {
+                return Err(ProxyError::Config("upstream.ca_file needs an https upstream".into()));
+            }
+            if upstream.tls_server_name.is_some() {
+                return Err(ProxyError::Config(
+                    "upstream.tls_server_name needs an https upstream".into(),
+                ));
+            }
+        }
         let connector = match &upstream.target {
-            UpstreamTarget::Http(_) => UpstreamConnector::http(upstream.connect_timeout, target.is_https())?,
+            UpstreamTarget::Http(url) => {
+                let tls = if target.is_https() {
+                    Some(TlsSettings {
+                        ca_file: upstream.ca_file.as_deref(),
+                        server_name: server_name(url, upstream.tls_server_name.as_deref())?,
+                        http2: upstream.http2,
+                    })
+                } else {
+                    None
+                };
+                UpstreamConnector::http(target.dial_uri(), upstream.connect_timeout, tls)?
+            }
             UpstreamTarget::Unix(path) => UpstreamConnector::unix(path, upstream.connect_timeout),
         };
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(upstream.http2)
+            .build(connector);
         let access_token_header = match identity.access_token {
             AccessTokenForwarding::None => None,
             AccessTokenForwarding::AuthorizationBearer => Some(AUTHORIZATION),
@@ -135,7 +189,16 @@ impl Upstream {
             cookies: cookie_names,
             response_timeout: upstream.response_timeout,
             tunnels: Tunnels::new(),
+            preserve_host: upstream.preserve_host,
+            http2: upstream.http2,
+            trusted_proxies: trusted_proxies.into(),
         })
+    }
+
+    /// [`client_ip`] with the configured trusted proxies: the address to log and to
+    /// base policy on.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_ip(peer, headers, &self.trusted_proxies)
     }
 
     /// Forwards an authorised request and returns the upstream's response, its body
@@ -149,16 +212,20 @@ impl Upstream {
             return Err(ProxyError::BadRequest("CONNECT is not proxied"));
         }
         let upgrade = headers::is_upgrade_request(request.headers());
+        if upgrade && self.http2 {
+            return Err(ProxyError::BadRequest("WebSocket upgrades need an HTTP/1.1 upstream"));
+        }
         // Must be taken before the request is consumed: it is the handle hyper's
         // server gives us to the downstream connection after our `101`.
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
         // Read before the URI rewrite, which replaces an HTTP/2 authority.
-        let host = headers::client_host(&parts.headers, &parts.uri);
-        parts.uri = self.target.uri_for(&parts.uri)?;
-        self.request_headers(&mut parts.headers, upgrade, host, &ctx);
-        parts.version = Version::HTTP_11;
+        let client_host = headers::client_host(&parts.headers, &parts.uri);
+        let (authority, host) = self.upstream_host(client_host.as_ref())?;
+        parts.uri = self.target.uri_for(&parts.uri, &authority)?;
+        self.request_headers(&mut parts.headers, upgrade, host, client_host, &ctx);
+        parts.version = if self.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
         // mean nothing to the upstream connection.
         parts.extensions = Extensions::new();
@@ -181,28 +248,55 @@ impl Upstream {
             (false, _) => {}
         }
         headers::remove_hop_by_hop(response.headers_mut(), switched);
+        // The downstream connection has its own version; an HTTP/2 upstream's must not leak.
+        *response.version_mut() = Version::HTTP_11;
         Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
     }
 
+    /// The URI authority and the `Host` to send.
+    ///
+    /// With `preserve_host` (the default, like nginx/oauth2-proxy `pass_host_header`)
+    /// `Host` is the client's (from the HTTP/2 authority when there was no header);
+    /// without, the target's authority. Over HTTP/1.1 the URI keeps the target's
+    /// authority (it only keys the pool). Over HTTP/2 the URI authority becomes
+    /// `:authority`, which must equal `Host` (RFC 9113 §8.3.1), so it is the host sent.
+    fn upstream_host(&self, client_host: Option<&HeaderValue>) -> Result<(Authority, HeaderValue), ProxyError> {
+        let target = self.target.authority();
+        let target_host = || HeaderValue::from_str(target.as_str()).expect("an authority is a valid header value");
+        let Some(client_host) = client_host.filter(|_| self.preserve_host) else {
+            return Ok((target.clone(), target_host()));
+        };
+        if !self.http2 {
+            return Ok((target.clone(), client_host.clone()));
+        }
+        let bad = || ProxyError::BadRequest("Host is not a valid authority");
+        if client_host.as_bytes().contains(&b'@') {
+            return Err(bad());
+        }
+        let authority = Authority::try_from(client_host.as_bytes()).map_err(|_| bad())?;
+        Ok((authority, client_host.clone()))
+    }
+
     /// The request-header phases, in order. Hop-by-hop goes first because
-    /// `Connection` may name any header; the identity strip comes before anything
-    /// portcullis sets, so that only our values remain.
-    /// `Host` is kept as the client sent it (set from the HTTP/2 authority when there
-    /// was no header), like nginx/oauth2-proxy `pass_host_header`.
+    /// `Connection` may name any header; a trusted proxy's forwarding headers are
+    /// taken next, then the identity strip (which also removes every client spelling of
+    /// `X-Forwarded-*`) comes before anything portcullis sets, so that only our values
+    /// remain. `client_host` feeds `X-Forwarded-Host`, `host` is the `Host` to send.
     fn request_headers(
         &self,
-        headers: &mut http::HeaderMap,
+        headers: &mut HeaderMap,
         upgrade: bool,
-        host: Option<HeaderValue>,
+        host: HeaderValue,
+        client_host: Option<HeaderValue>,
         ctx: &ForwardContext<'_>,
     ) {
+        let peer = ctx.client_addr.ip().to_canonical();
         headers::remove_hop_by_hop(headers, upgrade);
+        let relayed = forwarded::is_trusted(peer, &self.trusted_proxies).then(|| Relayed::take(headers));
         self.strip.strip(headers);
         headers::filter_cookies(headers, &self.cookies);
-        if let Some(host) = &host {
-            headers.insert(HOST, host.clone());
-        }
-        headers::set_forwarded(headers, ctx.client_addr.ip(), ctx.client_scheme, host);
+        headers.insert(HOST, host);
+        forwarded::set_forwarded(headers, peer, ctx.client_scheme, client_host, relayed);
         let token = self.access_token_header.as_ref().zip(ctx.access_token);
         headers::set_identity(headers, ctx.identity, token);
     }
@@ -216,6 +310,18 @@ impl Upstream {
     /// themselves within a grace period). Later upgrades are closed at once too.
     pub fn close_upgraded_connections(&self) {
         self.tunnels.close_all();
+    }
+}
+
+/// The TLS server name: `tls_server_name` if configured, else the URL's host.
+fn server_name(url: &url::Url, configured: Option<&str>) -> Result<ServerName<'static>, ProxyError> {
+    let invalid = |e| ProxyError::Config(format!("upstream TLS server name: {e}"));
+    match (configured, url.host()) {
+        (Some(name), _) => ServerName::try_from(name.to_owned()).map_err(invalid),
+        (None, Some(url::Host::Domain(name))) => ServerName::try_from(name.to_owned()).map_err(invalid),
+        (None, Some(url::Host::Ipv4(ip))) => Ok(ServerName::from(IpAddr::V4(ip))),
+        (None, Some(url::Host::Ipv6(ip))) => Ok(ServerName::from(IpAddr::V6(ip))),
+        (None, None) => Err(ProxyError::Config("the upstream URL has no host".into())),
     }
 }
 

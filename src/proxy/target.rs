@@ -11,8 +11,8 @@ use crate::config::UpstreamTarget;
 #[derive(Debug, Clone)]
 pub(super) struct Target {
     scheme: Scheme,
-    /// For a unix socket `localhost`: it only keys the connection pool, the connector
-    /// ignores it, and the client's `Host` is sent anyway.
+    /// For a unix socket `localhost`. The connector dials it (TCP) or ignores it
+    /// (unix); it is the `Host` sent when the client's is not preserved.
     authority: Authority,
     /// Path prefix of the upstream URL without its trailing `/` (`""` for none), so
     /// that `/app/` + `/x` gives `/app/x` as nginx's `proxy_pass http://h/app/` does.
@@ -68,10 +68,11 @@ impl Target {
         })
     }
 
-    /// The upstream URI for a downstream request URI: target scheme and authority, the
-    /// prefix, then the client's path and query byte-for-byte (no normalisation: the
-    /// upstream must see what the client sent, as policy saw it).
-    pub(super) fn uri_for(&self, original: &Uri) -> Result<Uri, ProxyError> {
+    /// The upstream URI for a downstream request URI: target scheme, `authority` (the
+    /// target's, or for HTTP/2 the `:authority` to send), the prefix, then the client's
+    /// path and query byte-for-byte (no normalisation: the upstream must see what the
+    /// client sent, as policy saw it).
+    pub(super) fn uri_for(&self, original: &Uri, authority: &Authority) -> Result<Uri, ProxyError> {
         let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
         if !path_and_query.starts_with('/') {
             // `OPTIONS *` and authority-form targets have no path to forward.
@@ -85,7 +86,7 @@ impl Target {
         .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))?;
         Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .authority(authority.clone())
             .path_and_query(path_and_query)
             .build()
             .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))
@@ -93,6 +94,20 @@ impl Target {
 
     pub(super) fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
+    }
+
+    pub(super) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Where the connector dials: `scheme://authority/`.
+    pub(super) fn dial_uri(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme and authority were validated in Target::new")
     }
 }
 
@@ -110,19 +125,19 @@ mod tests {
         let t = target("http://10.0.0.1:8080/app/");
         let uri: Uri = "/a%2Fb/../c;x?q=%20&r".parse().unwrap();
         assert_eq!(
-            t.uri_for(&uri).unwrap().to_string(),
+            t.uri_for(&uri, t.authority()).unwrap().to_string(),
             "http://10.0.0.1:8080/app/a%2Fb/../c;x?q=%20&r"
         );
         let t = target("https://[::1]/");
         let uri: Uri = "https://public.example/x?y".parse().unwrap();
-        assert_eq!(t.uri_for(&uri).unwrap().to_string(), "https://[::1]/x?y");
+        assert_eq!(t.uri_for(&uri, t.authority()).unwrap().to_string(), "https://[::1]/x?y");
     }
 
     #[test]
     fn asterisk_form_is_refused() {
         let t = target("http://u");
         let uri: Uri = "*".parse().unwrap();
-        assert!(matches!(t.uri_for(&uri), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(t.uri_for(&uri, t.authority()), Err(ProxyError::BadRequest(_))));
     }
 
     #[test]

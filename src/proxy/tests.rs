@@ -2,6 +2,7 @@
 //! forwards to an echo upstream, all in-process on loopback or a unix socket.
 
 mod support;
+mod transport;
 
 use std::time::{Duration, Instant};
 

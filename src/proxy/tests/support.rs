@@ -227,7 +227,12 @@ pub fn http_target(addr: SocketAddr, prefix: &str) -> UpstreamTarget {
 }
 
 pub fn upstream(target: UpstreamTarget, response_timeout: Duration) -> Arc<Upstream> {
-    let config = UpstreamConfig {
+    Arc::new(build_upstream(&upstream_config(target, response_timeout), &[]).unwrap())
+}
+
+/// The defaults every test starts from: HTTP/1.1, `Host` preserved, no TLS options.
+pub fn upstream_config(target: UpstreamTarget, response_timeout: Duration) -> UpstreamConfig {
+    UpstreamConfig {
         target,
         connect_timeout: Duration::from_secs(2),
         response_timeout,
@@ -236,12 +241,52 @@ pub fn upstream(target: UpstreamTarget, response_timeout: Duration) -> Arc<Upstr
         ca_file: None,
         tls_server_name: None,
         http2: false,
-    };
+    }
+}
+
+pub fn build_upstream(config: &UpstreamConfig, trusted_proxies: &[ipnet::IpNet]) -> Result<Upstream, ProxyError> {
     let cookies = CookieFilter {
         session_cookie: "portcullis".into(),
         login_cookie_prefix: "portcullis_login_".into(),
     };
-    Arc::new(Upstream::new(&config, &identity_config(), cookies).unwrap())
+    Upstream::new(config, &identity_config(), cookies, trusted_proxies)
+}
+
+/// Serves the echo upstream as HTTP/2 only (prior knowledge, h2c) on `127.0.0.1:0`.
+pub async fn h2c_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), service_fn(echo))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Serves the echo upstream over TLS on `127.0.0.1:0` with `config` (which picks
+/// the certificate and ALPN), HTTP/1.1 or HTTP/2 as the client speaks.
+pub async fn tls_upstream(config: rustls::ServerConfig) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A failed handshake (the proxy refusing our certificate) ends only this connection.
+                let Ok(tls) = acceptor.accept(io).await else { return };
+                let _served = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service_fn(echo))
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 /// Serves HTTP/1.1 (with upgrades) and HTTP/2 on `127.0.0.1:0`, forwarding every
