@@ -45,8 +45,13 @@ impl TestPki {
 
     /// A server certificate for `localhost` and 127.0.0.1 with common name `cn`.
     pub fn issue(&self, cn: &str, serial: u64) -> ServerCert {
+        self.issue_for(&["localhost", "127.0.0.1"], cn, serial)
+    }
+
+    /// A server certificate for exactly the names `sans` (DNS names or IPs).
+    pub fn issue_for(&self, sans: &[&str], cn: &str, serial: u64) -> ServerCert {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf params");
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate().expect("leaf key");
@@ -135,6 +140,29 @@ impl TestPki {
             .timeout(std::time::Duration::from_secs(20))
             .build()
             .expect("build reqwest client")
+    }
+}
+
+impl ServerCert {
+    /// A rustls server configuration presenting this certificate, offering `alpn`.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> rustls::ServerConfig {
+        let key = rustls::pki_types::PrivateKeyDer::try_from(
+            rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+                .expect("parse key PEM")
+                .expect("a key in the PEM")
+                .secret_der()
+                .to_vec(),
+        )
+        .expect("private key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.der.clone()], key)
+            .expect("server certificate");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
 }
 

@@ -151,6 +151,9 @@ struct Seen {
     heads: Vec<(String, String, Vec<(String, String)>)>,
     /// The HTTP version of every request, in order (`HTTP/1.1`, `HTTP/2.0`).
     versions: Vec<String>,
+    /// Over TLS: the SNI of every completed handshake, and why others failed.
+    snis: Vec<Option<String>>,
+    tls_failures: Vec<String>,
 }
 
 /// A hyper server (HTTP/1.1 and h2c, upgrades) on 127.0.0.1. Routes:
@@ -175,6 +178,17 @@ impl Drop for RustUpstream {
 
 impl RustUpstream {
     pub async fn start() -> RustUpstream {
+        Self::start_with(None).await
+    }
+
+    /// The same upstream over TLS (`https://127.0.0.1:<port>`), offering h2 and
+    /// http/1.1 by ALPN; the SNI of every handshake is recorded.
+    pub async fn start_tls(config: rustls::ServerConfig) -> RustUpstream {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> RustUpstream {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -184,21 +198,43 @@ impl RustUpstream {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
                 let seen = seen2.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = {
                         let seen = seen.clone();
-                        async move { Ok::<_, Infallible>(route(req, seen).await) }
-                    });
+                        service_fn(move |req| {
+                            let seen = seen.clone();
+                            async move { Ok::<_, Infallible>(route(req, seen).await) }
+                        })
+                    };
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let stream = match acceptor.accept(stream).await {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    seen.lock().unwrap().tls_failures.push(e.to_string());
+                                    return;
+                                }
+                            };
+                            let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                            seen.lock().unwrap().snis.push(sni);
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
         RustUpstream {
             addr,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             seen,
             task,
         }
@@ -207,6 +243,16 @@ impl RustUpstream {
     /// How many requests for `path` arrived (the head, whatever became of them).
     pub fn hits(&self, path: &str) -> u64 {
         self.seen.lock().unwrap().paths.get(path).copied().unwrap_or(0)
+    }
+
+    /// Over TLS: the server name each client sent (SNI), per completed handshake.
+    pub fn snis(&self) -> Vec<Option<String>> {
+        self.seen.lock().unwrap().snis.clone()
+    }
+
+    /// Over TLS: why handshakes failed (e.g. the client refused the certificate).
+    pub fn tls_failures(&self) -> Vec<String> {
+        self.seen.lock().unwrap().tls_failures.clone()
     }
 
     /// The HTTP version of every request so far, in order.
