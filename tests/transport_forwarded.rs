@@ -29,7 +29,11 @@ async fn an_untrusted_peer_has_its_forwarded_headers_replaced() {
     let port = stack.portcullis.app.port;
 
     let seen = seen_with(&stack, "/fwd", &FORGED).await;
-    assert_eq!(seen.values("x-forwarded-for"), ["127.0.0.1"], "the forged chain was believed");
+    assert_eq!(
+        seen.values("x-forwarded-for"),
+        ["127.0.0.1"],
+        "the forged chain was believed"
+    );
     assert_eq!(seen.values("x-forwarded-proto"), ["http"]);
     assert_eq!(seen.values("x-forwarded-host"), [format!("localhost:{port}")]);
     assert!(seen.values("forwarded").is_empty(), "a client Forwarded header passed");
@@ -53,8 +57,16 @@ async fn a_trusted_proxy_has_its_chain_appended_to_and_its_proto_and_host_kept()
         "203.0.113.9, 198.51.100.7, 127.0.0.1",
         "a trusted peer's chain must be kept and the peer appended"
     );
-    assert_eq!(seen.values("x-forwarded-proto"), ["https"], "a trusted proxy's proto is kept");
-    assert_eq!(seen.values("x-forwarded-host"), ["forged.example"], "a trusted proxy's host is kept");
+    assert_eq!(
+        seen.values("x-forwarded-proto"),
+        ["https"],
+        "a trusted proxy's proto is kept"
+    );
+    assert_eq!(
+        seen.values("x-forwarded-host"),
+        ["forged.example"],
+        "a trusted proxy's host is kept"
+    );
 
     // Without a chain from the trusted peer, the peer alone.
     let plain = seen_with(&stack, "/fwd", &[]).await;
@@ -69,7 +81,11 @@ async fn host_is_the_clients_by_default_and_the_upstreams_when_not_preserved() {
     stack.login("john", "/").await;
     let port = stack.portcullis.app.port;
     let seen = seen_with(&stack, "/host", &[]).await;
-    assert_eq!(seen.values("host"), [format!("localhost:{port}")], "Host must be preserved by default");
+    assert_eq!(
+        seen.values("host"),
+        [format!("localhost:{port}")],
+        "Host must be preserved by default"
+    );
 
     let stack = Stack::builder()
         .env("PORTCULLIS_UPSTREAM_PRESERVE_HOST", "false")

@@ -120,7 +120,11 @@ async fn prior_knowledge_h2c_is_refused_by_default_while_http_1_1_works() {
     };
     match tokio::time::timeout(Duration::from_secs(10), outcome).await {
         Err(_) => panic!("an h2c attempt neither failed nor succeeded within 10 s"),
-        Ok(Ok(resp)) => panic!("h2c was served although not enabled: {} {:?}", resp.status(), resp.version()),
+        Ok(Ok(resp)) => panic!(
+            "h2c was served although not enabled: {} {:?}",
+            resp.status(),
+            resp.version()
+        ),
         Ok(Err(e)) => println!("h2c refused as expected: {e}"),
     }
 

@@ -30,11 +30,29 @@ async fn a_request_head_over_the_size_limit_gets_431_and_a_log_line() {
     let port = stack.portcullis.app.port;
 
     let under = format!("X-Filler: {}", "a".repeat(4000));
-    let resp = raw_request(port, &["GET /.auth/healthz HTTP/1.1", "Host: localhost", &under, "Connection: close"]).await;
+    let resp = raw_request(
+        port,
+        &[
+            "GET /.auth/healthz HTTP/1.1",
+            "Host: localhost",
+            &under,
+            "Connection: close",
+        ],
+    )
+    .await;
     assert_eq!(resp.status, 200, "a 4 kB head is within an 8 KiB limit");
 
     let over = format!("X-Filler: {}", "a".repeat(12_000));
-    let resp = raw_request(port, &["GET /.auth/healthz HTTP/1.1", "Host: localhost", &over, "Connection: close"]).await;
+    let resp = raw_request(
+        port,
+        &[
+            "GET /.auth/healthz HTTP/1.1",
+            "Host: localhost",
+            &over,
+            "Connection: close",
+        ],
+    )
+    .await;
     assert_eq!(resp.status, 431, "a 12 kB head over an 8 KiB limit: {resp:?}");
     eventually("a log line with status=431", Duration::from_secs(2), || async {
         stack.portcullis.logged_status(431).then_some(())
@@ -44,7 +62,10 @@ async fn a_request_head_over_the_size_limit_gets_431_and_a_log_line() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_header_fields_get_431_and_a_log_line() {
-    let stack = Stack::builder().env("PORTCULLIS_SERVER_MAX_HEADERS", "16").start().await;
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_MAX_HEADERS", "16")
+        .start()
+        .await;
     let port = stack.portcullis.app.port;
     let head = |n: usize| {
         let mut lines = vec!["GET /.auth/healthz HTTP/1.1".to_owned(), "Host: localhost".to_owned()];
@@ -77,12 +98,18 @@ async fn a_slowloris_head_gets_408_and_idle_keep_alive_connections_are_closed_si
     // Half a head, then nothing.
     let started = Instant::now();
     let mut stalled = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    stalled.write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    stalled
+        .write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
     // A head trickled one byte every 200 ms never completes either.
     let mut trickle = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     let trickler = tokio::spawn(async move {
         let mut out = Vec::new();
-        for b in b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".iter().chain(b"a".repeat(100).iter()) {
+        for b in b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+            .iter()
+            .chain(b"a".repeat(100).iter())
+        {
             if trickle.write_all(&[*b]).await.is_err() {
                 break;
             }
@@ -128,7 +155,10 @@ async fn a_slowloris_head_gets_408_and_idle_keep_alive_connections_are_closed_si
         "a stalled head must get 408: {:?}",
         String::from_utf8_lossy(&bytes)
     );
-    assert!(elapsed >= Duration::from_millis(900), "408 before the timeout: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "408 before the timeout: {elapsed:?}"
+    );
 
     let trickled = trickler.await.expect("trickler");
     assert_eq!(
@@ -146,12 +176,18 @@ async fn a_slowloris_head_gets_408_and_idle_keep_alive_connections_are_closed_si
             String::from_utf8_lossy(&bytes)
         ));
     }
-    for (what, conn) in [("an idle keep-alive connection", &mut served), ("a never-used connection", &mut idle)] {
+    for (what, conn) in [
+        ("an idle keep-alive connection", &mut served),
+        ("a never-used connection", &mut idle),
+    ] {
         let (bytes, closed) = read_until_close(conn, Duration::from_secs(4)).await;
         if !closed {
             failures.push(format!("{what} was not closed within 4 s of a 1 s timeout"));
         } else if !bytes.is_empty() {
-            failures.push(format!("{what} got bytes instead of a silent close: {:?}", String::from_utf8_lossy(&bytes)));
+            failures.push(format!(
+                "{what} got bytes instead of a silent close: {:?}",
+                String::from_utf8_lossy(&bytes)
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -176,7 +212,10 @@ async fn connections_over_the_limit_get_a_503_and_are_closed() {
         let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
         let mut buf = [0u8; 64];
         let early = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
-        assert!(early.is_err(), "connection {i} (within the limit of 2) was answered or closed: {early:?}");
+        assert!(
+            early.is_err(),
+            "connection {i} (within the limit of 2) was answered or closed: {early:?}"
+        );
         held.push(tcp);
     }
 
@@ -190,7 +229,11 @@ async fn connections_over_the_limit_get_a_503_and_are_closed() {
         String::from_utf8_lossy(&bytes)
     );
     assert!(
-        stack.portcullis.log_text().lines().any(|l| l.contains("connection limit") || l.contains("status=503")),
+        stack
+            .portcullis
+            .log_text()
+            .lines()
+            .any(|l| l.contains("connection limit") || l.contains("status=503")),
         "no log line about the refused connection"
     );
 
@@ -200,16 +243,24 @@ async fn connections_over_the_limit_get_a_503_and_are_closed() {
         .await
         .unwrap();
     let (bytes, _) = read_until_close(&mut held[0], Duration::from_secs(5)).await;
-    assert_eq!(status_of(&bytes), Some(200), "a connection within the limit was not served");
+    assert_eq!(
+        status_of(&bytes),
+        Some(200),
+        "a connection within the limit was not served"
+    );
     drop(held);
-    eventually("a new connection served after others closed", Duration::from_secs(5), || async {
-        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        tcp.write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let (bytes, _) = read_until_close(&mut tcp, Duration::from_secs(2)).await;
-        (status_of(&bytes) == Some(200)).then_some(())
-    })
+    eventually(
+        "a new connection served after others closed",
+        Duration::from_secs(5),
+        || async {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            tcp.write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let (bytes, _) = read_until_close(&mut tcp, Duration::from_secs(2)).await;
+            (status_of(&bytes) == Some(200)).then_some(())
+        },
+    )
     .await;
 }
 
@@ -241,7 +292,9 @@ async fn an_upstream_that_does_not_accept_the_connection_gets_504_after_the_conn
     // A listener whose accept queue is full and never drained: further connects hang
     // (Linux drops their SYNs).
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).expect("bind");
+    socket
+        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .expect("bind");
     socket.listen(0).expect("listen");
     let blackhole = socket.local_addr().expect("addr").as_socket().expect("inet");
     let mut fillers = Vec::new();

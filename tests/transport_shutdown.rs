@@ -39,11 +39,16 @@ async fn sigterm_mid_response_lets_it_complete_refuses_new_connections_and_exits
     let signalled = Instant::now();
     portcullis.signal("TERM");
 
-    eventually("new connections refused after SIGTERM", Duration::from_secs(2), || async {
-        refuses_connections(port).await.then_some(())
-    })
+    eventually(
+        "new connections refused after SIGTERM",
+        Duration::from_secs(2),
+        || async { refuses_connections(port).await.then_some(()) },
+    )
     .await;
-    assert!(portcullis.exited().is_none(), "portcullis exited with a request in flight");
+    assert!(
+        portcullis.exited().is_none(),
+        "portcullis exited with a request in flight"
+    );
 
     let resp = in_flight.await.expect("the in-flight request task");
     let completed = signalled.elapsed();
@@ -81,7 +86,11 @@ async fn sigint_on_an_idle_proxy_exits_0_at_once() {
         .await
         .expect("exited within 5 s of SIGINT");
     assert!(status.success(), "exit status {status}");
-    assert!(signalled.elapsed() < Duration::from_secs(2), "an idle proxy took {:?} to stop", signalled.elapsed());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "an idle proxy took {:?} to stop",
+        signalled.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +103,10 @@ async fn an_open_websocket_keeps_working_through_the_drain_and_the_process_exits
         .await;
     stack.login("john", "/").await;
     let port = stack.portcullis.app.port;
-    let cookie = format!("Cookie: portcullis_session={}", stack.session_cookie().expect("session"));
+    let cookie = format!(
+        "Cookie: portcullis_session={}",
+        stack.session_cookie().expect("session")
+    );
     let Stack {
         idp: _idp,
         echo: _echo,
@@ -111,12 +123,16 @@ async fn an_open_websocket_keeps_working_through_the_drain_and_the_process_exits
 
     let signalled = Instant::now();
     portcullis.signal("TERM");
-    eventually("new connections refused after SIGTERM", Duration::from_secs(2), || async {
-        refuses_connections(port).await.then_some(())
-    })
+    eventually(
+        "new connections refused after SIGTERM",
+        Duration::from_secs(2),
+        || async { refuses_connections(port).await.then_some(()) },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    ws::write_frame(&mut tcp, ws::TEXT, b"still there?", true).await.expect("send during drain");
+    ws::write_frame(&mut tcp, ws::TEXT, b"still there?", true)
+        .await
+        .expect("send during drain");
     let reply = tokio::time::timeout(Duration::from_secs(5), ws::read_frame(&mut tcp))
         .await
         .expect("a reply during the drain")
@@ -124,7 +140,9 @@ async fn an_open_websocket_keeps_working_through_the_drain_and_the_process_exits
     assert_eq!(reply, (ws::TEXT, b"echo: still there?".to_vec()));
     assert!(portcullis.exited().is_none(), "portcullis exited with a WebSocket open");
 
-    ws::write_frame(&mut tcp, ws::CLOSE, &1000u16.to_be_bytes(), true).await.unwrap();
+    ws::write_frame(&mut tcp, ws::CLOSE, &1000u16.to_be_bytes(), true)
+        .await
+        .unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(2), ws::read_frame(&mut tcp)).await;
     drop(tcp);
     let closed = signalled.elapsed();
@@ -160,7 +178,9 @@ async fn a_response_outlasting_the_grace_period_is_cut_and_the_process_still_exi
 
     let mut send = common::h1::h1_connect(port).await;
     let pending = tokio::spawn(async move {
-        let resp = send.send_request(common::h1::get(port, "/__slow?ms=8000", &cookie)).await;
+        let resp = send
+            .send_request(common::h1::get(port, "/__slow?ms=8000", &cookie))
+            .await;
         match resp {
             Ok(resp) => format!("{} {:?}", resp.status(), common::h1::text(resp).await.map(|t| t.len())),
             Err(e) => format!("error: {e}"),
@@ -181,5 +201,8 @@ async fn a_response_outlasting_the_grace_period_is_cut_and_the_process_still_exi
     println!("exited after {exited:?} with {status}; the slow request: {outcome}");
     assert!(status.success(), "exit status {status}");
     assert!(exited < Duration::from_secs(3), "the 1 s grace took {exited:?}");
-    assert!(!outcome.starts_with("200 OK Ok"), "an 8 s response cannot have completed: {outcome}");
+    assert!(
+        !outcome.starts_with("200 OK Ok"),
+        "an 8 s response cannot have completed: {outcome}"
+    );
 }

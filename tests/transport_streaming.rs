@@ -59,7 +59,10 @@ impl RssSampler {
 /// Downloads `path` and verifies it against the pattern; returns (bytes, mismatch).
 async fn download(port: u16, path: &str, cookie: &str) -> pattern::Checker {
     let mut send = h1_connect(port).await;
-    let resp = send.send_request(h1::get(port, path, cookie)).await.expect("download response");
+    let resp = send
+        .send_request(h1::get(port, path, cookie))
+        .await
+        .expect("download response");
     assert_eq!(resp.status(), 200, "download of {path} answered {}", resp.status());
     let mut body = resp.into_body();
     let mut checker = pattern::Checker::default();
@@ -96,8 +99,14 @@ async fn a_2_gib_download_and_a_2_gib_upload_stream_through_in_flat_memory() {
     let port = stack.portcullis.app.port;
 
     // Warm up every path the transfer takes (pools, buffers, allocator arenas).
-    assert_eq!(download(port, &format!("/bytes?n={}", 8 * MIB), &cookie).await.mismatch, None);
-    assert_eq!(upload(port, 8 * MIB, true, &cookie).await["mismatch"], serde_json::Value::Null);
+    assert_eq!(
+        download(port, &format!("/bytes?n={}", 8 * MIB), &cookie).await.mismatch,
+        None
+    );
+    assert_eq!(
+        upload(port, 8 * MIB, true, &cookie).await["mismatch"],
+        serde_json::Value::Null
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let idle = stack.portcullis.rss_kib();
 
@@ -120,8 +129,16 @@ async fn a_2_gib_download_and_a_2_gib_upload_stream_through_in_flat_memory() {
     );
     assert_eq!(got.bytes, 2 * GIB, "the download was not complete");
     assert_eq!(got.mismatch, None, "the download was corrupted at this offset");
-    assert_eq!(report["bytes"], 2 * GIB, "the upstream did not receive the whole upload: {report}");
-    assert_eq!(report["mismatch"], serde_json::Value::Null, "the upload was corrupted: {report}");
+    assert_eq!(
+        report["bytes"],
+        2 * GIB,
+        "the upstream did not receive the whole upload: {report}"
+    );
+    assert_eq!(
+        report["mismatch"],
+        serde_json::Value::Null,
+        "the upload was corrupted: {report}"
+    );
     assert!(
         peak <= idle + 16 * 1024,
         "portcullis' memory grew with the body: idle {idle} KiB, peak {peak} KiB"
@@ -136,7 +153,11 @@ async fn chunked_request_and_response_bodies_stream_through_intact() {
 
     let report = upload(port, 5 * MIB + 17, false, &cookie).await;
     assert_eq!(report["bytes"], 5 * MIB + 17, "chunked upload incomplete: {report}");
-    assert_eq!(report["mismatch"], serde_json::Value::Null, "chunked upload corrupted: {report}");
+    assert_eq!(
+        report["mismatch"],
+        serde_json::Value::Null,
+        "chunked upload corrupted: {report}"
+    );
     assert_eq!(
         report["chunked"], true,
         "a body of unknown length must reach the upstream chunked (streamed, not buffered): {report}"
@@ -189,7 +210,10 @@ async fn response_trailers_from_the_upstream_reach_a_client_that_accepts_them() 
     assert_eq!(&collected.to_bytes()[..], b"hello world");
     assert_eq!(upstream.hits.load(Ordering::SeqCst), hits_before + 1);
     assert_eq!(
-        trailers.as_ref().and_then(|t| t.get("x-checksum")).map(|v| v.as_bytes().to_vec()),
+        trailers
+            .as_ref()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.as_bytes().to_vec()),
         Some(b"abc123".to_vec()),
         "the upstream's trailer did not reach the client (trailers: {trailers:?})"
     );
@@ -217,7 +241,9 @@ async fn expect_100_continue_gets_the_interim_response_before_the_body_is_sent()
     let mut sent = 0usize;
     while sent < n {
         let len = (n - sent).min(64 * 1024);
-        tcp.write_all(&pattern::slice(sent as u64, len)).await.expect("write body");
+        tcp.write_all(&pattern::slice(sent as u64, len))
+            .await
+            .expect("write body");
         sent += len;
     }
     let (status, headers) = tokio::time::timeout(Duration::from_secs(10), ws::read_head(&mut tcp))
@@ -281,13 +307,22 @@ async fn head_204_and_304_responses_carry_no_body_and_keep_the_connection_usable
     tcp.write_all(req("GET", "/status/304").as_bytes()).await.unwrap();
     let (status, headers) = next_head(&mut tcp).await;
     assert_eq!(status, 304);
-    assert_eq!(header(&headers, "etag"), Some("\"v1\""), "304 lost its ETag: {headers:?}");
-    assert!(header(&headers, "transfer-encoding").is_none(), "304 with chunked framing: {headers:?}");
+    assert_eq!(
+        header(&headers, "etag"),
+        Some("\"v1\""),
+        "304 lost its ETag: {headers:?}"
+    );
+    assert!(
+        header(&headers, "transfer-encoding").is_none(),
+        "304 with chunked framing: {headers:?}"
+    );
 
     tcp.write_all(req("GET", "/after").as_bytes()).await.unwrap();
     let (status, headers) = next_head(&mut tcp).await;
     assert_eq!(status, 200, "the connection was desynchronised by a bodiless response");
-    let len: usize = header(&headers, "content-length").and_then(|v| v.parse().ok()).expect("length");
+    let len: usize = header(&headers, "content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("length");
     let mut body = vec![0u8; len];
     tcp.read_exact(&mut body).await.unwrap();
     assert_eq!(body, b"upstream page /after");
@@ -311,9 +346,11 @@ async fn drain(resp: http::Response<hyper::body::Incoming>) -> (u64, Option<Stri
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_that_closes_mid_body_gives_the_client_an_aborted_body_not_a_complete_one() {
     // Announces 1 000 000 bytes (or chunks), sends 300 000, closes.
-    let mut with_length = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    let mut with_length =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n".to_vec();
     with_length.extend_from_slice(&pattern::slice(0, 300_000));
-    let mut chunked = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for i in 0..3u64 {
         chunked.extend_from_slice(b"186a0\r\n"); // 100 000
         chunked.extend_from_slice(&pattern::slice(i * 100_000, 100_000));
@@ -325,8 +362,15 @@ async fn an_upstream_that_closes_mid_body_gives_the_client_an_aborted_body_not_a
 
     for (path, framing) in [("/cut-length", "Content-Length"), ("/cut-chunked", "chunked")] {
         let mut send = h1_connect(port).await;
-        let resp = send.send_request(h1::get(port, path, &cookie)).await.expect("response head");
-        assert_eq!(resp.status(), 200, "{path}: the upstream sent a 200 head before giving up");
+        let resp = send
+            .send_request(h1::get(port, path, &cookie))
+            .await
+            .expect("response head");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{path}: the upstream sent a 200 head before giving up"
+        );
         if framing == "Content-Length" {
             assert_eq!(
                 resp.headers().get("content-length").map(|v| v.as_bytes()),

@@ -26,7 +26,12 @@ fn cookie(stack: &Stack) -> String {
 }
 
 /// GET `path` on an open HTTP/1.1 sender; the echo upstream's JSON, or a panic.
-async fn echo_get(send: &mut hyper::client::conn::http1::SendRequest<common::upstream::TestBody>, port: u16, path: &str, cookie: &str) -> EchoSeen {
+async fn echo_get(
+    send: &mut hyper::client::conn::http1::SendRequest<common::upstream::TestBody>,
+    port: u16,
+    path: &str,
+    cookie: &str,
+) -> EchoSeen {
     let resp = send.send_request(h1::get(port, path, cookie)).await.expect("response");
     let status = resp.status();
     let body = h1::text(resp).await.expect("body");
@@ -51,20 +56,33 @@ async fn the_configured_certificate_is_served_and_a_replaced_one_is_picked_up_wi
 
     // A kept-alive connection opened under the first certificate.
     let tls = pki.connect(port, &[b"http/1.1"]).await;
-    assert_eq!(peer_leaf(&tls).to_vec(), first.der.to_vec(), "not the configured certificate");
+    assert_eq!(
+        peer_leaf(&tls).to_vec(),
+        first.der.to_vec(),
+        "not the configured certificate"
+    );
     let mut kept = h1_over(tls).await;
-    assert_eq!(echo_get(&mut kept, port, "/before", &cookie).await.values("remote-user"), ["john"]);
+    assert_eq!(
+        echo_get(&mut kept, port, "/before", &cookie)
+            .await
+            .values("remote-user"),
+        ["john"]
+    );
 
     // Replaced on disk, announced by SIGHUP: new connections get it at once.
     let second = pki.issue("second.portcullis.test", 2002);
     pki.install(&second);
     stack.portcullis.signal("HUP");
-    eventually("the second certificate after SIGHUP", Duration::from_secs(3), || async {
-        (served_cert(&pki, port).await == second.der.to_vec()).then_some(())
-    })
+    eventually(
+        "the second certificate after SIGHUP",
+        Duration::from_secs(3),
+        || async { (served_cert(&pki, port).await == second.der.to_vec()).then_some(()) },
+    )
     .await;
     assert_eq!(
-        echo_get(&mut kept, port, "/after-sighup", &cookie).await.values("remote-user"),
+        echo_get(&mut kept, port, "/after-sighup", &cookie)
+            .await
+            .values("remote-user"),
         ["john"],
         "the kept-alive connection did not survive the reload"
     );
@@ -72,12 +90,16 @@ async fn the_configured_certificate_is_served_and_a_replaced_one_is_picked_up_wi
     // Replaced on disk without a signal: the file poll (every 5 s) finds it.
     let third = pki.issue("third.portcullis.test", 3003);
     pki.install(&third);
-    eventually("the third certificate from the file poll", Duration::from_secs(12), || async {
-        (served_cert(&pki, port).await == third.der.to_vec()).then_some(())
-    })
+    eventually(
+        "the third certificate from the file poll",
+        Duration::from_secs(12),
+        || async { (served_cert(&pki, port).await == third.der.to_vec()).then_some(()) },
+    )
     .await;
     assert_eq!(
-        echo_get(&mut kept, port, "/after-poll", &cookie).await.values("remote-user"),
+        echo_get(&mut kept, port, "/after-poll", &cookie)
+            .await
+            .values("remote-user"),
         ["john"],
         "the kept-alive connection did not survive the second reload"
     );
@@ -91,8 +113,11 @@ async fn a_broken_replacement_certificate_keeps_the_old_one_in_service() {
     let mut stack = https_stack(&pki, &[]).await;
     let port = stack.portcullis.app.port;
 
-    std::fs::write(pki.cert_path(), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-        .expect("write a broken certificate");
+    std::fs::write(
+        pki.cert_path(),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write a broken certificate");
     stack.portcullis.signal("HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -100,7 +125,11 @@ async fn a_broken_replacement_certificate_keeps_the_old_one_in_service() {
         first.der.to_vec(),
         "after a failed reload the previous certificate must stay in service"
     );
-    assert_eq!(stack.portcullis.exited(), None, "a bad certificate file stopped the process");
+    assert_eq!(
+        stack.portcullis.exited(),
+        None,
+        "a bad certificate file stopped the process"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,13 +139,18 @@ async fn tls_1_2_is_accepted_and_tls_1_1_and_1_0_are_refused() {
     let stack = https_stack(&pki, &[]).await;
     let port = stack.portcullis.app.port;
 
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let config = pki.client_config_versions(&[b"http/1.1"], &[&rustls::version::TLS12]);
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("a TLS 1.2-only client is accepted");
-    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
 
     for flag in ["-tls1_1", "-tls1"] {
         let out = std::process::Command::new("openssl")
@@ -154,7 +188,10 @@ async fn the_http_listener_redirects_to_https_with_path_and_query_whatever_the_h
     let redirect_port = free_port();
     let stack = https_stack(
         &pki,
-        &[("PORTCULLIS_SERVER_HTTP_REDIRECT_ADDR", format!("127.0.0.1:{redirect_port}"))],
+        &[(
+            "PORTCULLIS_SERVER_HTTP_REDIRECT_ADDR",
+            format!("127.0.0.1:{redirect_port}"),
+        )],
     )
     .await;
     let port = stack.portcullis.app.port;

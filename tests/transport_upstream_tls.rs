@@ -26,9 +26,16 @@ async fn an_https_upstream_is_trusted_through_the_configured_ca_file_and_refused
     // The same upstream without the CA: its certificate is not trusted.
     let hits_before = upstream.hits("/over-tls");
     let untrusting = Stack::builder().upstream(&upstream.url).start().await;
-    let trace = untrusting.client.login(&untrusting.url("/over-tls"), "john", PASSWORD).await;
+    let trace = untrusting
+        .client
+        .login(&untrusting.url("/over-tls"), "john", PASSWORD)
+        .await;
     assert_status(trace.landing(), 502);
-    assert_eq!(upstream.hits("/over-tls"), hits_before, "a request went to an untrusted upstream");
+    assert_eq!(
+        upstream.hits("/over-tls"),
+        hits_before,
+        "a request went to an untrusted upstream"
+    );
     assert!(
         !upstream.tls_failures().is_empty(),
         "the upstream saw no refused handshake (was TLS used at all?)"
@@ -63,7 +70,10 @@ async fn the_upstream_tls_server_name_is_sent_as_sni_and_checked_in_its_certific
         .env("PORTCULLIS_UPSTREAM_CA_FILE", ca)
         .start()
         .await;
-    let trace = unnamed.client.login(&unnamed.url("/by-address"), "john", PASSWORD).await;
+    let trace = unnamed
+        .client
+        .login(&unnamed.url("/by-address"), "john", PASSWORD)
+        .await;
     assert_status(trace.landing(), 502);
     assert_eq!(upstream.hits("/by-address"), 0);
 }

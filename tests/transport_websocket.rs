@@ -42,7 +42,10 @@ async fn an_authenticated_websocket_upgrade_carries_messages_both_ways() {
     let stack = Stack::builder().upstream(&upstream.url).start().await;
     stack.login("john", "/").await;
     let port = stack.portcullis.app.port;
-    let cookie = format!("Cookie: portcullis_session={}", stack.session_cookie().expect("session"));
+    let cookie = format!(
+        "Cookie: portcullis_session={}",
+        stack.session_cookie().expect("session")
+    );
     let origin = format!("Origin: http://localhost:{port}");
 
     let key = ws::random_key();
@@ -60,11 +63,15 @@ async fn an_authenticated_websocket_upgrade_carries_messages_both_ways() {
     // Client → upstream → client, several times, text and binary, small and large.
     for i in 0..5 {
         let msg = format!("message {i}");
-        ws::write_frame(&mut tcp, ws::TEXT, msg.as_bytes(), true).await.expect("send");
+        ws::write_frame(&mut tcp, ws::TEXT, msg.as_bytes(), true)
+            .await
+            .expect("send");
         assert_eq!(recv(&mut tcp).await, (ws::TEXT, format!("echo: {msg}").into_bytes()));
     }
     let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    ws::write_frame(&mut tcp, ws::BINARY, &big, true).await.expect("send binary");
+    ws::write_frame(&mut tcp, ws::BINARY, &big, true)
+        .await
+        .expect("send binary");
     let (op, payload) = recv(&mut tcp).await;
     assert_eq!(op, ws::BINARY);
     assert_eq!(&payload[..6], b"echo: ");
@@ -72,8 +79,14 @@ async fn an_authenticated_websocket_upgrade_carries_messages_both_ways() {
     ws::write_frame(&mut tcp, ws::PING, b"p", true).await.expect("ping");
     assert_eq!(recv(&mut tcp).await, (ws::PONG, b"p".to_vec()));
 
-    ws::write_frame(&mut tcp, ws::CLOSE, &1000u16.to_be_bytes(), true).await.expect("close");
-    assert_eq!(recv(&mut tcp).await.0, ws::CLOSE, "the close handshake did not come back");
+    ws::write_frame(&mut tcp, ws::CLOSE, &1000u16.to_be_bytes(), true)
+        .await
+        .expect("close");
+    assert_eq!(
+        recv(&mut tcp).await.0,
+        ws::CLOSE,
+        "the close handshake did not come back"
+    );
     assert_eq!(upstream.hits("/ws"), 1);
 
     // The upstream saw who the user is, and no portcullis cookie.
@@ -98,10 +111,7 @@ async fn an_unauthenticated_websocket_upgrade_gets_401_and_never_reaches_the_ups
         ("no cookie", vec![origin.clone()]),
         (
             "a forged session cookie",
-            vec![
-                origin.clone(),
-                format!("Cookie: portcullis_session={}", "A".repeat(43)),
-            ],
+            vec![origin.clone(), format!("Cookie: portcullis_session={}", "A".repeat(43))],
         ),
     ] {
         let (mut tcp, status, headers) = handshake(port, &ws::random_key(), &extra).await;
@@ -114,5 +124,9 @@ async fn an_unauthenticated_websocket_upgrade_gets_401_and_never_reaches_the_ups
         let _ = tcp.shutdown().await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(upstream.hits("/ws"), 0, "an unauthenticated upgrade reached the upstream");
+    assert_eq!(
+        upstream.hits("/ws"),
+        0,
+        "an unauthenticated upgrade reached the upstream"
+    );
 }

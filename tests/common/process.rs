@@ -192,7 +192,10 @@ impl ChildProcess {
 
     /// Waits up to `timeout` for the process to exit on its own.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        tokio::time::timeout(timeout, self.child.wait()).await.ok().map(|r| r.expect("wait for child"))
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .map(|r| r.expect("wait for child"))
     }
 
     /// The whole captured output so far.

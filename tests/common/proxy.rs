@@ -178,9 +178,9 @@ impl Portcullis {
 
     /// True when a log line carries `status=<code>` (text or JSON format).
     pub fn logged_status(&self, code: u16) -> bool {
-        self.log_text().lines().any(|l| {
-            l.contains(&format!("status={code}")) || l.contains(&format!("\"status\":{code}"))
-        })
+        self.log_text()
+            .lines()
+            .any(|l| l.contains(&format!("status={code}")) || l.contains(&format!("\"status\":{code}")))
     }
 
     /// Resident memory (`VmRSS`) in KiB.

@@ -66,7 +66,11 @@ impl StackBuilder {
     }
 
     pub async fn start(self) -> Stack {
-        let app = if self.https { AppAddr::reserve_https() } else { AppAddr::reserve() };
+        let app = if self.https {
+            AppAddr::reserve_https()
+        } else {
+            AppAddr::reserve()
+        };
         let mut idp_opts = self.idp;
         idp_opts.redirect_uris.push(app.redirect_uri());
         let (idp, echo) = tokio::join!(Idp::start(idp_opts), Echo::start());

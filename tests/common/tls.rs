@@ -29,7 +29,9 @@ pub struct ServerCert {
 impl TestPki {
     pub fn new() -> TestPki {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.distinguished_name.push(DnType::CommonName, "portcullis e2e test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "portcullis e2e test CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().expect("CA key");
@@ -92,7 +94,10 @@ impl TestPki {
     /// The environment of a portcullis serving TLS with the installed files.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("PORTCULLIS_SERVER_TLS_CERT_FILE", self.cert_path().display().to_string()),
+            (
+                "PORTCULLIS_SERVER_TLS_CERT_FILE",
+                self.cert_path().display().to_string(),
+            ),
             ("PORTCULLIS_SERVER_TLS_KEY_FILE", self.key_path().display().to_string()),
         ]
     }

@@ -142,13 +142,16 @@ impl Body for PatternBody {
     }
 }
 
+/// A request head as seen: method, path and query, headers.
+pub type Head = (String, String, Vec<(String, String)>);
+
 /// What the upstream saw.
 #[derive(Default)]
 struct Seen {
     /// Requests per path.
     paths: HashMap<String, u64>,
     /// Every request head, in order: method, path+query, headers.
-    heads: Vec<(String, String, Vec<(String, String)>)>,
+    heads: Vec<Head>,
     /// The HTTP version of every request, in order (`HTTP/1.1`, `HTTP/2.0`).
     versions: Vec<String>,
     /// Over TLS: the SNI of every completed handshake, and why others failed.
@@ -195,7 +198,9 @@ impl RustUpstream {
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let seen = seen2.clone();
                 let tls = tls.clone();
@@ -261,7 +266,7 @@ impl RustUpstream {
     }
 
     /// Every request head seen: (method, path+query, headers).
-    pub fn heads(&self) -> Vec<(String, String, Vec<(String, String)>)> {
+    pub fn heads(&self) -> Vec<Head> {
         self.seen.lock().unwrap().heads.clone()
     }
 }
@@ -288,9 +293,18 @@ async fn route(mut req: Request<Incoming>, seen: Arc<Mutex<Seen>>) -> Response<T
         let headers = req
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
-        let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
         seen.heads.push((req.method().as_str().to_owned(), pq, headers));
         seen.versions.push(format!("{:?}", req.version()));
     }
@@ -398,7 +412,9 @@ impl RawUpstream {
         let routes = Arc::new(routes);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let routes = routes.clone();
                 let hits = hits2.clone();
                 tokio::spawn(async move {
@@ -412,7 +428,14 @@ impl RawUpstream {
                     }
                     hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let head = String::from_utf8_lossy(&buf);
-                    let path = head.split(' ').nth(1).unwrap_or("").split('?').next().unwrap_or("").to_owned();
+                    let path = head
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or("")
+                        .split('?')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
                     let not_found = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12\r\nconnection: close\r\n\r\nraw upstream".to_vec();
                     let response = routes
                         .iter()

@@ -14,7 +14,10 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// `Sec-WebSocket-Accept` for `key`.
 pub fn accept_for(key: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}{GUID}").as_bytes());
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{GUID}").as_bytes(),
+    );
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
@@ -28,7 +31,12 @@ pub fn server_accept_key(headers: &http::HeaderMap) -> Option<String> {
     Some(accept_for(key))
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, opcode: u8, payload: &[u8], masked: bool) -> std::io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    opcode: u8,
+    payload: &[u8],
+    masked: bool,
+) -> std::io::Result<()> {
     let mut out = vec![0x80 | opcode];
     let mask_bit = if masked { 0x80 } else { 0 };
     match payload.len() {
