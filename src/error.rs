@@ -58,16 +58,20 @@ struct Rendering {
     fault: Fault,
 }
 
+/// A rendering with a fixed message.
+fn r(status: StatusCode, code: &'static str, title: &'static str, message: &str, fault: Fault) -> Rendering {
+    Rendering {
+        status,
+        code,
+        title,
+        message: message.to_owned(),
+        fault,
+    }
+}
+
 impl AppError {
     fn rendering(&self) -> Rendering {
         use StatusCode as S;
-        let r = |status, code, title, message: &str, fault| Rendering {
-            status,
-            code,
-            title,
-            message: message.to_owned(),
-            fault,
-        };
         match self {
             AppError::Oidc(error) => oidc_rendering(error),
             AppError::Proxy(ProxyError::Timeout) => r(S::GATEWAY_TIMEOUT, "upstream_timeout", "Application timed out", "The application did not answer in time. Try again shortly.", Fault::Upstream),
@@ -133,13 +137,6 @@ impl AppError {
 
 fn oidc_rendering(error: &OidcError) -> Rendering {
     use StatusCode as S;
-    let r = |status, code, title, message: &str, fault| Rendering {
-        status,
-        code,
-        title,
-        message: message.to_owned(),
-        fault,
-    };
     match error {
         OidcError::NotReady | OidcError::ProviderUnreachable(_) => r(S::SERVICE_UNAVAILABLE, "idp_unavailable", "Sign-in unavailable", "The identity provider is unreachable, so signing in is not possible right now. Try again shortly.", Fault::Upstream),
         OidcError::ParUnsupported => r(S::BAD_GATEWAY, "idp_misconfigured", "Sign-in unavailable", "The identity provider does not support pushed authorization requests, which this proxy is configured to require.", Fault::Upstream),

@@ -61,8 +61,23 @@ pub(super) struct Reply {
 /// bodies become [`OidcError::ProviderUnreachable`] / [`OidcError::InvalidResponse`];
 /// the message never contains the URL (which may carry a query) or any header.
 pub(super) async fn send(endpoint: &'static str, request: reqwest::RequestBuilder) -> Result<Reply, OidcError> {
-    let unreachable =
-        |e: reqwest::Error| OidcError::ProviderUnreachable(format!("{endpoint} endpoint: {}", e.without_url()));
+    let unreachable = |e: reqwest::Error| {
+        // reqwest's own message is "error sending request"; the cause says why.
+        let why = if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            let e = e.without_url();
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        };
+        OidcError::ProviderUnreachable(format!("{endpoint} endpoint: {why}"))
+    };
     let mut response = request.send().await.map_err(unreachable)?;
     let status = response.status();
     let media_type = response

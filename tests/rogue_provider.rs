@@ -1,0 +1,277 @@
+//! Forged and broken provider responses (design.md §5, ID-token invariants; §2,
+//! RFC 9207 and userinfo `sub`): portcullis logs in through a hand-written rogue
+//! OpenID Provider (tests/rogue/server.mjs) that deviates from the protocol in one
+//! way per mode. `honest` proves the rogue itself works; every other mode must end
+//! on a clear error page with no session, no 500, and no token or secret shown.
+
+mod common;
+mod rogue;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use url::Url;
+
+use common::*;
+use rogue::Rogue;
+
+/// What the redirect URI must answer.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Redirect back to the protected URL with a session.
+    LoggedIn,
+    /// A refusal page with a status from `statuses` (or any 4xx for `&[]`),
+    /// mentioning `mentions` when set.
+    Refused {
+        statuses: &'static [u16],
+        mentions: Option<&'static str>,
+        /// The code must never reach the token endpoint (callback checks come first).
+        code_redeemed: bool,
+    },
+}
+
+/// Forged or invalid tokens and provider answers: the "failed validation" page.
+const FORGED: Expect = Expect::Refused {
+    statuses: &[502],
+    mentions: Some("failed validation"),
+    code_redeemed: true,
+};
+/// A callback the provider's RFC 9207 promise rules out: any 4xx, code never redeemed.
+const BAD_CALLBACK: Expect = Expect::Refused {
+    statuses: &[],
+    mentions: None,
+    code_redeemed: false,
+};
+
+const PROTECTED: &str = "/vault/report?id=42&view=full";
+
+/// `url` has `base` as its scheme, host, port and path.
+fn starts_at(url: &Url, base: &str) -> bool {
+    let base = Url::parse(base).expect("base is a URL");
+    (url.scheme(), url.host_str(), url.port_or_known_default(), url.path())
+        == (
+            base.scheme(),
+            base.host_str(),
+            base.port_or_known_default(),
+            base.path(),
+        )
+}
+
+fn describe(resp: &Resp) -> String {
+    let body: String = resp.body.chars().take(1500).collect();
+    format!("{}\nheaders: {:?}\nbody: {body}", resp.summary(), resp.headers)
+}
+
+async fn run(mode: &str, expect: Expect) {
+    let app = AppAddr::reserve();
+    let redirect_uri = app.redirect_uri();
+    let (rogue, echo) = tokio::join!(Rogue::start(mode, &redirect_uri), Echo::start());
+    let mut builder = Portcullis::builder(app.clone(), &rogue.issuer, &echo.url);
+    if mode == "slow-token" {
+        builder = builder.env("PORTCULLIS_OIDC_HTTP_TIMEOUT", "2s");
+    }
+    let portcullis = builder.start().await;
+    let app_url = portcullis.base_url();
+    let client = Browserless::new();
+    let protected = portcullis.url(PROTECTED);
+
+    // 1. A navigation without a session goes to the rogue's authorization endpoint (PAR).
+    let start = client.navigate(&protected).await;
+    assert_eq!(
+        start.status,
+        StatusCode::FOUND,
+        "[{mode}] protected URL:\n{}",
+        describe(&start)
+    );
+    let authorize = start.location().expect("Location");
+    assert!(
+        starts_at(&authorize, &rogue.authorization_endpoint()),
+        "[{mode}] the login does not go to the rogue: {authorize}"
+    );
+
+    // 2. The rogue answers at once with a code (no login form).
+    let from_op = client.navigate(authorize.as_str()).await;
+    assert_eq!(
+        from_op.status,
+        StatusCode::FOUND,
+        "[{mode}] rogue authorization endpoint:\n{}\n{}",
+        describe(&from_op),
+        rogue.log_tail()
+    );
+    let callback = from_op.location().expect("Location");
+    assert!(
+        starts_at(&callback, &redirect_uri),
+        "[{mode}] the rogue did not send the browser to the redirect URI: {callback}"
+    );
+
+    // 3. The redirect URI.
+    let began = Instant::now();
+    let landing = client.navigate(callback.as_str()).await;
+    let took = began.elapsed();
+    let issued = rogue.issued().await;
+    let stats = rogue.stats().await;
+    eprintln!(
+        "[{mode}] the redirect URI answered {} after {took:?}; jwks fetched {}x; cookies now {:?}",
+        landing.status,
+        stats.jwks,
+        client.cookie_names(&app_url)
+    );
+    if std::env::var_os("ROGUE_SHOW_LOG").is_some() {
+        eprintln!("{}", portcullis.log_tail());
+    }
+    let context = format!(
+        "[{mode}] callback answered after {took:?}:\n{}\nrogue stats: {stats:?}",
+        describe(&landing)
+    );
+    assert_ne!(landing.status, StatusCode::INTERNAL_SERVER_ERROR, "{context}");
+    // At discovery, and at most once more for an unknown kid: a forged token cannot
+    // make portcullis hammer the provider.
+    assert!(stats.jwks <= 2, "{context}\nthe JWKS was fetched {} times", stats.jwks);
+    for (what, secret) in issued.secrets() {
+        assert!(!landing.body.contains(&secret), "{context}\nthe page shows the {what}");
+        if let Some(loc) = landing.location_raw() {
+            assert!(!loc.contains(&secret), "{context}\nthe Location carries the {what}");
+        }
+    }
+
+    match expect {
+        Expect::LoggedIn => {
+            assert_eq!(
+                landing.status,
+                StatusCode::FOUND,
+                "{context}\n{}",
+                portcullis.log_tail()
+            );
+            assert_eq!(
+                landing.location().map(|u| u.to_string()),
+                Some(protected.clone()),
+                "{context}\nthe login did not return to the protected URL"
+            );
+            let set = landing
+                .set_cookie(SESSION_COOKIE)
+                .unwrap_or_else(|| panic!("{context}\nno session cookie"));
+            assert_session_cookie_attributes(&set);
+            let seen = client.api_get(&protected).await.echo();
+            let ids = seen.identity_headers();
+            assert_eq!(ids.get("remote-user"), Some(&vec!["rogue".to_owned()]), "{ids:?}");
+            assert_eq!(
+                ids.get("remote-groups"),
+                Some(&vec!["rogues,testers".to_owned()]),
+                "{ids:?}"
+            );
+            assert_eq!(stats.userinfo, 1, "{context}");
+        }
+        Expect::Refused {
+            statuses,
+            mentions,
+            code_redeemed,
+        } => {
+            let status = landing.status.as_u16();
+            let status_ok = if statuses.is_empty() {
+                landing.status.is_client_error()
+            } else {
+                statuses.contains(&status)
+            };
+            assert!(
+                status_ok,
+                "{context}\nexpected {}\n{}",
+                if statuses.is_empty() {
+                    "a 4xx".to_owned()
+                } else {
+                    format!("one of {statuses:?}")
+                },
+                portcullis.log_tail()
+            );
+            assert_html_page(&landing);
+            if let Some(needle) = mentions {
+                assert_mentions(&landing, needle);
+            }
+            assert_no_session_issued(&landing);
+            assert!(
+                client
+                    .cookie(&app_url, SESSION_COOKIE)
+                    .filter(|v| !v.is_empty())
+                    .is_none(),
+                "{context}\nthe browser holds a session cookie"
+            );
+            assert_eq!(
+                stats.token,
+                u64::from(code_redeemed),
+                "{context}\ntoken endpoint calls (the code must be redeemed {})",
+                if code_redeemed { "once" } else { "never" }
+            );
+
+            // Still signed out: a navigation goes to the provider again, an API call gets 401.
+            let again = client.navigate(&protected).await;
+            assert_eq!(
+                again.status,
+                StatusCode::FOUND,
+                "[{mode}] afterwards:\n{}",
+                describe(&again)
+            );
+            assert!(
+                again
+                    .location()
+                    .is_some_and(|u| starts_at(&u, &rogue.authorization_endpoint())),
+                "[{mode}] afterwards the navigation is not sent to the provider:\n{}",
+                describe(&again)
+            );
+            assert_login_required_json(&client.api_get(&protected).await);
+            assert_status(&client.api_get(&portcullis.url("/.auth/me")).await, 401);
+        }
+    }
+
+    // Nothing secret in the log either (errors never carry tokens or the client secret).
+    let log = portcullis.log_tail();
+    for (what, secret) in issued.secrets() {
+        assert!(
+            !log.contains(&secret),
+            "[{mode}] the portcullis log shows the {what}:\n{log}"
+        );
+    }
+    if mode == "slow-token" {
+        assert!(
+            took < Duration::from_secs(10),
+            "[{mode}] the 2 s provider timeout was not applied: {took:?}"
+        );
+    }
+}
+
+macro_rules! rogue_test {
+    ($($name:ident: $mode:literal => $expect:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $name() {
+            run($mode, $expect).await;
+        }
+    )*};
+}
+
+rogue_test! {
+    honest_rogue_logs_in: "honest" => Expect::LoggedIn;
+    alg_none_is_refused: "alg-none" => FORGED;
+    token_signed_by_an_unpublished_key_is_refused: "wrong-key" => FORGED;
+    hs256_keyed_with_the_public_key_is_refused: "hs256-confusion" => FORGED;
+    token_from_another_issuer_is_refused: "wrong-iss" => FORGED;
+    token_for_another_client_is_refused: "wrong-aud" => FORGED;
+    several_audiences_without_azp_are_refused: "multi-aud-no-azp" => FORGED;
+    expired_token_is_refused: "expired" => FORGED;
+    token_issued_in_the_future_is_refused: "future-iat" => FORGED;
+    token_with_another_nonce_is_refused: "wrong-nonce" => FORGED;
+    token_without_nonce_is_refused: "missing-nonce" => FORGED;
+    token_with_a_wrong_at_hash_is_refused: "bad-at-hash" => FORGED;
+    callback_from_another_issuer_is_refused: "callback-wrong-iss" => BAD_CALLBACK;
+    callback_without_iss_is_refused: "callback-no-iss" => BAD_CALLBACK;
+    userinfo_about_someone_else_is_refused: "userinfo-sub-mismatch" => FORGED;
+    token_endpoint_refusing_the_code_is_a_clear_page: "token-error" => Expect::Refused {
+        statuses: &[400, 502],
+        mentions: None,
+        code_redeemed: true,
+    };
+    token_endpoint_garbage_is_refused: "token-garbage" => FORGED;
+    token_signed_under_an_unknown_kid_is_refused: "unknown-kid" => FORGED;
+    token_endpoint_that_hangs_times_out: "slow-token" => Expect::Refused {
+        statuses: &[503, 504],
+        mentions: None,
+        code_redeemed: true,
+    };
+}
