@@ -162,3 +162,39 @@ async fn the_upstream_is_spoken_to_in_http_1_1_by_default_and_in_http_2_when_con
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_that_sends_no_request_is_closed_after_the_head_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki = TestPki::new();
+    pki.install(&pki.issue("localhost", 1));
+    let mut builder = Stack::builder()
+        .https()
+        .client(Browserless::with_http(pki.reqwest_client()))
+        .env("PORTCULLIS_SERVER_HEADER_READ_TIMEOUT", "1s");
+    for (k, v) in pki.env() {
+        builder = builder.env(k, v);
+    }
+    let stack = builder.start().await;
+    let port = stack.portcullis.app.port;
+
+    // TLS done, h2 agreed, then silence: no preface, no request.
+    let mut silent = pki.connect(port, &[b"h2"]).await;
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the silent HTTP/2 connection was still open after 5 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stack
+            .portcullis
+            .log_text()
+            .contains("sent no request within the head timeout"),
+        "no log line for the closed connection"
+    );
+}

@@ -10,6 +10,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,8 +260,11 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = shared.app.clone();
+    let served_any = Arc::new(AtomicBool::new(false));
+    let served = served_any.clone();
     let service = service_fn(move |request| {
         let app = app.clone();
+        served.store(true, Ordering::Relaxed);
         async move { Ok::<_, std::convert::Infallible>(app.handle(request, peer).await) }
     });
     match protocol {
@@ -269,8 +273,23 @@ where
             until_done(connection, stopped, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
+            // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
+            // and first request: a connection that has sent no request within the head
+            // timeout is closed, so silent clients cannot hold connection slots.
             let connection = shared.http2.serve_connection(io, service);
-            until_done(connection, stopped, |c| c.graceful_shutdown()).await
+            let first_request = async {
+                tokio::time::sleep(shared.head_timeout).await;
+                if served_any.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                result = until_done(connection, stopped, |c| c.graceful_shutdown()) => result,
+                () = first_request => {
+                    tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
+                    Ok(())
+                }
+            }
         }
     }
 }
