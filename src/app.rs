@@ -93,7 +93,7 @@ impl App {
             )),
             Route::Login => self.login(&request).await,
             Route::Callback => self.callback(&request).await,
-            Route::Logout => self.logout(&request).await,
+            Route::Logout => self.logout(request).await,
             Route::Me => self.me(&request).await,
             Route::ReservedUnknown => Err(AppError::NotFound),
             Route::Protected => self.protected(request, client_addr).await,

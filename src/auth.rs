@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use http::header::SET_COOKIE;
 use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
@@ -23,6 +24,33 @@ fn return_target(request: &Request<Incoming>) -> Option<String> {
     let rd = url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "rd")?
         .1;
+    policy::local_return_path(&rd).map(str::to_owned)
+}
+
+/// Largest logout form read for its `rd` field; a sign-out form is a few bytes.
+const MAX_LOGOUT_FORM: usize = 4096;
+
+/// The `rd` field of a posted `application/x-www-form-urlencoded` logout form, if it is
+/// a local path. Larger or unreadable bodies are ignored: the logout itself has happened.
+async fn form_return_target(request: Request<Incoming>) -> Option<String> {
+    let is_form = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return None;
+    }
+    let body = Limited::new(request.into_body(), MAX_LOGOUT_FORM)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    let rd = url::form_urlencoded::parse(&body).find(|(k, _)| k == "rd")?.1;
     policy::local_return_path(&rd).map(str::to_owned)
 }
 
@@ -129,7 +157,7 @@ impl App {
     /// `/.auth/logout` (link or form): end the session, revoke its tokens where the provider
     /// allows, and go to `rd` or the signed-out page. Authelia has no end-session endpoint,
     /// so the provider's own session is untouched.
-    pub(crate) async fn logout(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
+    pub(crate) async fn logout(&self, request: Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
         if !matches!(*request.method(), Method::GET | Method::HEAD | Method::POST) {
             return Err(AppError::MethodNotAllowed);
         }
@@ -140,7 +168,12 @@ impl App {
                 self.revoke(&session).await;
             }
         }
-        let mut response = match return_target(request) {
+        let target = match return_target(&request) {
+            Some(target) => Some(target),
+            None if request.method() == Method::POST => form_return_target(request).await,
+            None => None,
+        };
+        let mut response = match target {
             Some(target) => redirect(&target)?,
             None => pages::signed_out_page(self.router.login_path()),
         };

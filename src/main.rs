@@ -86,7 +86,7 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(listen = %config.listen_addr, base_url = %config.base_url, issuer = %config.oidc.issuer, "portcullis listening");
+        tracing::info!(listen = %config.listen_addr, base_url = %config.base_url, issuer = %config.oidc.issuer_exact, "portcullis listening");
         match portcullis::run(config, listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

@@ -224,3 +224,45 @@ async fn a_session_in_use_still_ends_at_its_maximum_lifetime() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_login_required_json(&stack.client.api_get(&stack.url("/busy")).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_revokes_the_refresh_token_and_a_posted_form_names_where_to_go() {
+    let stack = Stack::builder().env("OIDC_SCOPES", SCOPES_WITH_REFRESH).start().await;
+    stack.login("john", "/").await;
+    let cookie = stack.session_cookie().expect("session");
+    assert!(stack.client.me_json(&stack.base_url()).await["refreshToken"].is_string());
+    stack.idp.reset_stats().await;
+
+    let resp = stack
+        .client
+        .send(
+            stack
+                .client
+                .post(&stack.url("/.auth/logout"))
+                .header("accept", ACCEPT_HTML)
+                .form(&[("rd", "/goodbye?from=form")]),
+        )
+        .await;
+    assert!(resp.is_redirect(), "{}\n{}", resp.summary(), resp.body);
+    assert_eq!(resp.location().map(String::from), Some(stack.url("/goodbye?from=form")));
+    assert_eq!(
+        stack.idp.stats().await.revocation,
+        1,
+        "the refresh token was not revoked at the provider"
+    );
+    assert_logged_out(&stack, &cookie).await;
+
+    // A posted rd that leaves the app is ignored: the signed-out page instead.
+    stack.login("john", "/").await;
+    let resp = stack
+        .client
+        .send(
+            stack
+                .client
+                .post(&stack.url("/.auth/logout"))
+                .form(&[("rd", "//evil.example/x")]),
+        )
+        .await;
+    assert_status(&resp, 200);
+    assert!(resp.body.contains("Signed out"), "{}", resp.body);
+}

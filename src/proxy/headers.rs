@@ -6,8 +6,8 @@
 //! Nothing here does I/O, so every rule is unit-tested in `headers/tests.rs`.
 
 use http::header::{
-    AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -25,12 +25,13 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the common non-standard ones). `TE` and
-/// `Upgrade` are handled separately because they survive in some cases.
-static HOP_BY_HOP: [&HeaderName; 7] = [
+/// `Upgrade` are handled separately because they survive in some cases. `Trailer` is
+/// not hop-by-hop (RFC 2616's list meant the `trailers` TE token), and hyper only sends
+/// the trailer fields a `Trailer` header declares, so it must pass.
+static HOP_BY_HOP: [&HeaderName; 6] = [
     &CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
-    &TRAILER,
     &TRANSFER_ENCODING,
     &PROXY_AUTHORIZATION,
     &PROXY_AUTHENTICATE,

@@ -9,13 +9,14 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -32,6 +33,7 @@ const RESPONSE_503_TOO_MANY: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 41\r\n\r\nToo many connections; try again shortly.\n";
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 38\r\n\r\nThe request head did not arrive in time\n";
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -41,12 +43,25 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
+/// The protocol a connection speaks, decided before hyper sees it: by ALPN on TLS, by
+/// the h2 preface with h2c enabled, HTTP/1.1 otherwise. (hyper-util's auto builder would
+/// sniff every plain connection for the preface without a timeout, and so serve h2c even
+/// when it is off and keep silent connections open forever.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
 /// Everything a connection task needs, shared.
 struct Shared {
     app: Arc<App>,
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
+    h2c: bool,
+    /// Bounds the TLS handshake and h2c detection as hyper bounds the request head.
+    head_timeout: Duration,
 }
 
 /// Serves `listener` until `shutdown` completes, then drains for at most the grace period.
@@ -79,22 +94,27 @@ pub async fn serve(
         ));
     }
 
+    let (http1, http2) = protocol_builders(settings);
     let shared = Arc::new(Shared {
         app: app.clone(),
-        builder: connection_builder(settings),
+        http1,
+        http2,
         tls,
-        handshake_timeout: settings.header_read_timeout,
+        h2c: settings.h2c,
+        head_timeout: settings.header_read_timeout,
     });
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    // One permit per connection: the limit, and (all permits back) the sign that every
+    // connection has finished.
+    let permits = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let limit = Arc::new(Semaphore::new(permits as usize));
+    let mut shutdown = pin!(shutdown);
 
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        tokio::spawn(serve_connection(shared.clone(), graceful.watcher(), stream, peer, permit));
+                        tokio::spawn(serve_connection(shared.clone(), stopped.clone(), stream, peer, permit));
                     }
                     Err(_) => refuse_connection(&shared, stream, peer),
                 },
@@ -117,7 +137,8 @@ pub async fn serve(
     // Upgraded connections (WebSockets) left hyper's hands at the 101, so they are
     // drained separately, within the same grace period.
     let drain = async {
-        graceful.shutdown().await;
+        // Fails only if the semaphore were closed, which this code never does.
+        let _ = limit.acquire_many(permits).await;
         while app.upstream.upgraded_connections() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -129,25 +150,22 @@ pub async fn serve(
     Ok(())
 }
 
-fn connection_builder(settings: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Without TLS, HTTP/2 is only prior-knowledge h2c, off unless enabled; with TLS it is
-    // negotiated by ALPN.
-    if settings.tls.is_none() && !settings.h2c {
-        builder = builder.http1_only();
-    }
-    builder
-        .http1()
+fn protocol_builders(settings: &ServerConfig) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes)
         .max_headers(settings.max_headers);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(250);
-    builder
+        .max_concurrent_streams(250)
+        // Pings find dead peers; an HTTP/2 connection has no head timeout of its own.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    (http1, http2)
 }
 
 /// Over the connection limit: a plain client gets a short 503, a TLS client a closed
@@ -162,7 +180,7 @@ fn refuse_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
 
 async fn serve_connection(
     shared: Arc<Shared>,
-    watcher: Watcher,
+    stopped: watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
@@ -170,25 +188,29 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
+    let protocol = match (&shared.tls, shared.h2c) {
+        (None, false) => Protocol::Http1,
+        (None, true) => match tokio::time::timeout(shared.head_timeout, sniff_h2c(&stream)).await {
+            Ok(Ok(Some(protocol))) => protocol,
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!(%peer, "no request within the head timeout; closing");
+                return;
+            }
+        },
+        (Some(_), _) => Protocol::Http1, // decided by ALPN below
+    };
     let (stream, handle) = ClientStream::new(stream);
-    let app = shared.app.clone();
-    let service = service_fn(move |request| {
-        let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(app.handle(request, peer).await) }
-    });
     let result = match &shared.tls {
-        None => {
-            let connection = shared
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(connection.into_owned()).await
-        }
-        Some(acceptor) => match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await {
+        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, stopped).await,
+        Some(acceptor) => match tokio::time::timeout(shared.head_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
-                let connection = shared
-                    .builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service);
-                watcher.watch(connection.into_owned()).await
+                let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                };
+                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, stopped).await
             }
             Ok(Err(error)) => {
                 tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -201,23 +223,97 @@ async fn serve_connection(
         },
     };
     if let Err(error) = result {
-        report_connection_error(&*error, &handle, peer, shared.tls.is_none());
+        report_connection_error(&error, &handle, peer, shared.tls.is_none());
     }
+}
+
+/// Reads (without consuming) until the bytes either are the h2 preface or cannot be.
+/// `None` when the client closed first.
+async fn sniff_h2c(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let read = stream.peek(&mut buf).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        if buf[..read] != H2_PREFACE[..read] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if read == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        // A partial preface: peek would return the same bytes at once, so wait a little.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves one connection in its protocol until it ends, shutting it down gracefully
+/// (finish in-flight requests, take no new ones) once `stopped` turns true.
+async fn serve_protocol<I>(
+    shared: &Shared,
+    io: TokioIo<I>,
+    protocol: Protocol,
+    peer: SocketAddr,
+    stopped: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let app = shared.app.clone();
+    let served_any = Arc::new(AtomicBool::new(false));
+    let served = served_any.clone();
+    let service = service_fn(move |request| {
+        let app = app.clone();
+        served.store(true, Ordering::Relaxed);
+        async move { Ok::<_, std::convert::Infallible>(app.handle(request, peer).await) }
+    });
+    match protocol {
+        Protocol::Http1 => {
+            let connection = shared.http1.serve_connection(io, service).with_upgrades();
+            until_done(connection, stopped, |c| c.graceful_shutdown()).await
+        }
+        Protocol::Http2 => {
+            // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
+            // and first request: a connection that has sent no request within the head
+            // timeout is closed, so silent clients cannot hold connection slots.
+            let connection = shared.http2.serve_connection(io, service);
+            let first_request = async {
+                tokio::time::sleep(shared.head_timeout).await;
+                if served_any.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                result = until_done(connection, stopped, |c| c.graceful_shutdown()) => result,
+                () = first_request => {
+                    tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn until_done<C, E>(
+    connection: C,
+    mut stopped: watch::Receiver<bool>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let mut connection = pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = stop_requested(&mut stopped) => graceful(connection.as_mut()),
+    }
+    connection.await
 }
 
 /// Logs why a connection ended badly and, for a request head that did not arrive in
 /// time on a plain connection, answers 408 before closing (hyper closes silently).
-fn report_connection_error(
-    error: &(dyn std::error::Error + 'static),
-    handle: &StreamHandle,
-    peer: SocketAddr,
-    plain: bool,
-) {
-    let Some(hyper_error) = error.downcast_ref::<hyper::Error>() else {
-        tracing::debug!(%peer, %error, "connection ended with an error");
-        return;
-    };
-    if hyper_error.is_timeout() {
+fn report_connection_error(error: &hyper::Error, handle: &StreamHandle, peer: SocketAddr, plain: bool) {
+    if error.is_timeout() {
         if handle.has_unanswered_bytes() {
             tracing::info!(%peer, status = 408, "request head not received in time; closing");
             if plain {
@@ -226,9 +322,9 @@ fn report_connection_error(
         } else {
             tracing::debug!(%peer, "idle keep-alive connection closed");
         }
-    } else if hyper_error.is_parse_too_large() {
+    } else if error.is_parse_too_large() {
         tracing::info!(%peer, status = 431, "request head too large; refused");
-    } else if hyper_error.is_parse() {
+    } else if error.is_parse() {
         tracing::info!(%peer, status = 400, %error, "malformed request; refused");
     } else {
         tracing::debug!(%peer, %error, "connection ended with an error");

@@ -167,9 +167,17 @@ impl Browserless {
         }
     }
 
+    /// A client over `http` (e.g. one trusting a test CA; it must not follow redirects).
+    pub fn with_http(http: reqwest::Client) -> Browserless {
+        Browserless {
+            http,
+            jar: Arc::new(Mutex::new(Jar::default())),
+        }
+    }
+
     /// A client with its own, empty jar.
     pub fn fresh(&self) -> Browserless {
-        Browserless::new()
+        Browserless::with_http(self.http.clone())
     }
 
     pub fn request(&self, method: Method, url: &str) -> RequestBuilder {
@@ -365,10 +373,10 @@ impl Browserless {
     }
 }
 
-/// Every server of a test listens on loopback over http. A redirect anywhere
+/// Every server of a test listens on loopback (over http, or https with a test CA). A redirect anywhere
 /// else is not followed: the walk ends there, for the test to judge.
 fn is_test_server(url: &Url) -> bool {
-    url.scheme() == "http" && matches!(url.host_str(), Some("localhost" | "127.0.0.1"))
+    matches!(url.scheme(), "http" | "https") && matches!(url.host_str(), Some("localhost" | "127.0.0.1"))
 }
 
 /// The `action` of the provider's login form (`<form … action="/interaction/<uid>/login">`).

@@ -11,7 +11,11 @@
 //! - [`client`]: [`Browserless`], a redirect-free HTTP client with a per-host+port
 //!   cookie jar that can walk the provider's login form.
 //! - [`cookies`]: the jar and `Set-Cookie` parsing for attribute assertions.
+//! - [`h1`]: hyper client connections (HTTP/1.1, HTTP/2) for streamed bodies.
 //! - [`raw`]: raw HTTP/1.1 over TCP for requests a client library would normalise.
+//! - [`tls`]: a test CA (rcgen), certificate files for portcullis, trusting clients.
+//! - [`upstream`]: Rust upstreams in the test process (big bodies, WebSocket echo, raw bytes).
+//! - [`ws`]: a minimal WebSocket client/server.
 //! - [`assert`]: `#[track_caller]` assertions on meaning (Location, cookies, headers).
 //!
 //! Every test file compiles this module on its own and uses part of it.
@@ -20,18 +24,22 @@
 pub mod assert;
 pub mod client;
 pub mod cookies;
+pub mod h1;
 pub mod peers;
 pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod stack;
+pub mod tls;
+pub mod upstream;
+pub mod ws;
 
 pub use assert::*;
 pub use client::{html_escape, Browserless, LoginTrace, Resp, ACCEPT_HTML};
 pub use cookies::SetCookie;
 pub use peers::{Echo, EchoSeen, Idp, IdpOptions, IdpStats};
 pub use process::{eventually, free_port};
-pub use proxy::{AppAddr, Portcullis, PortcullisBuilder};
+pub use proxy::{rss_kib, AppAddr, Portcullis, PortcullisBuilder};
 pub use raw::{raw_request, RawResponse};
 pub use stack::{Stack, StackBuilder};
 

@@ -174,6 +174,35 @@ impl ChildProcess {
         out
     }
 
+    /// The operating-system process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is still running")
+    }
+
+    /// Sends signal `name` (`TERM`, `HUP`, `INT`…) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid} failed: {status}");
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .map(|r| r.expect("wait for child"))
+    }
+
+    /// The whole captured output so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// Kills the process and waits until it is gone (its port is then free).
     pub async fn kill(&mut self) {
         // An error means the process is already gone, which is what we want.

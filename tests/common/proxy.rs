@@ -28,6 +28,16 @@ impl AppAddr {
     }
 
     /// The redirect URI portcullis derives from its base URL.
+    /// Like [`reserve`](Self::reserve) with an `https://localhost:<port>` base URL
+    /// (portcullis then needs the TLS certificate variables).
+    pub fn reserve_https() -> AppAddr {
+        let port = free_port();
+        AppAddr {
+            port,
+            base_url: format!("https://localhost:{port}"),
+        }
+    }
+
     pub fn redirect_uri(&self) -> String {
         format!("{}/callback", self.base_url)
     }
@@ -142,13 +152,56 @@ impl Portcullis {
         self.proc.log_tail()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Sends signal `name` (`TERM`, `HUP`, `INT`) to the process.
+    pub fn signal(&self, name: &str) {
+        self.proc.signal(name)
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.proc.wait_exit(timeout).await
+    }
+
+    /// `Some(exit status)` once the process has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        self.proc.exited()
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// True when a log line carries `status=<code>` (text or JSON format).
+    pub fn logged_status(&self, code: u16) -> bool {
+        self.log_text()
+            .lines()
+            .any(|l| l.contains(&format!("status={code}")) || l.contains(&format!("\"status\":{code}")))
+    }
+
+    /// Resident memory (`VmRSS`) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
     pub async fn stop(mut self) {
         self.proc.kill().await;
     }
 
     /// Polls `path` until it answers 200; fails early if the process exits.
     async fn wait_for(&mut self, path: &str, what: &str) {
-        let http = plain_client();
+        // Readiness only: over TLS any certificate will do here.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("build readiness client");
         let url = self.url(path);
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
@@ -173,4 +226,14 @@ impl Portcullis {
     pub async fn wait_ready(&mut self) {
         self.wait_for("/.auth/readyz", "ready (readyz 200)").await;
     }
+}
+
+/// `VmRSS` of process `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
 }

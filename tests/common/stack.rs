@@ -30,6 +30,8 @@ pub struct StackBuilder {
     idp: IdpOptions,
     env: Vec<(String, String)>,
     upstream: Option<String>,
+    https: bool,
+    client: Option<Browserless>,
 }
 
 impl StackBuilder {
@@ -51,8 +53,24 @@ impl StackBuilder {
         self
     }
 
+    /// An `https://localhost:<port>` base URL (add the TLS variables with `env`).
+    pub fn https(mut self) -> Self {
+        self.https = true;
+        self
+    }
+
+    /// The client of the stack (e.g. one that trusts a test CA).
+    pub fn client(mut self, client: Browserless) -> Self {
+        self.client = Some(client);
+        self
+    }
+
     pub async fn start(self) -> Stack {
-        let app = AppAddr::reserve();
+        let app = if self.https {
+            AppAddr::reserve_https()
+        } else {
+            AppAddr::reserve()
+        };
         let mut idp_opts = self.idp;
         idp_opts.redirect_uris.push(app.redirect_uri());
         let (idp, echo) = tokio::join!(Idp::start(idp_opts), Echo::start());
@@ -66,7 +84,7 @@ impl StackBuilder {
             idp,
             echo,
             portcullis,
-            client: Browserless::new(),
+            client: self.client.unwrap_or_default(),
         }
     }
 }

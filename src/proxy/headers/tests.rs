@@ -121,7 +121,6 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
         ("x-secret", "1"),
         ("x-other", "2"),
         ("te", "gzip"),
-        ("trailer", "x-checksum"),
         ("transfer-encoding", "chunked"),
         ("upgrade", "websocket"),
         ("proxy-authorization", "Basic abc"),
@@ -130,6 +129,13 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
     ]);
     remove_hop_by_hop(&mut headers, false);
     assert_eq!(names(&headers), ["accept"]);
+}
+
+#[test]
+fn the_trailer_declaration_is_end_to_end() {
+    let mut headers = map(&[("trailer", "x-checksum"), ("accept", "*/*")]);
+    remove_hop_by_hop(&mut headers, false);
+    assert_eq!(all(&headers, "trailer"), ["x-checksum"]);
 }
 
 #[test]

@@ -1,0 +1,200 @@
+//! HTTP/2 on the client side (ALPN over TLS, prior-knowledge h2c when enabled) and
+//! on the upstream side (HTTP/1.1 by default, HTTP/2 when configured).
+
+mod common;
+
+use std::time::Duration;
+
+use common::h1::{self, h1_connect, h2_over};
+use common::tls::TestPki;
+use common::upstream::{RustUpstream, TestBody};
+use common::*;
+use http::{Request, Version};
+use tokio::net::TcpStream;
+
+fn get(url: &str, cookie: &str) -> Request<TestBody> {
+    Request::get(url)
+        .header("cookie", cookie)
+        .header("accept", "application/json")
+        .body(h1::empty())
+        .expect("request")
+}
+
+fn session(stack: &Stack) -> String {
+    format!("portcullis_session={}", stack.session_cookie().expect("session cookie"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_alpn_negotiates_h2_and_authenticated_streams_reach_the_upstream() {
+    let pki = TestPki::new();
+    pki.install(&pki.issue("localhost", 1));
+    let mut builder = Stack::builder()
+        .https()
+        .client(Browserless::with_http(pki.reqwest_client()));
+    for (k, v) in pki.env() {
+        builder = builder.env(k, v);
+    }
+    let stack = builder.start().await;
+    stack.login("john", "/").await;
+    let port = stack.portcullis.app.port;
+    let cookie = session(&stack);
+
+    let tls = pki.connect(port, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "portcullis did not choose h2 by ALPN"
+    );
+    let send = h2_over(tls).await.expect("HTTP/2 handshake over TLS");
+
+    // Ten streams at once on the one connection.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut send = send.clone();
+        let url = format!("https://localhost:{port}/via-h2/{i}?q={i}");
+        let cookie = cookie.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = send.send_request(get(&url, &cookie)).await.expect("h2 response");
+            assert_eq!(resp.version(), Version::HTTP_2);
+            let status = resp.status();
+            let body = h1::text(resp).await.expect("body");
+            assert_eq!(status, 200, "{url}: {body}");
+            let seen: EchoSeen = serde_json::from_str(&body).expect("echo JSON");
+            (i, seen)
+        }));
+    }
+    for task in tasks {
+        let (i, seen) = task.await.expect("stream task");
+        assert_eq!(seen.url, format!("/via-h2/{i}?q={i}"));
+        assert_eq!(seen.values("remote-user"), ["john"]);
+        assert_eq!(
+            seen.values("host"),
+            [format!("localhost:{port}")],
+            "the HTTP/2 :authority must become the upstream Host"
+        );
+        assert!(seen.cookies().iter().all(|(n, _)| n != "portcullis_session"));
+    }
+
+    // Unauthenticated over h2: refused like over HTTP/1.1.
+    let mut send = send.clone();
+    let resp = send
+        .send_request(get(&format!("https://localhost:{port}/via-h2/anon"), ""))
+        .await
+        .expect("h2 response");
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prior_knowledge_h2c_is_served_when_enabled() {
+    let stack = Stack::builder().env("PORTCULLIS_SERVER_H2C", "true").start().await;
+    stack.login("john", "/").await;
+    let port = stack.portcullis.app.port;
+
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut send = h2_over(tcp).await.expect("h2c handshake");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        send.send_request(get(&format!("http://localhost:{port}/via-h2c"), &session(&stack))),
+    )
+    .await
+    .expect("h2c response in time")
+    .expect("h2c response");
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let body = h1::text(resp).await.expect("body");
+    let seen: EchoSeen = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not echo JSON ({e}): {body}"));
+    assert_eq!(seen.url, "/via-h2c");
+    assert_eq!(seen.values("remote-user"), ["john"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prior_knowledge_h2c_is_refused_by_default_while_http_1_1_works() {
+    let stack = Stack::start().await;
+    stack.login("john", "/").await;
+    let port = stack.portcullis.app.port;
+
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let outcome = async {
+        let mut send = h2_over(tcp).await?;
+        send.send_request(get(&format!("http://localhost:{port}/via-h2c"), &session(&stack)))
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), outcome).await {
+        Err(_) => panic!("an h2c attempt neither failed nor succeeded within 10 s"),
+        Ok(Ok(resp)) => panic!(
+            "h2c was served although not enabled: {} {:?}",
+            resp.status(),
+            resp.version()
+        ),
+        Ok(Err(e)) => println!("h2c refused as expected: {e}"),
+    }
+
+    let mut send = h1_connect(port).await;
+    let resp = send
+        .send_request(h1::get(port, "/via-h1", &session(&stack)))
+        .await
+        .expect("HTTP/1.1 response");
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_is_spoken_to_in_http_1_1_by_default_and_in_http_2_when_configured() {
+    for (http2, expected) in [(None, "HTTP/1.1"), (Some("true"), "HTTP/2.0")] {
+        let upstream = RustUpstream::start().await;
+        let mut builder = Stack::builder().upstream(&upstream.url);
+        if let Some(v) = http2 {
+            builder = builder.env("PORTCULLIS_UPSTREAM_HTTP2", v);
+        }
+        let stack = builder.start().await;
+        stack.login("john", "/").await;
+        let port = stack.portcullis.app.port;
+        let mut send = h1_connect(port).await;
+        let resp = send
+            .send_request(h1::get(port, "/which-version", &session(&stack)))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = h1::text(resp).await.expect("body");
+        assert_eq!(status, 200, "upstream http2={http2:?}: {body}");
+        assert_eq!(
+            upstream.versions().last().map(String::as_str),
+            Some(expected),
+            "upstream http2={http2:?}: the upstream was spoken to in another version"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_that_sends_no_request_is_closed_after_the_head_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki = TestPki::new();
+    pki.install(&pki.issue("localhost", 1));
+    let mut builder = Stack::builder()
+        .https()
+        .client(Browserless::with_http(pki.reqwest_client()))
+        .env("PORTCULLIS_SERVER_HEADER_READ_TIMEOUT", "1s");
+    for (k, v) in pki.env() {
+        builder = builder.env(k, v);
+    }
+    let stack = builder.start().await;
+    let port = stack.portcullis.app.port;
+
+    // TLS done, h2 agreed, then silence: no preface, no request.
+    let mut silent = pki.connect(port, &[b"h2"]).await;
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = std::time::Instant::now();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the silent HTTP/2 connection was still open after 5 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stack
+            .portcullis
+            .log_text()
+            .contains("sent no request within the head timeout"),
+        "no log line for the closed connection"
+    );
+}

@@ -1,0 +1,336 @@
+//! Limits and timeouts: each breach gets its status code (431, 408, 503, 504, 502)
+//! and a log line.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes (or `limit` passes); returns the bytes and whether it closed.
+async fn read_until_close(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(limit, tcp.read_to_end(&mut buf)).await.is_ok();
+    (buf, closed)
+}
+
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(bytes.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_over_the_size_limit_gets_431_and_a_log_line() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_MAX_HEADER_BYTES", "8192")
+        .start()
+        .await;
+    let port = stack.portcullis.app.port;
+
+    let under = format!("X-Filler: {}", "a".repeat(4000));
+    let resp = raw_request(
+        port,
+        &[
+            "GET /.auth/healthz HTTP/1.1",
+            "Host: localhost",
+            &under,
+            "Connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "a 4 kB head is within an 8 KiB limit");
+
+    let over = format!("X-Filler: {}", "a".repeat(12_000));
+    let resp = raw_request(
+        port,
+        &[
+            "GET /.auth/healthz HTTP/1.1",
+            "Host: localhost",
+            &over,
+            "Connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 431, "a 12 kB head over an 8 KiB limit: {resp:?}");
+    eventually("a log line with status=431", Duration::from_secs(2), || async {
+        stack.portcullis.logged_status(431).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_header_fields_get_431_and_a_log_line() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_MAX_HEADERS", "16")
+        .start()
+        .await;
+    let port = stack.portcullis.app.port;
+    let head = |n: usize| {
+        let mut lines = vec!["GET /.auth/healthz HTTP/1.1".to_owned(), "Host: localhost".to_owned()];
+        lines.extend((0..n).map(|i| format!("X-Field-{i}: {i}")));
+        lines.push("Connection: close".to_owned());
+        lines
+    };
+
+    let few = head(8);
+    let resp = raw_request(port, &few.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(resp.status, 200, "10 fields are within a limit of 16");
+
+    let many = head(40);
+    let resp = raw_request(port, &many.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(resp.status, 431, "42 fields over a limit of 16: {resp:?}");
+    eventually("a log line with status=431", Duration::from_secs(2), || async {
+        stack.portcullis.logged_status(431).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slowloris_head_gets_408_and_idle_keep_alive_connections_are_closed_silently() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_HEADER_READ_TIMEOUT", "1s")
+        .start()
+        .await;
+    let port = stack.portcullis.app.port;
+
+    // Half a head, then nothing.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    stalled
+        .write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // A head trickled one byte every 200 ms never completes either.
+    let mut trickle = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let trickler = tokio::spawn(async move {
+        let mut out = Vec::new();
+        for b in b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+            .iter()
+            .chain(b"a".repeat(100).iter())
+        {
+            if trickle.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut buf = [0u8; 1024];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), trickle.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), trickle.read_to_end(&mut out)).await;
+        out
+    });
+    // A head stalled after its request line.
+    let mut short = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    short.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    // An idle connection that never sends a byte.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    // A connection that completed a request and then stays idle.
+    let mut served = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    served
+        .write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, headers) = ws::read_head(&mut served).await.expect("healthz head");
+    assert_eq!(status, 200);
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    served.read_exact(&mut body).await.unwrap();
+
+    let (bytes, closed) = read_until_close(&mut stalled, Duration::from_secs(5)).await;
+    let elapsed = started.elapsed();
+    assert!(closed, "the stalled connection was not closed within 5 s");
+    assert_eq!(
+        status_of(&bytes),
+        Some(408),
+        "a stalled head must get 408: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "408 before the timeout: {elapsed:?}"
+    );
+
+    let trickled = trickler.await.expect("trickler");
+    assert_eq!(
+        status_of(&trickled),
+        Some(408),
+        "a head trickled byte by byte (20 s worth) must hit the same deadline: {:?}",
+        String::from_utf8_lossy(&trickled)
+    );
+
+    let mut failures = Vec::new();
+    let (bytes, closed) = read_until_close(&mut short, Duration::from_secs(3)).await;
+    if !closed || status_of(&bytes) != Some(408) {
+        failures.push(format!(
+            "a head stalled after 16 bytes got {:?} (closed: {closed}) instead of a 408",
+            String::from_utf8_lossy(&bytes)
+        ));
+    }
+    for (what, conn) in [
+        ("an idle keep-alive connection", &mut served),
+        ("a never-used connection", &mut idle),
+    ] {
+        let (bytes, closed) = read_until_close(conn, Duration::from_secs(4)).await;
+        if !closed {
+            failures.push(format!("{what} was not closed within 4 s of a 1 s timeout"));
+        } else if !bytes.is_empty() {
+            failures.push(format!(
+                "{what} got bytes instead of a silent close: {:?}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eventually("a log line with status=408", Duration::from_secs(2), || async {
+        stack.portcullis.logged_status(408).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_limit_get_a_503_and_are_closed() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_MAX_CONNECTIONS", "2")
+        .start()
+        .await;
+    let port = stack.portcullis.app.port;
+    // Let the readiness probe's connection go away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "connection {i} (within the limit of 2) was answered or closed: {early:?}"
+        );
+        held.push(tcp);
+    }
+
+    let mut third = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let (bytes, closed) = read_until_close(&mut third, Duration::from_secs(5)).await;
+    assert!(closed, "the connection over the limit was not closed");
+    assert_eq!(
+        status_of(&bytes),
+        Some(503),
+        "the connection over the limit: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(
+        stack
+            .portcullis
+            .log_text()
+            .lines()
+            .any(|l| l.contains("connection limit") || l.contains("status=503")),
+        "no log line about the refused connection"
+    );
+
+    // A held connection is still served, and once one goes a newcomer is too.
+    held[0]
+        .write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (bytes, _) = read_until_close(&mut held[0], Duration::from_secs(5)).await;
+    assert_eq!(
+        status_of(&bytes),
+        Some(200),
+        "a connection within the limit was not served"
+    );
+    drop(held);
+    eventually(
+        "a new connection served after others closed",
+        Duration::from_secs(5),
+        || async {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            tcp.write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let (bytes, _) = read_until_close(&mut tcp, Duration::from_secs(2)).await;
+            (status_of(&bytes) == Some(200)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upstream_gets_504_after_the_response_timeout_and_a_log_line() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_UPSTREAM_RESPONSE_TIMEOUT", "1s")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+
+    let fast = stack.client.api_get(&stack.url("/__slow?ms=200")).await;
+    assert_status(&fast, 200);
+
+    let started = Instant::now();
+    let slow = stack.client.navigate(&stack.url("/__slow?ms=4000")).await;
+    let elapsed = started.elapsed();
+    assert_status(&slow, 504);
+    assert_html_page(&slow);
+    assert!(
+        elapsed < Duration::from_millis(3000),
+        "the 504 came after {elapsed:?}, not after the 1 s timeout"
+    );
+    assert!(stack.portcullis.logged_status(504), "no log line with status=504");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_does_not_accept_the_connection_gets_504_after_the_connect_timeout() {
+    // A listener whose accept queue is full and never drained: further connects hang
+    // (Linux drops their SYNs).
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .expect("bind");
+    socket.listen(0).expect("listen");
+    let blackhole = socket.local_addr().expect("addr").as_socket().expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(blackhole)).await {
+            fillers.push(tcp);
+        }
+    }
+    let probe = tokio::time::timeout(Duration::from_millis(700), TcpStream::connect(blackhole)).await;
+    if probe.is_ok() {
+        println!("SKIPPED: connecting to a full accept queue does not hang here ({probe:?})");
+        return;
+    }
+    let stack = Stack::builder()
+        .upstream(format!("http://{blackhole}"))
+        .env("PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT", "1s")
+        .start()
+        .await;
+    let started = Instant::now();
+    let trace = stack.client.login(&stack.url("/app"), "john", PASSWORD).await;
+    let landing = trace.landing();
+    assert_status(landing, 504);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(stack.portcullis.logged_status(504), "no log line with status=504");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_is_down_gets_502_and_a_log_line() {
+    let dead = free_port();
+    let stack = Stack::builder()
+        .upstream(format!("http://127.0.0.1:{dead}"))
+        .start()
+        .await;
+    let trace = stack.client.login(&stack.url("/app"), "john", PASSWORD).await;
+    assert_status(trace.landing(), 502);
+    let api = stack.client.api_get(&stack.url("/app")).await;
+    assert_status(&api, 502);
+    assert!(stack.portcullis.logged_status(502), "no log line with status=502");
+}

@@ -1,0 +1,389 @@
+//! Bodies stream through portcullis: gigabytes in flat memory, chunked bodies,
+//! trailers, `Expect: 100-continue`, bodiless responses, and upstreams that give up
+//! mid-body.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::h1::{self, h1_connect};
+use common::upstream::{pattern, PatternBody, RawUpstream, RustUpstream, TestBody};
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// A logged-in stack in front of `upstream`; returns it with the `Cookie` value.
+async fn stack_before(upstream: &str) -> (Stack, String) {
+    let stack = Stack::builder().upstream(upstream).start().await;
+    stack.login("john", "/").await;
+    let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session cookie"));
+    (stack, cookie)
+}
+
+/// Samples portcullis' VmRSS every 20 ms until dropped; keeps the peak.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        RssSampler { peak, stop, task }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Downloads `path` and verifies it against the pattern; returns (bytes, mismatch).
+async fn download(port: u16, path: &str, cookie: &str) -> pattern::Checker {
+    let mut send = h1_connect(port).await;
+    let resp = send
+        .send_request(h1::get(port, path, cookie))
+        .await
+        .expect("download response");
+    assert_eq!(resp.status(), 200, "download of {path} answered {}", resp.status());
+    let mut body = resp.into_body();
+    let mut checker = pattern::Checker::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|e| panic!("download of {path} broke after {} bytes: {e}", checker.bytes));
+        if let Some(data) = frame.data_ref() {
+            checker.feed(data);
+        }
+    }
+    checker
+}
+
+/// Uploads `n` pattern bytes to the upstream's `/sink`; returns its JSON report.
+async fn upload(port: u16, n: u64, exact_size: bool, cookie: &str) -> serde_json::Value {
+    let mut send = h1_connect(port).await;
+    let body: TestBody = PatternBody::new(n, exact_size).boxed();
+    let req = Request::post("/sink")
+        .header("host", format!("localhost:{port}"))
+        .header("cookie", cookie)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .expect("request");
+    let resp = send.send_request(req).await.expect("upload response");
+    let status = resp.status();
+    let text = h1::text(resp).await.expect("upload response body");
+    assert_eq!(status, 200, "upload answered {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("sink report is not JSON ({e}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_gib_download_and_a_2_gib_upload_stream_through_in_flat_memory() {
+    let upstream = RustUpstream::start().await;
+    let (stack, cookie) = stack_before(&upstream.url).await;
+    let port = stack.portcullis.app.port;
+
+    // Warm up every path the transfer takes (pools, buffers, allocator arenas).
+    assert_eq!(
+        download(port, &format!("/bytes?n={}", 8 * MIB), &cookie).await.mismatch,
+        None
+    );
+    assert_eq!(
+        upload(port, 8 * MIB, true, &cookie).await["mismatch"],
+        serde_json::Value::Null
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle = stack.portcullis.rss_kib();
+
+    let sampler = RssSampler::start(stack.portcullis.pid());
+    let started = Instant::now();
+    let got = download(port, &format!("/bytes?n={}", 2 * GIB), &cookie).await;
+    let down_time = started.elapsed();
+    let started = Instant::now();
+    let report = upload(port, 2 * GIB, true, &cookie).await;
+    let up_time = started.elapsed();
+    let peak = sampler.finish().await;
+
+    let rate = |t: Duration| (2 * GIB) as f64 / MIB as f64 / t.as_secs_f64();
+    println!(
+        "portcullis VmRSS idle {idle} KiB, peak during transfers {peak} KiB (+{} KiB); \
+         download 2 GiB in {down_time:.1?} ({:.0} MiB/s), upload 2 GiB in {up_time:.1?} ({:.0} MiB/s)",
+        peak.saturating_sub(idle),
+        rate(down_time),
+        rate(up_time)
+    );
+    assert_eq!(got.bytes, 2 * GIB, "the download was not complete");
+    assert_eq!(got.mismatch, None, "the download was corrupted at this offset");
+    assert_eq!(
+        report["bytes"],
+        2 * GIB,
+        "the upstream did not receive the whole upload: {report}"
+    );
+    assert_eq!(
+        report["mismatch"],
+        serde_json::Value::Null,
+        "the upload was corrupted: {report}"
+    );
+    assert!(
+        peak <= idle + 16 * 1024,
+        "portcullis' memory grew with the body: idle {idle} KiB, peak {peak} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_request_and_response_bodies_stream_through_intact() {
+    let upstream = RustUpstream::start().await;
+    let (stack, cookie) = stack_before(&upstream.url).await;
+    let port = stack.portcullis.app.port;
+
+    let report = upload(port, 5 * MIB + 17, false, &cookie).await;
+    assert_eq!(report["bytes"], 5 * MIB + 17, "chunked upload incomplete: {report}");
+    assert_eq!(
+        report["mismatch"],
+        serde_json::Value::Null,
+        "chunked upload corrupted: {report}"
+    );
+    assert_eq!(
+        report["chunked"], true,
+        "a body of unknown length must reach the upstream chunked (streamed, not buffered): {report}"
+    );
+
+    // The chunked response, read off the wire.
+    let mut send = h1_connect(port).await;
+    let resp = send
+        .send_request(h1::get(port, &format!("/bytes?n={}&chunked=1", 3 * MIB + 5), &cookie))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "portcullis invented a Content-Length for a chunked response (it buffered it?)"
+    );
+    let mut checker = pattern::Checker::default();
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.expect("chunked body").data_ref() {
+            checker.feed(data);
+        }
+    }
+    assert_eq!((checker.bytes, checker.mismatch), (3 * MIB + 5, None));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_trailers_from_the_upstream_reach_a_client_that_accepts_them() {
+    let upstream = RawUpstream::start(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    let (stack, cookie) = stack_before(&upstream.url).await;
+    let hits_before = upstream.hits.load(Ordering::SeqCst);
+
+    let port = stack.portcullis.app.port;
+    let mut send = h1_connect(port).await;
+    let req = Request::get("/with-trailers")
+        .header("host", format!("localhost:{port}"))
+        .header("cookie", &cookie)
+        .header("te", "trailers")
+        .body(h1::empty())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    assert_eq!(&collected.to_bytes()[..], b"hello world");
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), hits_before + 1);
+    assert_eq!(
+        trailers
+            .as_ref()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.as_bytes().to_vec()),
+        Some(b"abc123".to_vec()),
+        "the upstream's trailer did not reach the client (trailers: {trailers:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_gets_the_interim_response_before_the_body_is_sent() {
+    let upstream = RustUpstream::start().await;
+    let (stack, cookie) = stack_before(&upstream.url).await;
+    let port = stack.portcullis.app.port;
+    let n: usize = 1_000_003;
+
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!(
+        "POST /sink HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {n}\r\nExpect: 100-continue\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), ws::read_head(&mut tcp))
+        .await
+        .expect("no interim response within 5 s of a head with Expect: 100-continue")
+        .expect("read interim response");
+    assert_eq!(status, 100, "expected `100 Continue` before sending the body");
+
+    let mut sent = 0usize;
+    while sent < n {
+        let len = (n - sent).min(64 * 1024);
+        tcp.write_all(&pattern::slice(sent as u64, len))
+            .await
+            .expect("write body");
+        sent += len;
+    }
+    let (status, headers) = tokio::time::timeout(Duration::from_secs(10), ws::read_head(&mut tcp))
+        .await
+        .expect("final response in time")
+        .expect("read final response");
+    assert_eq!(status, 200);
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("sink report has a Content-Length");
+    let mut body = vec![0u8; len];
+    tcp.read_exact(&mut body).await.expect("report body");
+    let report: serde_json::Value = serde_json::from_slice(&body).expect("JSON report");
+    assert_eq!(report["bytes"], n as u64, "{report}");
+    assert_eq!(report["mismatch"], serde_json::Value::Null, "{report}");
+}
+
+/// Reads a response head and returns it; `None` on EOF.
+async fn next_head(tcp: &mut TcpStream) -> (u16, Vec<(String, String)>) {
+    tokio::time::timeout(Duration::from_secs(10), ws::read_head(tcp))
+        .await
+        .expect("a response head in time")
+        .expect("a response head")
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_204_and_304_responses_carry_no_body_and_keep_the_connection_usable() {
+    let upstream = RustUpstream::start().await;
+    let (stack, cookie) = stack_before(&upstream.url).await;
+    let port = stack.portcullis.app.port;
+
+    // One keep-alive connection: any stray body byte would corrupt the next response.
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let req = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}\r\nAccept: */*\r\n\r\n")
+    };
+
+    tcp.write_all(req("HEAD", "/bytes?n=12345").as_bytes()).await.unwrap();
+    let (status, headers) = next_head(&mut tcp).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-length"),
+        Some("12345"),
+        "HEAD must announce the length a GET would have: {headers:?}"
+    );
+
+    tcp.write_all(req("GET", "/status/204").as_bytes()).await.unwrap();
+    let (status, headers) = next_head(&mut tcp).await;
+    assert_eq!(status, 204);
+    assert!(
+        header(&headers, "transfer-encoding").is_none() && header(&headers, "content-length").unwrap_or("0") == "0",
+        "204 with body framing: {headers:?}"
+    );
+
+    tcp.write_all(req("GET", "/status/304").as_bytes()).await.unwrap();
+    let (status, headers) = next_head(&mut tcp).await;
+    assert_eq!(status, 304);
+    assert_eq!(
+        header(&headers, "etag"),
+        Some("\"v1\""),
+        "304 lost its ETag: {headers:?}"
+    );
+    assert!(
+        header(&headers, "transfer-encoding").is_none(),
+        "304 with chunked framing: {headers:?}"
+    );
+
+    tcp.write_all(req("GET", "/after").as_bytes()).await.unwrap();
+    let (status, headers) = next_head(&mut tcp).await;
+    assert_eq!(status, 200, "the connection was desynchronised by a bodiless response");
+    let len: usize = header(&headers, "content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("length");
+    let mut body = vec![0u8; len];
+    tcp.read_exact(&mut body).await.unwrap();
+    assert_eq!(body, b"upstream page /after");
+    assert_eq!(upstream.hits("/bytes"), 1, "HEAD reached the upstream once");
+}
+
+/// Reads `resp`'s body to its end; returns (bytes read, the error that ended it, if any).
+async fn drain(resp: http::Response<hyper::body::Incoming>) -> (u64, Option<String>) {
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
+            Err(_) => return (n, Some("no end of body within 10 s (hangs)".to_owned())),
+            Ok(None) => return (n, None),
+            Ok(Some(Err(e))) => return (n, Some(e.to_string())),
+            Ok(Some(Ok(frame))) => n += frame.data_ref().map_or(0, |d: &Bytes| d.len() as u64),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_closes_mid_body_gives_the_client_an_aborted_body_not_a_complete_one() {
+    // Announces 1 000 000 bytes (or chunks), sends 300 000, closes.
+    let mut with_length =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    with_length.extend_from_slice(&pattern::slice(0, 300_000));
+    let mut chunked =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for i in 0..3u64 {
+        chunked.extend_from_slice(b"186a0\r\n"); // 100 000
+        chunked.extend_from_slice(&pattern::slice(i * 100_000, 100_000));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let upstream = RawUpstream::start_routes(vec![("/cut-length", with_length), ("/cut-chunked", chunked)]).await;
+    let (stack, cookie) = stack_before(&upstream.url).await;
+    let port = stack.portcullis.app.port;
+
+    for (path, framing) in [("/cut-length", "Content-Length"), ("/cut-chunked", "chunked")] {
+        let mut send = h1_connect(port).await;
+        let resp = send
+            .send_request(h1::get(port, path, &cookie))
+            .await
+            .expect("response head");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{path}: the upstream sent a 200 head before giving up"
+        );
+        if framing == "Content-Length" {
+            assert_eq!(
+                resp.headers().get("content-length").map(|v| v.as_bytes()),
+                Some(&b"1000000"[..]),
+                "{path}: the upstream's Content-Length must be passed on"
+            );
+        }
+        let (got, error) = drain(resp).await;
+        println!("{path}: {got} bytes, then {error:?}");
+        assert!(got <= 300_000, "{path}: more bytes than the upstream sent: {got}");
+        let error = error.unwrap_or_else(|| {
+            panic!("{path} ({framing}): the client saw a complete body of {got} bytes although the upstream gave up")
+        });
+        assert!(!error.contains("hangs"), "{path} ({framing}): {error}");
+    }
+}
