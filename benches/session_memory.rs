@@ -94,7 +94,10 @@ fn main() {
     let approximate_size = sample.approximate_size() as u64;
     runtime.block_on(async {
         for i in 0..64 {
-            store.insert(common::key(u64::MAX - i), Arc::new(common::session(i, &config))).await.unwrap();
+            store
+                .insert(common::key(u64::MAX - i), Arc::new(common::session(i, &config)))
+                .await
+                .unwrap();
         }
         for i in 0..64 {
             store.remove(&common::key(u64::MAX - i)).await.unwrap();
@@ -107,7 +110,10 @@ fn main() {
     let started = Instant::now();
     runtime.block_on(async {
         for i in 0..n {
-            store.insert(common::key(i), Arc::new(common::session(i, &config))).await.unwrap();
+            store
+                .insert(common::key(i), Arc::new(common::session(i, &config)))
+                .await
+                .unwrap();
         }
     });
     let insert_secs = started.elapsed().as_secs_f64();

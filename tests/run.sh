@@ -7,4 +7,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash tests/setup.sh
 (cd tests/idp && node --test selftest.mjs)
-cargo test --all-targets
+cargo test --lib --bins --tests

@@ -36,7 +36,10 @@ pub fn config(max_memory_bytes: u64) -> Config {
         ("OIDC_ISSUER", "https://auth.example.com"),
         ("OIDC_CLIENT_ID", "Express.js"),
         ("OIDC_CLIENT_SECRET", "insecure_secret"),
-        ("SESSION_ENCRYPTION_SECRET", "bench-secret-bench-secret-bench-secret-0123"),
+        (
+            "SESSION_ENCRYPTION_SECRET",
+            "bench-secret-bench-secret-bench-secret-0123",
+        ),
         ("UPSTREAM_URL", "http://127.0.0.1:3000"),
         ("OIDC_SCOPES", "openid profile email groups offline_access"),
     ]
@@ -59,7 +62,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 
 /// The cookie value of session number `i` (43 characters of base64url, like a real one).
 pub fn cookie_value(i: u64) -> String {
-    let mut state = i ^ 0x5EED_0F_C0FF_EE;
+    let mut state = i ^ 0x5EED_0FC0_FFEE;
     let mut bytes = [0u8; 32];
     for chunk in bytes.chunks_mut(8) {
         chunk.copy_from_slice(&splitmix64(&mut state).to_le_bytes());
@@ -88,7 +91,14 @@ fn uuid() -> String {
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// Authelia's opaque token format (fosite HMAC-SHA256 strategy): `<prefix><key>.<signature>`.
