@@ -152,15 +152,7 @@ impl App {
         }
         match self.oidc.refresh(&refresh_token, &current.subject).await {
             Ok(outcome) => {
-                let mut refreshed = Session::clone(&current);
-                refreshed.tokens = outcome.tokens;
-                if let Some(id_claims) = outcome.id_token_claims {
-                    for (name, value) in &id_claims {
-                        refreshed.claims.entry(name.clone()).or_insert_with(|| value.clone());
-                    }
-                    refreshed.id_token_claims = id_claims;
-                }
-                refreshed.prepare_headers(&self.config.identity);
+                let refreshed = current.refreshed(outcome.tokens, &self.config.identity);
                 let refreshed = Arc::new(refreshed);
                 self.sessions.insert(key, refreshed.clone()).await?;
                 tracing::debug!(session = ?key, "access token refreshed");

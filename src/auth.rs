@@ -15,7 +15,7 @@ use crate::oidc::{CallbackParams, TokenTypeHint};
 use crate::pages::{self, DumpFields};
 use crate::policy;
 use crate::session::cookies::{unix_seconds, PendingLogin};
-use crate::session::{Session, SessionId, UpstreamHeaders};
+use crate::session::{NewSession, Session, SessionId};
 use crate::ResponseBody;
 
 /// The `rd` query parameter, if it is a local path.
@@ -129,17 +129,16 @@ impl App {
             .ok_or(AppError::LoginNotFound)?;
         let outcome = self.oidc.complete_login(&pending.auth, params).await?;
 
-        let mut session = Session {
-            subject: outcome.subject,
-            claims: outcome.claims,
-            id_token_claims: outcome.id_token_claims,
-            userinfo: outcome.userinfo,
-            tokens: outcome.tokens,
-            created_at: now,
-            expires_at: now + self.config.session.max_lifetime,
-            upstream_headers: UpstreamHeaders::default(),
-        };
-        session.prepare_headers(&self.config.identity);
+        let session = Session::new(
+            NewSession {
+                subject: outcome.subject,
+                userinfo: outcome.userinfo.as_ref(),
+                tokens: outcome.tokens,
+                created_at: now,
+                expires_at: now + self.config.session.max_lifetime,
+            },
+            &self.config.identity,
+        );
 
         // A new id at every login (no fixation); the session the browser held before ends.
         if let Some(previous) = self.cookies.session_id(headers) {
@@ -221,7 +220,7 @@ impl App {
                     tokens.id_token.as_ref().map(|t| t.expose().to_owned()),
                 )
             }),
-            claims: Value::Object(session.claims.clone()),
+            claims: Value::Object(session.claims()),
             scopes: tokens.scopes.clone(),
             userinfo,
         };

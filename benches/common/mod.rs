@@ -23,7 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis::config::{Config, Secret};
 use portcullis::oidc::{Claims, TokenSet};
-use portcullis::session::{Session, SessionId, SessionKey, UpstreamHeaders};
+use portcullis::session::{NewSession, Session, SessionId, SessionKey};
 use rand::RngCore;
 use serde_json::json;
 
@@ -140,10 +140,6 @@ pub fn session(i: u64, config: &Config) -> Session {
         "rat": epoch - 5,
         "sub": sub,
     }));
-    let mut claims = id_token_claims.clone();
-    for (k, v) in &userinfo {
-        claims.insert(k.clone(), v.clone());
-    }
 
     let kid: String = random_b64(32).bytes().take(32).map(|b| format!("{:02x}", b)).collect();
     let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"RS256","kid":"{kid}","typ":"JWT"}}"#));
@@ -161,18 +157,16 @@ pub fn session(i: u64, config: &Config) -> Session {
             .map(String::from)
             .collect(),
     };
-    let mut session = Session {
-        subject: sub,
-        claims,
-        id_token_claims,
-        userinfo: Some(userinfo),
-        tokens,
-        created_at: now,
-        expires_at: now + config.session.max_lifetime,
-        upstream_headers: UpstreamHeaders::default(),
-    };
-    session.prepare_headers(&config.identity);
-    session
+    Session::new(
+        NewSession {
+            subject: sub,
+            userinfo: Some(&userinfo),
+            tokens,
+            created_at: now,
+            expires_at: now + config.session.max_lifetime,
+        },
+        &config.identity,
+    )
 }
 
 /// Bytes of token material and claims in one session, for the report.
@@ -183,8 +177,8 @@ pub fn describe(session: &Session) -> String {
         t.access_token.expose().len(),
         t.refresh_token.as_ref().map_or(0, |s| s.expose().len()),
         t.id_token.as_ref().map_or(0, |s| s.expose().len()),
-        session.claims.len(),
-        session.userinfo.as_ref().map_or(0, |u| u.len()),
+        session.claims().len(),
+        session.userinfo().map_or(0, |u| u.len()),
         session.upstream_headers.identity.len(),
         session.approximate_size(),
     )

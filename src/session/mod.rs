@@ -78,13 +78,16 @@ impl fmt::Debug for SessionKey {
 }
 
 /// One logged-in user. Immutable once stored: a refresh stores a new `Session`.
+///
+/// Claims are kept as the text they arrived as and parsed only for the dump page: a
+/// parsed claim map costs a hundred small allocations per session, and the hot path needs
+/// only the headers prepared from them at login. The ID token's claims are read from the
+/// (validated) ID token itself rather than stored twice.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub subject: String,
-    /// ID-token claims overlaid with userinfo claims.
-    pub claims: Claims,
-    pub id_token_claims: Claims,
-    pub userinfo: Option<Claims>,
+    /// Userinfo fetched at login, as a JSON object.
+    userinfo: Option<Box<str>>,
     pub tokens: TokenSet,
     pub created_at: SystemTime,
     /// Absolute end of the session, whatever its use.
@@ -101,7 +104,72 @@ pub struct UpstreamHeaders {
     pub access_token: Option<HeaderValue>,
 }
 
+/// What a login establishes, before it becomes a [`Session`]. The ID token's claims
+/// travel inside `tokens.id_token`.
+pub struct NewSession<'a> {
+    pub subject: String,
+    pub userinfo: Option<&'a Claims>,
+    pub tokens: TokenSet,
+    pub created_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
 impl Session {
+    pub fn new(new: NewSession<'_>, identity: &IdentityConfig) -> Self {
+        let mut session = Session {
+            subject: new.subject,
+            userinfo: new.userinfo.map(claims_text),
+            tokens: new.tokens,
+            created_at: new.created_at,
+            expires_at: new.expires_at,
+            upstream_headers: UpstreamHeaders::default(),
+        };
+        session.prepare_headers(identity);
+        session
+    }
+
+    /// This session after a refresh: new tokens (keeping the previous ID token when the
+    /// provider sent none), headers prepared again.
+    pub fn refreshed(&self, mut tokens: TokenSet, identity: &IdentityConfig) -> Self {
+        let mut session = self.clone();
+        if tokens.id_token.is_none() {
+            tokens.id_token = session.tokens.id_token.take();
+        }
+        session.tokens = tokens;
+        session.prepare_headers(identity);
+        session
+    }
+
+    /// The claims of the session's ID token. It was validated when it was received, so
+    /// only its payload is decoded here.
+    pub fn id_token_claims(&self) -> Claims {
+        let payload = self
+            .tokens
+            .id_token
+            .as_ref()
+            .and_then(|token| token.expose().split('.').nth(1));
+        payload
+            .and_then(|payload| URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn userinfo(&self) -> Option<Claims> {
+        self.userinfo
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+    }
+
+    /// ID-token claims overlaid with userinfo claims (Authelia 4.39 puts name, email and
+    /// groups only in userinfo; its `sub` was checked equal at login).
+    pub fn claims(&self) -> Claims {
+        let mut claims = self.id_token_claims();
+        if let Some(userinfo) = self.userinfo() {
+            claims.extend(userinfo);
+        }
+        claims
+    }
+
     /// Whether the access token should be refreshed now (expired or about to).
     pub fn needs_refresh(&self, now: SystemTime, leeway: Duration) -> bool {
         match (self.tokens.expires_at, &self.tokens.refresh_token) {
@@ -116,40 +184,38 @@ impl Session {
 
     /// Recomputes [`Session::upstream_headers`] from the claims and tokens.
     pub fn prepare_headers(&mut self, identity: &IdentityConfig) {
-        self.upstream_headers = UpstreamHeaders::build(identity, &self.claims, &self.tokens);
+        self.upstream_headers = UpstreamHeaders::build(identity, &self.claims(), &self.tokens);
     }
 
-    /// Approximate heap size, for the store's memory bound.
+    /// Approximate heap size, for the store's memory bound: the bytes held plus a
+    /// per-allocation overhead.
     pub fn approximate_size(&self) -> usize {
-        let claims_size = |claims: &Claims| -> usize { claims.iter().map(|(k, v)| k.len() + json_size(v) + 48).sum() };
+        const PER_ALLOCATION: usize = 32;
+        let text = |s: &str| s.len() + PER_ALLOCATION;
         let tokens = &self.tokens;
-        let token_bytes = tokens.access_token.expose().len()
-            + tokens.refresh_token.as_ref().map_or(0, |t| t.expose().len())
-            + tokens.id_token.as_ref().map_or(0, |t| t.expose().len())
-            + tokens.scopes.iter().map(|s| s.len() + 24).sum::<usize>();
+        let token_bytes = text(tokens.access_token.expose())
+            + tokens.refresh_token.as_ref().map_or(0, |t| text(t.expose()))
+            + tokens.id_token.as_ref().map_or(0, |t| text(t.expose()))
+            + text(&tokens.token_type)
+            + tokens.scopes.iter().map(|s| text(s) + 24).sum::<usize>();
         let header_bytes: usize = self
             .upstream_headers
             .identity
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 64)
+            .map(|(_, v)| v.len() + PER_ALLOCATION + 64)
             .sum();
-        256 + self.subject.len()
-            + claims_size(&self.claims)
-            + claims_size(&self.id_token_claims)
-            + self.userinfo.as_ref().map_or(0, claims_size)
+        std::mem::size_of::<Session>()
+            + text(&self.subject)
+            + self.userinfo.as_deref().map_or(0, text)
             + token_bytes
             + header_bytes
     }
 }
 
-fn json_size(value: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.len() + 24,
-        Value::Array(items) => 24 + items.iter().map(json_size).sum::<usize>(),
-        Value::Object(map) => 48 + map.iter().map(|(k, v)| k.len() + json_size(v) + 48).sum::<usize>(),
-        _ => 16,
-    }
+fn claims_text(claims: &Claims) -> Box<str> {
+    serde_json::to_string(claims)
+        .unwrap_or_else(|_| "{}".to_owned())
+        .into_boxed_str()
 }
 
 impl UpstreamHeaders {

@@ -1,6 +1,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde_json::json;
 
 use super::store::{MemoryStore, SessionBackend};
@@ -44,25 +46,23 @@ fn identity_config() -> IdentityConfig {
 pub(crate) fn session(claims: serde_json::Value, lifetime: Duration) -> Session {
     let claims = claims.as_object().cloned().unwrap_or_default();
     let now = SystemTime::now();
-    let mut session = Session {
-        subject: "0b2f6f4e-sub".into(),
-        claims: claims.clone(),
-        id_token_claims: Claims::new(),
-        userinfo: Some(claims),
-        tokens: TokenSet {
-            access_token: Secret::new("authelia_at_example"),
-            token_type: "bearer".into(),
-            expires_at: Some(now + Duration::from_secs(3600)),
-            refresh_token: Some(Secret::new("authelia_rt_example")),
-            id_token: None,
-            scopes: vec!["openid".into()],
+    Session::new(
+        NewSession {
+            subject: "0b2f6f4e-sub".into(),
+            userinfo: Some(&claims),
+            tokens: TokenSet {
+                access_token: Secret::new("authelia_at_example"),
+                token_type: "bearer".into(),
+                expires_at: Some(now + Duration::from_secs(3600)),
+                refresh_token: Some(Secret::new("authelia_rt_example")),
+                id_token: None,
+                scopes: vec!["openid".into()],
+            },
+            created_at: now,
+            expires_at: now + lifetime,
         },
-        created_at: now,
-        expires_at: now + lifetime,
-        upstream_headers: UpstreamHeaders::default(),
-    };
-    session.prepare_headers(&identity_config());
-    session
+        &identity_config(),
+    )
 }
 
 fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
@@ -193,4 +193,77 @@ async fn memory_store_stays_within_its_memory_bound() {
         store.len()
     );
     assert!(!store.is_empty());
+}
+
+/// An ID token whose payload is `claims` (the signature is not checked here: sessions
+/// only ever hold tokens validated at login).
+fn id_token(claims: serde_json::Value) -> Secret {
+    let part = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    Secret::new(format!(
+        "{}.{}.c2lnbmF0dXJl",
+        part(json!({"alg": "RS256"})),
+        part(claims)
+    ))
+}
+
+#[test]
+fn claims_are_the_id_token_claims_overlaid_with_userinfo() {
+    let now = SystemTime::now();
+    let userinfo = json!({"sub": "abc", "name": "John Doe", "groups": ["dev"]});
+    let mut tokens = session(json!({}), Duration::from_secs(60)).tokens;
+    tokens.id_token = Some(id_token(
+        json!({"sub": "abc", "iss": "https://auth.example.com", "name": "Old Name"}),
+    ));
+    let session = Session::new(
+        NewSession {
+            subject: "abc".into(),
+            userinfo: userinfo.as_object(),
+            tokens,
+            created_at: now,
+            expires_at: now + Duration::from_secs(60),
+        },
+        &identity_config(),
+    );
+    let claims = session.claims();
+    assert_eq!(claims["name"], "John Doe");
+    assert_eq!(claims["iss"], "https://auth.example.com");
+    assert_eq!(header(&session, "remote-name"), Some("John Doe"));
+    assert_eq!(session.id_token_claims()["name"], "Old Name");
+
+    let mut new_tokens = session.tokens.clone();
+    new_tokens.id_token = Some(id_token(
+        json!({"sub": "abc", "iss": "https://auth.example.com", "amr": ["pwd"]}),
+    ));
+    let refreshed = session.refreshed(new_tokens, &identity_config());
+    assert_eq!(refreshed.id_token_claims().get("name"), None);
+    assert_eq!(refreshed.id_token_claims()["amr"], json!(["pwd"]));
+    assert_eq!(
+        refreshed.claims()["name"],
+        "John Doe",
+        "userinfo still wins after a refresh"
+    );
+    assert_eq!(header(&refreshed, "remote-groups"), Some("dev"));
+
+    let mut without_id_token = refreshed.tokens.clone();
+    without_id_token.id_token = None;
+    let kept = refreshed.refreshed(without_id_token, &identity_config());
+    assert_eq!(
+        kept.id_token_claims()["amr"],
+        json!(["pwd"]),
+        "a refresh without an ID token keeps the last one"
+    );
+}
+
+#[test]
+fn a_session_survives_serialisation_for_a_shared_store() {
+    let original = session(
+        json!({"sub": "abc", "preferred_username": "john"}),
+        Duration::from_secs(60),
+    );
+    let text = serde_json::to_string(&original).unwrap();
+    assert!(!text.contains("upstream_headers"));
+    let mut restored: Session = serde_json::from_str(&text).unwrap();
+    restored.prepare_headers(&identity_config());
+    assert_eq!(header(&restored, "remote-user"), Some("john"));
+    assert_eq!(restored.claims(), original.claims());
 }
