@@ -22,7 +22,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use url::Url;
 
-use self::io::{ClientStream, StreamHandle};
+use self::io::{write_final_response, ClientStream, ConnState};
 use crate::app::App;
 use crate::config::ServerConfig;
 
@@ -173,8 +173,7 @@ fn protocol_builders(settings: &ServerConfig) -> (http1::Builder, http2::Builder
 fn refuse_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
     tracing::warn!(%peer, "connection limit reached; refusing a connection with 503");
     if shared.tls.is_none() {
-        let (_stream, handle) = ClientStream::new(stream);
-        handle.write_final_response(RESPONSE_503_TOO_MANY);
+        write_final_response(&stream, RESPONSE_503_TOO_MANY);
     }
 }
 
@@ -200,9 +199,17 @@ async fn serve_connection(
         },
         (Some(_), _) => Protocol::Http1, // decided by ALPN below
     };
-    let (stream, handle) = ClientStream::new(stream);
-    let result = match &shared.tls {
-        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, stopped).await,
+    let (stream, state) = ClientStream::new(stream);
+    // Runs while the connection (and so the stream) still exists: a 408 requested here
+    // is written as the stream is dropped.
+    let plain = shared.tls.is_none();
+    let report = |result: &Result<(), hyper::Error>| {
+        if let Err(error) = result {
+            report_connection_error(error, &state, peer, plain);
+        }
+    };
+    match &shared.tls {
+        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, stopped, report).await,
         Some(acceptor) => match tokio::time::timeout(shared.head_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -210,20 +217,11 @@ async fn serve_connection(
                 } else {
                     Protocol::Http1
                 };
-                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, stopped).await
+                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, stopped, report).await
             }
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
-    };
-    if let Err(error) = result {
-        report_connection_error(&error, &handle, peer, shared.tls.is_none());
     }
 }
 
@@ -255,8 +253,8 @@ async fn serve_protocol<I>(
     protocol: Protocol,
     peer: SocketAddr,
     stopped: watch::Receiver<bool>,
-) -> Result<(), hyper::Error>
-where
+    report: impl FnOnce(&Result<(), hyper::Error>),
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = shared.app.clone();
@@ -270,7 +268,7 @@ where
     match protocol {
         Protocol::Http1 => {
             let connection = shared.http1.serve_connection(io, service).with_upgrades();
-            until_done(connection, stopped, |c| c.graceful_shutdown()).await
+            until_done(connection, stopped, |c| c.graceful_shutdown(), report).await
         }
         Protocol::Http2 => {
             // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
@@ -284,40 +282,44 @@ where
                 }
             };
             tokio::select! {
-                result = until_done(connection, stopped, |c| c.graceful_shutdown()) => result,
+                () = until_done(connection, stopped, |c| c.graceful_shutdown(), report) => {}
                 () = first_request => {
                     tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
-                    Ok(())
                 }
             }
         }
     }
 }
 
+/// Drives `connection` to its end, asking it to finish gracefully once `stopped` turns
+/// true, and hands the outcome to `report` before the connection is dropped.
 async fn until_done<C, E>(
     connection: C,
     mut stopped: watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
-) -> Result<(), E>
-where
+    report: impl FnOnce(&Result<(), E>),
+) where
     C: Future<Output = Result<(), E>>,
 {
     let mut connection = pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => return result,
-        () = stop_requested(&mut stopped) => graceful(connection.as_mut()),
-    }
-    connection.await
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop_requested(&mut stopped) => {
+            graceful(connection.as_mut());
+            connection.as_mut().await
+        }
+    };
+    report(&result);
 }
 
 /// Logs why a connection ended badly and, for a request head that did not arrive in
 /// time on a plain connection, answers 408 before closing (hyper closes silently).
-fn report_connection_error(error: &hyper::Error, handle: &StreamHandle, peer: SocketAddr, plain: bool) {
+fn report_connection_error(error: &hyper::Error, state: &ConnState, peer: SocketAddr, plain: bool) {
     if error.is_timeout() {
-        if handle.has_unanswered_bytes() {
+        if state.has_unanswered_bytes() {
             tracing::info!(%peer, status = 408, "request head not received in time; closing");
             if plain {
-                handle.write_final_response(RESPONSE_408);
+                state.answer_on_drop(RESPONSE_408);
             }
         } else {
             tracing::debug!(%peer, "idle keep-alive connection closed");
