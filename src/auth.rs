@@ -221,7 +221,7 @@ impl App {
                 )
             }),
             claims: Value::Object(session.claims()),
-            scopes: tokens.scopes.clone(),
+            scopes: tokens.scopes.split_whitespace().map(str::to_owned).collect(),
             userinfo,
         };
         Ok(if policy::prefers_json(request.headers()) {

@@ -152,10 +152,7 @@ pub fn session(i: u64, config: &Config) -> Session {
         expires_at: Some(now + Duration::from_secs(3600)),
         refresh_token: Some(Secret::new(authelia_token("authelia_rt_"))),
         id_token: Some(Secret::new(id_token)),
-        scopes: ["openid", "profile", "email", "groups", "offline_access"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        scopes: "openid profile email groups offline_access".to_owned(),
     };
     Session::new(
         NewSession {

@@ -43,8 +43,8 @@ impl TokenResponse {
     /// `requested` stands for the scopes when the provider did not list them.
     pub(super) fn into_token_set(self, fallback_refresh: Option<&Secret>, requested: &[String]) -> TokenSet {
         let scopes = match &self.scope {
-            Some(s) if !s.trim().is_empty() => s.split_whitespace().map(str::to_owned).collect(),
-            _ => requested.to_vec(),
+            Some(s) if !s.trim().is_empty() => s.split_whitespace().collect::<Vec<_>>().join(" "),
+            _ => requested.join(" "),
         };
         TokenSet {
             access_token: Secret::new(self.access_token),

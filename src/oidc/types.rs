@@ -73,7 +73,9 @@ pub struct TokenSet {
     pub refresh_token: Option<Secret>,
     /// The raw ID token (JWS compact form).
     pub id_token: Option<Secret>,
-    pub scopes: Vec<String>,
+    /// Granted scopes, space-separated as in OAuth's `scope` (one allocation per session,
+    /// not one per scope).
+    pub scopes: String,
 }
 
 #[derive(Debug)]

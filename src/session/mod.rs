@@ -197,7 +197,7 @@ impl Session {
             + tokens.refresh_token.as_ref().map_or(0, |t| text(t.expose()))
             + tokens.id_token.as_ref().map_or(0, |t| text(t.expose()))
             + text(&tokens.token_type)
-            + tokens.scopes.iter().map(|s| text(s) + 24).sum::<usize>();
+            + text(&tokens.scopes);
         let header_bytes: usize = self
             .upstream_headers
             .identity

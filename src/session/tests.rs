@@ -56,7 +56,7 @@ pub(crate) fn session(claims: serde_json::Value, lifetime: Duration) -> Session 
                 expires_at: Some(now + Duration::from_secs(3600)),
                 refresh_token: Some(Secret::new("authelia_rt_example")),
                 id_token: None,
-                scopes: vec!["openid".into()],
+                scopes: "openid".into(),
             },
             created_at: now,
             expires_at: now + lifetime,
