@@ -228,14 +228,17 @@ async fn connections_over_the_limit_get_a_503_and_are_closed() {
         "the connection over the limit: {:?}",
         String::from_utf8_lossy(&bytes)
     );
-    assert!(
-        stack
-            .portcullis
-            .log_text()
-            .lines()
-            .any(|l| l.contains("connection limit") || l.contains("status=503")),
-        "no log line about the refused connection"
-    );
+    eventually(
+        "a log line about the refused connection",
+        Duration::from_secs(2),
+        || async {
+            let log = stack.portcullis.log_text();
+            log.lines()
+                .any(|l| l.contains("connection limit") || l.contains("status=503"))
+                .then_some(())
+        },
+    )
+    .await;
 
     // A held connection is still served, and once one goes a newcomer is too.
     held[0]
@@ -284,7 +287,10 @@ async fn a_slow_upstream_gets_504_after_the_response_timeout_and_a_log_line() {
         elapsed < Duration::from_millis(3000),
         "the 504 came after {elapsed:?}, not after the 1 s timeout"
     );
-    assert!(stack.portcullis.logged_status(504), "no log line with status=504");
+    eventually("a log line with status=504", Duration::from_secs(2), || async {
+        stack.portcullis.logged_status(504).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -318,7 +324,10 @@ async fn an_upstream_that_does_not_accept_the_connection_gets_504_after_the_conn
     let landing = trace.landing();
     assert_status(landing, 504);
     assert!(started.elapsed() < Duration::from_secs(8));
-    assert!(stack.portcullis.logged_status(504), "no log line with status=504");
+    eventually("a log line with status=504", Duration::from_secs(2), || async {
+        stack.portcullis.logged_status(504).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,5 +341,8 @@ async fn an_upstream_that_is_down_gets_502_and_a_log_line() {
     assert_status(trace.landing(), 502);
     let api = stack.client.api_get(&stack.url("/app")).await;
     assert_status(&api, 502);
-    assert!(stack.portcullis.logged_status(502), "no log line with status=502");
+    eventually("a log line with status=502", Duration::from_secs(2), || async {
+        stack.portcullis.logged_status(502).then_some(())
+    })
+    .await;
 }
