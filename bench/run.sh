@@ -24,28 +24,7 @@ cd "$ROOT"
 log() { printf 'bench: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------
-APT_PACKAGES=(wrk nginx caddy apache2 libapache2-mod-auth-openidc curl python3)
-is_installed() {
-  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]
-}
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  is_installed "$pkg" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-  elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-  else
-    log "missing Debian packages: ${missing[*]} (run as root or install them)"
-    exit 1
-  fi
-  log "installing Debian packages: ${missing[*]}"
-  "${SUDO[@]}" apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash tests/apt-install.sh wrk nginx caddy apache2 libapache2-mod-auth-openidc curl python3
 
 # --- the test provider's npm packages ------------------------------------------
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -11,32 +11,7 @@ cd "$ROOT"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
-APT_PACKAGES=(chromium redis-server)
-
-is_installed() {
-  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]
-}
-
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  is_installed "$pkg" || missing+=("$pkg")
-done
-
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-  elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-  else
-    log "missing Debian packages: ${missing[*]} (run this script as root or install them)"
-    exit 1
-  fi
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  "${SUDO[@]}" apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash tests/apt-install.sh chromium redis-server
 
 if [ ! -x /usr/bin/chromium ]; then
   log "/usr/bin/chromium not found after installing the chromium package"

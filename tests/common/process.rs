@@ -60,15 +60,21 @@ pub struct ChildProcess {
     _dir: tempfile::TempDir,
 }
 
+/// A fresh temp dir holding `<name>.log`, opened for writing.
+fn log_file(name: &str) -> (tempfile::TempDir, PathBuf, std::fs::File) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("portcullis-e2e-{name}-"))
+        .tempdir()
+        .expect("create temp dir for a process log");
+    let log_path = dir.path().join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("create process log");
+    (dir, log_path, log)
+}
+
 impl ChildProcess {
     /// Spawns `cmd` with stdout and stderr appended to a log file.
     pub fn spawn(name: &str, mut cmd: Command) -> ChildProcess {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("portcullis-e2e-{name}-"))
-            .tempdir()
-            .expect("create temp dir for a process log");
-        let log_path = dir.path().join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).expect("create process log");
+        let (dir, log_path, log) = log_file(name);
         let log2 = log.try_clone().expect("clone log file handle");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -87,12 +93,7 @@ impl ChildProcess {
     /// `<marker> <url>`, waits for that line (with a deadline) and returns the URL.
     /// The rest of stdout and all of stderr go to the log.
     pub async fn spawn_announcing(name: &str, mut cmd: Command, marker: &str) -> (ChildProcess, String) {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("portcullis-e2e-{name}-"))
-            .tempdir()
-            .expect("create temp dir for a process log");
-        let log_path = dir.path().join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).expect("create process log");
+        let (dir, log_path, log) = log_file(name);
         let log2 = log.try_clone().expect("clone log file handle");
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
