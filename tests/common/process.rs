@@ -19,11 +19,49 @@ pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port that was free a moment ago on 127.0.0.1. The listener is dropped before
-/// returning, so the port is handed to a child process that binds it itself.
+/// A port that was free a moment ago on 127.0.0.1, handed to a child process
+/// that binds it itself.
+///
+/// Ports come from below the kernel's ephemeral range, never from a `:0` bind:
+/// an ephemeral port released here can be given to the next `:0` listener (an
+/// upstream of the same test, say) before the child binds it. Each port is
+/// handed out once per test binary, so parallel tests in it never share one.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr of a bound listener").port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+    let (low, high) = non_ephemeral_range();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for offset in 0..span {
+        let port = low + ((start + offset) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
+}
+
+/// A port range outside `net.ipv4.ip_local_port_range` (below it when there is
+/// room, as with Linux's default 32768-60999; otherwise above it).
+fn non_ephemeral_range() -> (u16, u16) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = ephemeral.split_whitespace().filter_map(|n| n.parse::<u16>().ok());
+    let (first, last) = (bounds.next().unwrap_or(32768), bounds.next().unwrap_or(60999));
+    if first > 12_000 {
+        (10_000, first)
+    } else if last < 63_000 {
+        (last + 1, 65_535)
+    } else {
+        (1_024, first.max(1_025))
+    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what`
