@@ -19,7 +19,7 @@ use crate::limit::RateLimiter;
 use crate::oidc::{OidcClient, OidcError};
 use crate::pages;
 use crate::policy;
-use crate::proxy::{CookieFilter, ForwardContext, Upstream};
+use crate::proxy::{CookieFilter, ForwardContext, Upstream, UpstreamSlot};
 use crate::router::{Route, Router};
 use crate::session::cookies::CookieCodec;
 use crate::session::refresh::RefreshGate;
@@ -81,7 +81,13 @@ impl App {
     }
 
     /// Answers one request. Never fails: every error is turned into a response here.
-    pub async fn handle(&self, request: Request<Incoming>, client_addr: SocketAddr) -> Response<ResponseBody> {
+    /// `upstream_slot` is the downstream connection's (from [`Upstream::slot`]).
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client_addr: SocketAddr,
+        upstream_slot: &Arc<UpstreamSlot>,
+    ) -> Response<ResponseBody> {
         let route = self.router.classify(request.uri().path());
         let wants_json = policy::prefers_json(request.headers());
         let result = match route {
@@ -96,7 +102,7 @@ impl App {
             Route::Logout => self.logout(request).await,
             Route::Me => self.me(&request).await,
             Route::ReservedUnknown => Err(AppError::NotFound),
-            Route::Protected => self.protected(request, client_addr).await,
+            Route::Protected => self.protected(request, client_addr, upstream_slot).await,
         };
         result.unwrap_or_else(|error| error.into_response(wants_json, self.router.login_path()))
     }
@@ -106,6 +112,7 @@ impl App {
         &self,
         request: Request<Incoming>,
         client_addr: SocketAddr,
+        upstream_slot: &Arc<UpstreamSlot>,
     ) -> Result<Response<ResponseBody>, AppError> {
         let Some(active) = self.session_phase(request.headers()).await? else {
             return self.unauthenticated(&request).await;
@@ -116,6 +123,7 @@ impl App {
             client_scheme: self.public_scheme,
             identity: &headers.identity,
             access_token: headers.access_token.as_ref(),
+            upstream_slot,
         };
         Ok(self.upstream.forward(request, ctx).await?)
     }

@@ -8,12 +8,15 @@
 //!   cookies).
 //! - `forwarded`: `X-Forwarded-*` with trusted proxies, and [`client_ip`].
 //! - `target`: the upstream scheme/authority/prefix and the URI rewrite.
-//! - `connector`: TCP/TLS/unix connector under the pooled client.
+//! - `connector`: TCP/TLS/unix connector under both pools.
+//! - `pool`: HTTP/1.1 connections kept per downstream connection ([`UpstreamSlot`]).
 //! - `timeout`: the response timeout measured from the request's last progress.
 //! - `upgrade`: splicing upgraded (WebSocket) connections.
 //!
 //! # Upstream protocol
-//! HTTP/1.1 by default. With `upstream.http2` every request goes as HTTP/2: h2 by
+//! HTTP/1.1 by default, on connections from [`pool`]. With `upstream.http2` every
+//! request goes as HTTP/2 through hyper-util's pooled client (one multiplexed
+//! connection per authority): h2 by
 //! ALPN on https, prior-knowledge h2c on http and unix. Its `:authority` is the
 //! client's host (or the upstream's, without `preserve_host`) and `Host` is set to
 //! the same value; connections always go to the configured address whatever the
@@ -24,6 +27,7 @@
 mod connector;
 mod forwarded;
 mod headers;
+mod pool;
 mod target;
 mod timeout;
 mod upgrade;
@@ -32,6 +36,7 @@ mod upgrade;
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{AUTHORIZATION, HOST};
@@ -50,6 +55,8 @@ use connector::{ConnectTimeout, TlsSettings, UpstreamConnector};
 pub use forwarded::client_ip;
 use forwarded::Relayed;
 use headers::StripSet;
+use pool::Http1Pool;
+pub use pool::UpstreamSlot;
 use target::Target;
 use timeout::{Progress, ProgressBody};
 use upgrade::Tunnels;
@@ -67,6 +74,8 @@ pub struct ForwardContext<'a> {
     /// Value for the access-token header when forwarding is configured (`Bearer …` or bare).
     /// Ignored when [`IdentityConfig::access_token`] is `None`.
     pub access_token: Option<&'a HeaderValue>,
+    /// The downstream connection's upstream connection ([`Upstream::slot`]).
+    pub upstream_slot: &'a Arc<UpstreamSlot>,
 }
 
 /// Why a request could not be forwarded. No variant's message names the upstream
@@ -101,9 +110,11 @@ pub enum ProxyError {
 #[error("upstream switched protocols without an upgrade request")]
 struct UnexpectedSwitch;
 
-/// The one upstream, with its pooled client. Build once at startup and share.
+/// The one upstream, with its connections. Build once at startup and share.
 pub struct Upstream {
-    client: Client<UpstreamConnector, ProgressBody>,
+    transport: Transport,
+    /// Dials HTTP/1.1 connections (unused with an HTTP/2 upstream, but slots need one).
+    http1: Arc<Http1Pool>,
     target: Target,
     /// Every client header name to remove, folded (see [`headers::StripSet`]).
     strip: StripSet,
@@ -119,6 +130,16 @@ pub struct Upstream {
     /// Peers whose `X-Forwarded-*` are kept and appended to.
     trusted_proxies: Box<[IpNet]>,
 }
+
+/// How requests reach the upstream.
+enum Transport {
+    Http1,
+    Http2(Box<Client<UpstreamConnector, ProgressBody>>),
+}
+
+/// Most upstream connections idle in the shared list at once (beyond those kept by
+/// open downstream connections); nginx's `keepalive` directive bounds the same.
+const MAX_IDLE_UPSTREAM_CONNECTIONS: usize = 512;
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,16 +194,24 @@ impl Upstream {
             }
             UpstreamTarget::Unix(path) => UpstreamConnector::unix(path, upstream.connect_timeout),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(upstream.http2)
-            .build(connector);
+        let transport = if upstream.http2 {
+            Transport::Http2(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(connector.clone()),
+            ))
+        } else {
+            Transport::Http1
+        };
+        let http1 = Http1Pool::new(connector, target.dial_uri(), MAX_IDLE_UPSTREAM_CONNECTIONS);
         let access_token_header = match identity.access_token {
             AccessTokenForwarding::None => None,
             AccessTokenForwarding::AuthorizationBearer => Some(AUTHORIZATION),
             AccessTokenForwarding::XForwardedAccessToken => Some(headers::X_FORWARDED_ACCESS_TOKEN.clone()),
         };
         Ok(Upstream {
-            client,
+            transport,
+            http1,
             target,
             strip: StripSet::new(identity),
             access_token_header,
@@ -193,6 +222,11 @@ impl Upstream {
             http2: upstream.http2,
             trusted_proxies: trusted_proxies.into(),
         })
+    }
+
+    /// A new downstream connection's [`UpstreamSlot`], for [`ForwardContext::upstream_slot`].
+    pub fn slot(&self) -> Arc<UpstreamSlot> {
+        Arc::new(self.http1.slot())
     }
 
     /// [`client_ip`] with the configured trusted proxies: the address to log and to
@@ -223,20 +257,39 @@ impl Upstream {
         // Read before the URI rewrite, which replaces an HTTP/2 authority.
         let client_host = headers::client_host(&parts.headers, &parts.uri);
         let (authority, host) = self.upstream_host(client_host.as_ref())?;
-        parts.uri = self.target.uri_for(&parts.uri, &authority)?;
         self.request_headers(&mut parts.headers, upgrade, host, client_host, &ctx);
-        parts.version = if self.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
         // mean nothing to the upstream connection.
         parts.extensions = Extensions::new();
-
         let progress = Progress::new();
-        let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
-        let mut response = progress
-            .wait(self.client.request(request), self.response_timeout)
-            .await
-            .ok_or(ProxyError::Timeout)?
-            .map_err(classify)?;
+
+        let mut response = match &self.transport {
+            Transport::Http1 => {
+                parts.uri = self.target.origin_form(&parts.uri)?;
+                parts.version = Version::HTTP_11;
+                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
+                let sent = self.http1.send(ctx.upstream_slot, request);
+                let mut response = progress
+                    .wait(sent, self.response_timeout)
+                    .await
+                    .ok_or(ProxyError::Timeout)??;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    response.body_mut().forget_connection();
+                }
+                response.map(|body| body.map_err(BoxError::from).boxed())
+            }
+            Transport::Http2(client) => {
+                parts.uri = self.target.uri_for(&parts.uri, &authority)?;
+                parts.version = Version::HTTP_2;
+                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
+                progress
+                    .wait(client.request(request), self.response_timeout)
+                    .await
+                    .ok_or(ProxyError::Timeout)?
+                    .map_err(classify)?
+                    .map(|body| body.map_err(BoxError::from).boxed())
+            }
+        };
 
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match (switched, downstream_upgrade) {
@@ -250,7 +303,7 @@ impl Upstream {
         headers::remove_hop_by_hop(response.headers_mut(), switched);
         // The downstream connection has its own version; an HTTP/2 upstream's must not leak.
         *response.version_mut() = Version::HTTP_11;
-        Ok(response.map(|body| body.map_err(BoxError::from).boxed()))
+        Ok(response)
     }
 
     /// The URI authority and the `Host` to send.

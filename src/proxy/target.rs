@@ -92,6 +92,31 @@ impl Target {
             .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))
     }
 
+    /// The origin-form URI (prefix, then the client's path and query byte for byte) of
+    /// an HTTP/1.1 upstream request; the connection already goes to the target and
+    /// `Host` names the authority. Without a prefix an origin-form request URI is
+    /// passed on as it is, without copying.
+    pub(super) fn origin_form(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        if self.prefix.is_empty() && original.scheme().is_none() && original.authority().is_none() {
+            if original.path().starts_with('/') {
+                return Ok(original.clone());
+            }
+            return Err(ProxyError::BadRequest("request target is not a path"));
+        }
+        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        if !path_and_query.starts_with('/') {
+            return Err(ProxyError::BadRequest("request target is not a path"));
+        }
+        let joined = if self.prefix.is_empty() {
+            PathAndQuery::try_from(path_and_query)
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))
+        };
+        Ok(Uri::from(joined.map_err(|_| {
+            ProxyError::BadRequest("request target is not a valid path")
+        })?))
+    }
+
     pub(super) fn is_https(&self) -> bool {
         self.scheme == Scheme::HTTPS
     }
@@ -131,6 +156,20 @@ mod tests {
         let t = target("https://[::1]/");
         let uri: Uri = "https://public.example/x?y".parse().unwrap();
         assert_eq!(t.uri_for(&uri, t.authority()).unwrap().to_string(), "https://[::1]/x?y");
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query_after_the_prefix() {
+        let t = target("http://10.0.0.1:8080/app/");
+        let uri: Uri = "/a%2Fb/../c;x?q=%20&r".parse().unwrap();
+        assert_eq!(t.origin_form(&uri).unwrap().to_string(), "/app/a%2Fb/../c;x?q=%20&r");
+        let t = target("http://10.0.0.1:8080");
+        assert_eq!(t.origin_form(&uri).unwrap().to_string(), "/a%2Fb/../c;x?q=%20&r");
+        // HTTP/2 clients send an absolute URI; the upstream gets only the path.
+        let uri: Uri = "https://public.example/x?y".parse().unwrap();
+        assert_eq!(t.origin_form(&uri).unwrap().to_string(), "/x?y");
+        let uri: Uri = "*".parse().unwrap();
+        assert!(matches!(t.origin_form(&uri), Err(ProxyError::BadRequest(_))));
     }
 
     #[test]

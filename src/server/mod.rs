@@ -258,12 +258,14 @@ async fn serve_protocol<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = shared.app.clone();
+    let upstream_slot = app.upstream.slot();
     let served_any = Arc::new(AtomicBool::new(false));
     let served = served_any.clone();
     let service = service_fn(move |request| {
         let app = app.clone();
+        let upstream_slot = upstream_slot.clone();
         served.store(true, Ordering::Relaxed);
-        async move { Ok::<_, std::convert::Infallible>(app.handle(request, peer).await) }
+        async move { Ok::<_, std::convert::Infallible>(app.handle(request, peer, &upstream_slot).await) }
     });
     match protocol {
         Protocol::Http1 => {

@@ -299,9 +299,11 @@ pub async fn front(upstream: Arc<Upstream>) -> SocketAddr {
         while let Ok((io, peer)) = listener.accept().await {
             let upstream = upstream.clone();
             let identity = identity.clone();
+            let upstream_slot = upstream.slot();
             let service = service_fn(move |req: Request<Incoming>| {
                 let upstream = upstream.clone();
                 let identity = identity.clone();
+                let upstream_slot = upstream_slot.clone();
                 async move {
                     let token = HeaderValue::from_static("Bearer real-token");
                     let ctx = ForwardContext {
@@ -309,6 +311,7 @@ pub async fn front(upstream: Arc<Upstream>) -> SocketAddr {
                         client_scheme: "http",
                         identity: &identity,
                         access_token: Some(&token),
+                        upstream_slot: &upstream_slot,
                     };
                     let response = match upstream.forward(req, ctx).await {
                         Ok(response) => response,

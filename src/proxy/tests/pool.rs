@@ -1,0 +1,193 @@
+//! Upstream connection reuse: what each downstream connection keeps, what goes to the
+//! idle list, and what happens when the upstream closes a kept connection.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1 as client_http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::support::{front, http_target, upstream, ClientBody};
+use crate::proxy::Upstream;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// How the counting upstream treats its connections.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Keep-alive as long as the client wants.
+    Alive,
+    /// `Connection: close` on every response.
+    CloseAfterEach,
+    /// Close a connection that has been idle this long (an upstream keep-alive timeout).
+    IdleFor(Duration),
+}
+
+/// An upstream that counts the connections it accepted and answers each request
+/// with its connection's number and a 16 KiB body (64 MiB for `/big`).
+async fn counting_upstream(keep: Keep) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let number = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let service = service_fn(move |request: Request<Incoming>| async move {
+                let size = if request.uri().path() == "/big" {
+                    64 << 20
+                } else {
+                    16 << 10
+                };
+                let mut response = Response::new(Full::new(Bytes::from(vec![b'x'; size])));
+                response.headers_mut().insert("x-connection", HeaderValue::from(number));
+                if let Keep::CloseAfterEach = keep {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            if let Keep::IdleFor(idle) = keep {
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(idle);
+            }
+            tokio::spawn(async move {
+                let _served = builder.serve_connection(TokioIo::new(io), service).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// One downstream connection to the front server (one upstream slot).
+async fn downstream(front: SocketAddr) -> client_http1::SendRequest<ClientBody> {
+    let io = TokioIo::new(TcpStream::connect(front).await.unwrap());
+    let (sender, connection) = client_http1::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// GETs `/` on the downstream connection and reads the whole body; returns the
+/// upstream connection number that answered.
+async fn get_whole(sender: &mut client_http1::SendRequest<ClientBody>) -> usize {
+    sender.ready().await.unwrap();
+    let request = Request::get("/")
+        .header("host", "app.example")
+        .body(super::support::empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let number = connection_number(&response);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 16 * 1024);
+    number
+}
+
+fn connection_number(response: &Response<Incoming>) -> usize {
+    response.headers()["x-connection"].to_str().unwrap().parse().unwrap()
+}
+
+async fn setup(keep: Keep) -> (SocketAddr, Arc<AtomicUsize>, Arc<Upstream>) {
+    let (addr, accepted) = counting_upstream(keep).await;
+    let upstream = upstream(http_target(addr, "/"), LONG);
+    (front(upstream.clone()).await, accepted, upstream)
+}
+
+#[tokio::test]
+async fn a_downstream_connection_keeps_one_upstream_connection() {
+    let (front, accepted, _upstream) = setup(Keep::Alive).await;
+    let mut client = downstream(front).await;
+    for _ in 0..10 {
+        assert_eq!(get_whole(&mut client).await, 1);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_closed_downstream_connection_hands_its_upstream_connection_on() {
+    let (front, accepted, upstream) = setup(Keep::Alive).await;
+    let mut first = downstream(front).await;
+    assert_eq!(get_whole(&mut first).await, 1);
+    drop(first);
+    // The front server drops the slot when it notices the closed connection.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while upstream.http1.idle_count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connection never reached the idle list"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut second = downstream(front).await;
+    assert_eq!(get_whole(&mut second).await, 1);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn concurrent_downstream_connections_use_their_own_upstream_connections() {
+    let (front, accepted, _upstream) = setup(Keep::Alive).await;
+    let mut a = downstream(front).await;
+    let mut b = downstream(front).await;
+    let (first_a, first_b) = tokio::join!(get_whole(&mut a), get_whole(&mut b));
+    assert_ne!(first_a, first_b);
+    for _ in 0..5 {
+        assert_eq!(get_whole(&mut a).await, first_a);
+        assert_eq!(get_whole(&mut b).await, first_b);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connection_close_from_the_upstream_means_a_new_connection_each_time() {
+    let (front, accepted, _upstream) = setup(Keep::CloseAfterEach).await;
+    let mut client = downstream(front).await;
+    let numbers: Vec<usize> = {
+        let mut numbers = Vec::new();
+        for _ in 0..5 {
+            numbers.push(get_whole(&mut client).await);
+        }
+        numbers
+    };
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_upstream_closed_while_idle_is_replaced_without_an_error() {
+    let (front, accepted, _upstream) = setup(Keep::IdleFor(Duration::from_millis(100))).await;
+    let mut client = downstream(front).await;
+    assert_eq!(get_whole(&mut client).await, 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get_whole(&mut client).await, 2);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_response_abandoned_mid_body_does_not_leave_its_connection_for_reuse() {
+    let (front, accepted, _upstream) = setup(Keep::Alive).await;
+    let mut abandoning = downstream(front).await;
+    abandoning.ready().await.unwrap();
+    let request = Request::get("/big").body(super::support::empty()).unwrap();
+    let response = abandoning.send_request(request).await.unwrap();
+    assert_eq!(connection_number(&response), 1);
+    // Far more than the socket buffers hold: the proxy is mid-body when the client leaves.
+    drop(response);
+    drop(abandoning);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut next = downstream(front).await;
+    assert_eq!(get_whole(&mut next).await, 2);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
