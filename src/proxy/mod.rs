@@ -383,7 +383,13 @@ fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
     if !error.is_connect() {
         return ProxyError::Request(error.into());
     }
-    let mut source = std::error::Error::source(&error);
+    connect_error(error.into())
+}
+
+/// A failed connect: [`ProxyError::Timeout`] when our timeout or the TCP connector's
+/// fired (anywhere in the source chain), else [`ProxyError::Connect`].
+fn connect_error(error: BoxError) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
     while let Some(e) = source {
         let timed_out = e.is::<ConnectTimeout>()
             || e.downcast_ref::<std::io::Error>()
@@ -393,7 +399,7 @@ fn classify(error: hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = e.source();
     }
-    ProxyError::Connect(error.into())
+    ProxyError::Connect(error)
 }
 
 /// Which cookies belong to portcullis and are removed from the `Cookie` header sent upstream.

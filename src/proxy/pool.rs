@@ -26,7 +26,7 @@ use hyper::client::conn::http1;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::connector::{ConnectTimeout, UpstreamConnector};
+use super::connector::UpstreamConnector;
 use super::timeout::ProgressBody;
 use super::ProxyError;
 
@@ -101,13 +101,12 @@ impl Http1Pool {
     }
 
     async fn connect(&self) -> Result<Sender, ProxyError> {
-        let io = self.connector.clone().call(self.dial.clone()).await.map_err(|error| {
-            if error.is::<ConnectTimeout>() {
-                ProxyError::Timeout
-            } else {
-                ProxyError::Connect(error)
-            }
-        })?;
+        let io = self
+            .connector
+            .clone()
+            .call(self.dial.clone())
+            .await
+            .map_err(super::connect_error)?;
         let (sender, connection) = http1::Builder::new()
             .handshake(io)
             .await
