@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use http::header::{LOCATION, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::limit::RateLimiter;
+use crate::metrics::{Metrics, RefreshOutcome, RouteKind, ScrapeGauges};
 use crate::oidc::{OidcClient, OidcError};
 use crate::pages;
 use crate::policy;
@@ -36,9 +37,18 @@ pub struct App {
     pub(crate) upstream: Upstream,
     pub(crate) router: Router,
     pub(crate) login_limiter: RateLimiter,
+    pub(crate) metrics: Arc<Metrics>,
+    started: Instant,
     /// Scheme of the public base URL, sent upstream as `X-Forwarded-Proto`.
     pub(crate) public_scheme: &'static str,
 }
+
+/// The session's subject, attached to a response for the access log.
+#[derive(Clone)]
+struct AccessSubject(Arc<Session>);
+
+/// The access-log target: one `info` line per request.
+const ACCESS_LOG: &str = "portcullis::access";
 
 /// A session that passed the session phase: present, alive, and refreshed if it was due.
 pub(crate) struct ActiveSession {
@@ -67,6 +77,8 @@ impl App {
             upstream,
             router: Router::new(&config.routes),
             login_limiter: RateLimiter::new(config.oidc.login_rate_per_second, config.oidc.login_rate_burst),
+            metrics: Metrics::new(),
+            started: Instant::now(),
             public_scheme: if config.base_url.scheme() == "https" {
                 "https"
             } else {
@@ -80,6 +92,15 @@ impl App {
         &self.oidc
     }
 
+    /// What a metrics scrape reads besides the counters.
+    pub async fn scrape_gauges(&self) -> ScrapeGauges {
+        ScrapeGauges {
+            sessions: self.sessions.approximate_count().await,
+            ready: self.oidc.is_ready(),
+            uptime: self.started.elapsed(),
+        }
+    }
+
     /// Answers one request. Never fails: every error is turned into a response here.
     /// `upstream_slot` is the downstream connection's (from [`Upstream::slot`]).
     pub async fn handle(
@@ -88,8 +109,16 @@ impl App {
         client_addr: SocketAddr,
         upstream_slot: &Arc<UpstreamSlot>,
     ) -> Response<ResponseBody> {
+        let started = Instant::now();
         let route = self.router.classify(request.uri().path());
+        let kind = route_kind(route);
         let wants_json = policy::prefers_json(request.headers());
+        // Taken only when the line will be written: the URI and method are cheap clones.
+        let access =
+            (self.config.log.access_log && tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)).then(|| {
+                let client = self.upstream.client_ip(client_addr.ip(), request.headers());
+                (request.method().clone(), request.uri().clone(), client)
+            });
         let result = match route {
             Route::Healthz => Ok(pages::text_response(StatusCode::OK, "ok\n")),
             Route::Readyz if self.oidc.is_ready() => Ok(pages::text_response(StatusCode::OK, "ready\n")),
@@ -104,7 +133,24 @@ impl App {
             Route::ReservedUnknown => Err(AppError::NotFound),
             Route::Protected => self.protected(request, client_addr, upstream_slot).await,
         };
-        result.unwrap_or_else(|error| error.into_response(wants_json, self.router.login_path()))
+        let mut response = result.unwrap_or_else(|error| error.into_response(wants_json, self.router.login_path()));
+        let elapsed = started.elapsed();
+        self.metrics.request(kind, response.status(), elapsed);
+        if let Some((method, uri, client)) = access {
+            let subject = response.extensions_mut().remove::<AccessSubject>();
+            // The path only: queries carry codes, states and whatever the app puts there.
+            tracing::info!(
+                target: ACCESS_LOG,
+                %method,
+                path = %uri.path(),
+                status = response.status().as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                %client,
+                user = %subject.as_ref().map_or("-", |s| s.0.subject.as_str()),
+                "request"
+            );
+        }
+        response
     }
 
     /// session → policy → proxy for the protected app.
@@ -125,7 +171,11 @@ impl App {
             access_token: headers.access_token.as_ref(),
             upstream_slot,
         };
-        Ok(self.upstream.forward(request, ctx).await?)
+        let mut response = self.upstream.forward(request, ctx).await?;
+        if tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) && self.config.log.access_log {
+            response.extensions_mut().insert(AccessSubject(active.session.clone()));
+        }
+        Ok(response)
     }
 
     /// Loads the session named by the cookie and refreshes its tokens when due.
@@ -163,16 +213,19 @@ impl App {
                 let refreshed = current.refreshed(outcome.tokens, &self.config.identity);
                 let refreshed = Arc::new(refreshed);
                 self.sessions.insert(key, refreshed.clone()).await?;
+                self.metrics.refresh(RefreshOutcome::Refreshed);
                 tracing::debug!(session = ?key, "access token refreshed");
                 Ok(Some(ActiveSession { session: refreshed }))
             }
             Err(OidcError::NotReady | OidcError::ProviderUnreachable(_)) => {
                 // The provider is down: the session stays valid on its last tokens, so the
                 // app keeps working; the next request tries again.
+                self.metrics.refresh(RefreshOutcome::Unreachable);
                 tracing::warn!(session = ?key, "token refresh failed: identity provider unreachable; keeping the session");
                 Ok(Some(ActiveSession { session: current }))
             }
             Err(error) => {
+                self.metrics.refresh(RefreshOutcome::Refused);
                 tracing::info!(session = ?key, error = %error, "token refresh refused; ending the session");
                 self.sessions.remove(&key).await?;
                 Ok(None)
@@ -218,6 +271,18 @@ impl App {
     pub(crate) fn login_url(&self, return_to: &str) -> String {
         let rd: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
         format!("{}?rd={rd}", self.router.login_path())
+    }
+}
+
+fn route_kind(route: Route) -> RouteKind {
+    match route {
+        Route::Protected => RouteKind::App,
+        Route::Login => RouteKind::Login,
+        Route::Callback => RouteKind::Callback,
+        Route::Logout => RouteKind::Logout,
+        Route::Me => RouteKind::Me,
+        Route::Healthz | Route::Readyz => RouteKind::Health,
+        Route::ReservedUnknown => RouteKind::Other,
     }
 }
 

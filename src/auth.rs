@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::app::{is_get_or_head, redirect, App};
 use crate::error::AppError;
+use crate::metrics::LoginOutcome;
 use crate::oidc::{CallbackParams, TokenTypeHint};
 use crate::pages::{self, DumpFields};
 use crate::policy;
@@ -78,6 +79,7 @@ impl App {
             return Err(AppError::LoginRateLimited);
         }
         let login = self.oidc.begin_login().await?;
+        self.metrics.login_started();
         let now = SystemTime::now();
         let pending = PendingLogin {
             auth: login.pending,
@@ -107,6 +109,10 @@ impl App {
         let state = params.state.clone().ok_or(AppError::CallbackWithoutState)?;
         let clear_login = self.cookies.clear_login(&state);
         let result = self.finish_login(request.headers(), &state, &params).await;
+        self.metrics.login(match result {
+            Ok(_) => LoginOutcome::Completed,
+            Err(_) => LoginOutcome::Failed,
+        });
         // Whatever the outcome, this attempt is over: its cookie goes, so a replay finds nothing.
         let mut response = match result {
             Ok(response) => response,

@@ -16,12 +16,14 @@
 //! - [`proxy`]: the upstream client and header rewriting.
 //! - [`pages`]: every body portcullis writes itself, escaped.
 //! - [`limit`]: rate limiting of calls made to the provider for anonymous clients.
+//! - [`metrics`]: counters and histograms, served to Prometheus on their own listener.
 
 pub mod app;
 mod auth;
 pub mod config;
 pub mod error;
 pub mod limit;
+pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod policy;

@@ -148,6 +148,10 @@ impl Config {
             Some(addr) => writeln!(out, "http_redirect_addr = {}", q(&addr.to_string()))?,
             None => writeln!(out, "# http_redirect_addr unset: no HTTP-to-HTTPS redirect listener")?,
         }
+        match &sv.metrics_addr {
+            Some(addr) => writeln!(out, "metrics_addr = {}", q(&addr.to_string()))?,
+            None => writeln!(out, "# metrics_addr unset: no metrics listener")?,
+        }
         writeln!(out, "h2c = {}", sv.h2c)?;
         writeln!(out, "max_connections = {}", sv.max_connections)?;
         writeln!(out, "max_header_bytes = {}", sv.max_header_bytes)?;
@@ -165,6 +169,7 @@ impl Config {
         };
         writeln!(out, "format = {}", q(format))?;
         writeln!(out, "level = {}", q(&self.log.level))?;
+        writeln!(out, "access_log = {}", self.log.access_log)?;
         Ok(())
     }
 }

@@ -203,6 +203,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// A second, plain-HTTP listener that redirects every request to `base_url` (default none).
     pub http_redirect_addr: Option<SocketAddr>,
+    /// A separate plain-HTTP listener serving Prometheus metrics at `/metrics` (default none).
+    pub metrics_addr: Option<SocketAddr>,
     /// Accept prior-knowledge HTTP/2 (h2c) on a plain listener (default false; TLS always offers h2 by ALPN).
     pub h2c: bool,
     /// Connections served at once; more are refused with 503 (default 10 000).
@@ -233,6 +235,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing` filter directive (default `info`; `RUST_LOG` overrides).
     pub level: String,
+    /// One line per request at `info` on the `portcullis::access` target (default true).
+    pub access_log: bool,
 }
 
 impl RoutePaths {

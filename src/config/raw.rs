@@ -121,6 +121,7 @@ struct RawServer {
     tls_cert_file: Leaf,
     tls_key_file: Leaf,
     http_redirect_addr: Leaf,
+    metrics_addr: Leaf,
     h2c: Leaf,
     max_connections: Leaf,
     max_header_bytes: Leaf,
@@ -134,6 +135,7 @@ struct RawServer {
 struct RawLog {
     format: Leaf,
     level: Leaf,
+    access_log: Leaf,
 }
 
 /// Parses the file and checks its shape. `origin` names the file in syntax errors.

@@ -15,13 +15,8 @@ use super::{ServerConfig, TlsFiles};
 
 pub fn server(src: &mut Source<'_>, base_url: Option<&Url>) -> ServerConfig {
     let tls = tls_files(src);
-    let http_redirect_addr = src.string("server.http_redirect_addr").and_then(|(key, value)| {
-        let parsed = value.parse::<SocketAddr>().ok();
-        if parsed.is_none() {
-            src.problem(key, "must be an address and port, e.g. 0.0.0.0:80");
-        }
-        parsed
-    });
+    let http_redirect_addr = socket_addr(src, "server.http_redirect_addr", "0.0.0.0:80");
+    let metrics_addr = socket_addr(src, "server.metrics_addr", "127.0.0.1:9090");
     if http_redirect_addr.is_some() && base_url.is_some_and(|url| url.scheme() != "https") {
         let key = src.key_of("server.http_redirect_addr");
         src.problem(key, "redirects to https, so base_url must be an https URL");
@@ -31,12 +26,24 @@ pub fn server(src: &mut Source<'_>, base_url: Option<&Url>) -> ServerConfig {
         header_read_timeout: src.positive_duration("server.header_read_timeout", Duration::from_secs(30)),
         tls,
         http_redirect_addr,
+        metrics_addr,
         h2c: src.bool("server.h2c", false),
         max_connections: to_usize(src.integer("server.max_connections", 10_000, (1, 1_000_000))),
         max_header_bytes: to_usize(src.size("server.max_header_bytes", 64 * 1024)).max(8192),
         max_headers: to_usize(src.integer("server.max_headers", 100, (16, 1000))),
         trusted_proxies: trusted_proxies(src),
     }
+}
+
+/// An optional `address:port` setting.
+fn socket_addr(src: &mut Source<'_>, path: &str, example: &str) -> Option<SocketAddr> {
+    src.string(path).and_then(|(key, value)| {
+        let parsed = value.parse::<SocketAddr>().ok();
+        if parsed.is_none() {
+            src.problem(key, format!("must be an address and port, e.g. {example}"));
+        }
+        parsed
+    })
 }
 
 fn to_usize(value: u64) -> usize {

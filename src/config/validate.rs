@@ -354,5 +354,10 @@ fn log(src: &mut Source<'_>) -> LogConfig {
             ),
         }
     }
-    LogConfig { format, level }
+    let access_log = src.bool("log.access_log", true);
+    LogConfig {
+        format,
+        level,
+        access_log,
+    }
 }

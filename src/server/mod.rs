@@ -82,6 +82,22 @@ pub async fn serve(
         }
         None => None,
     };
+    if let Some(addr) = settings.metrics_addr {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let gauges_app = app.clone();
+        tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            app.metrics.clone(),
+            Arc::new(move || {
+                let app = gauges_app.clone();
+                Box::pin(async move { app.scrape_gauges().await }) as crate::metrics::GaugesFuture
+            }),
+            stopped.clone(),
+        ));
+        tracing::info!(%addr, "metrics at /metrics");
+    }
     if let Some(addr) = settings.http_redirect_addr {
         let redirect_listener = TcpListener::bind(addr)
             .await
@@ -108,6 +124,10 @@ pub async fn serve(
     let permits = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     let limit = Arc::new(Semaphore::new(permits as usize));
     let mut shutdown = pin!(shutdown);
+    // For systemd's Type=notify: every listener is bound. A no-op without NOTIFY_SOCKET.
+    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(%error, "could not notify systemd of readiness");
+    }
 
     loop {
         tokio::select! {
@@ -130,6 +150,9 @@ pub async fn serve(
     }
 
     drop(listener);
+    if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::debug!(%error, "could not notify systemd of the shutdown");
+    }
     // The send fails only when no task listens any more, which is fine.
     let _ = stop.send(true);
     let grace = settings.shutdown_grace;
@@ -171,6 +194,7 @@ fn protocol_builders(settings: &ServerConfig) -> (http1::Builder, http2::Builder
 /// Over the connection limit: a plain client gets a short 503, a TLS client a closed
 /// connection (a handshake is the very work the limit protects against).
 fn refuse_connection(shared: &Shared, stream: TcpStream, peer: SocketAddr) {
+    shared.app.metrics.connection_refused();
     tracing::warn!(%peer, "connection limit reached; refusing a connection with 503");
     if shared.tls.is_none() {
         write_final_response(&stream, RESPONSE_503_TOO_MANY);
@@ -184,6 +208,7 @@ async fn serve_connection(
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
+    let _open = OpenConnection::count(&shared.app.metrics);
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
@@ -222,6 +247,22 @@ async fn serve_connection(
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection<'a>(&'a crate::metrics::Metrics);
+
+impl<'a> OpenConnection<'a> {
+    fn count(metrics: &'a crate::metrics::Metrics) -> Self {
+        metrics.connection_opened();
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connection_closed();
     }
 }
 

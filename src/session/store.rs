@@ -59,6 +59,17 @@ impl SessionStore {
             SessionStore::Memory(store) => store.remove(key).await,
         }
     }
+
+    /// Sessions held, when the store knows without a round trip (for the metrics).
+    pub async fn approximate_count(&self) -> Option<u64> {
+        match self {
+            SessionStore::Memory(store) => {
+                // The count is kept by moka's housekeeping, which runs lazily.
+                store.cache.run_pending_tasks().await;
+                Some(store.cache.entry_count())
+            }
+        }
+    }
 }
 
 /// Sessions in this process's memory, bounded by weight (approximate bytes), expired

@@ -129,6 +129,9 @@ impl PortcullisBuilder {
     }
 }
 
+/// The `tracing` target of the access log.
+pub const ACCESS_LOG_TARGET: &str = "portcullis::access";
+
 /// A running portcullis.
 pub struct Portcullis {
     pub app: AppAddr,
@@ -176,11 +179,22 @@ impl Portcullis {
         self.proc.log_text()
     }
 
-    /// True when a log line carries `status=<code>` (text or JSON format).
+    /// True when a log line other than the access log carries `status=<code>` (text or
+    /// JSON format): the line that explains the status, not the one that records it.
     pub fn logged_status(&self, code: u16) -> bool {
         self.log_text()
             .lines()
+            .filter(|l| !l.contains(ACCESS_LOG_TARGET))
             .any(|l| l.contains(&format!("status={code}")) || l.contains(&format!("\"status\":{code}")))
+    }
+
+    /// The access-log lines so far.
+    pub fn access_log(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(ACCESS_LOG_TARGET))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Resident memory (`VmRSS`) in KiB.

@@ -1,0 +1,475 @@
+//! Counters and latency histograms of the request path, and their Prometheus text
+//! exposition on a listener of their own (`server.metrics_addr`).
+//!
+//! Every update is a relaxed atomic add on a slot fixed at compile time: no lock, no
+//! allocation and no label map on the request path. Labels are closed enums, so a
+//! client cannot create series (no path or host in a label).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What kind of request a measurement belongs to: the app's traffic or one of
+/// portcullis' own routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Forwarded to the upstream, or refused on its way there (401, redirect to login, 403, 502).
+    App,
+    Login,
+    Callback,
+    Logout,
+    Me,
+    /// `healthz` and `readyz`.
+    Health,
+    /// Unknown paths under the reserved prefix.
+    Other,
+}
+
+impl RouteKind {
+    const ALL: [RouteKind; 7] = [
+        RouteKind::App,
+        RouteKind::Login,
+        RouteKind::Callback,
+        RouteKind::Logout,
+        RouteKind::Me,
+        RouteKind::Health,
+        RouteKind::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RouteKind::App => "app",
+            RouteKind::Login => "login",
+            RouteKind::Callback => "callback",
+            RouteKind::Logout => "logout",
+            RouteKind::Me => "me",
+            RouteKind::Health => "health",
+            RouteKind::Other => "other",
+        }
+    }
+}
+
+/// Outcome of a token refresh at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    Refreshed,
+    /// The provider refused: the session ended.
+    Refused,
+    /// The provider could not be reached: the session was kept.
+    Unreachable,
+}
+
+/// Outcome of a login callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOutcome {
+    Completed,
+    Failed,
+}
+
+/// Upper bounds of the latency buckets, in microseconds (0.5 ms to 10 s).
+const BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+const STATUS_CLASSES: usize = 5;
+
+/// A fixed-bucket histogram of durations.
+#[derive(Default)]
+struct Histogram {
+    /// Non-cumulative counts; the last slot is `+Inf`.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let slot = BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// Every metric portcullis keeps. One per process, shared.
+#[derive(Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; STATUS_CLASSES]; RouteKind::ALL.len()],
+    durations: [Histogram; RouteKind::ALL.len()],
+    refreshes: [AtomicU64; 3],
+    logins_started: AtomicU64,
+    logins: [AtomicU64; 2],
+    connections_open: AtomicI64,
+    connections_total: AtomicU64,
+    connections_refused: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Metrics::default())
+    }
+
+    /// One answered request: its route kind, status and time to the response head.
+    pub fn request(&self, kind: RouteKind, status: StatusCode, elapsed: Duration) {
+        let k = kind as usize;
+        let class = usize::from(status.as_u16() / 100).clamp(1, STATUS_CLASSES) - 1;
+        self.requests[k][class].fetch_add(1, Ordering::Relaxed);
+        self.durations[k].observe(elapsed);
+    }
+
+    pub fn refresh(&self, outcome: RefreshOutcome) {
+        self.refreshes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn login_started(&self) {
+        self.logins_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn login(&self, outcome: LoginOutcome) {
+        self.logins[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4). `gauges` adds values read at
+    /// scrape time (sessions held, provider readiness).
+    pub fn render(&self, gauges: &ScrapeGauges) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        header(
+            &mut out,
+            "portcullis_requests_total",
+            "counter",
+            "Requests answered, by route kind and status class.",
+        );
+        for kind in RouteKind::ALL {
+            for (class, count) in self.requests[kind as usize].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "portcullis_requests_total{{route=\"{}\",status=\"{}xx\"}} {}",
+                    kind.label(),
+                    class + 1,
+                    get(count)
+                );
+            }
+        }
+
+        header(
+            &mut out,
+            "portcullis_request_duration_seconds",
+            "histogram",
+            "Time from the request head to the response head, by route kind.",
+        );
+        for kind in RouteKind::ALL {
+            let histogram = &self.durations[kind as usize];
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS_US.iter().zip(&histogram.buckets) {
+                cumulative += get(count);
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "portcullis_request_duration_seconds_bucket{{route=\"{}\",le=\"{le}\"}} {cumulative}",
+                    kind.label()
+                );
+            }
+            cumulative += get(&histogram.buckets[BUCKETS_US.len()]);
+            let label = kind.label();
+            let sum = get(&histogram.sum_us) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "portcullis_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "portcullis_request_duration_seconds_sum{{route=\"{label}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "portcullis_request_duration_seconds_count{{route=\"{label}\"}} {cumulative}"
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_logins_started_total",
+            "counter",
+            "Logins sent to the identity provider.",
+        );
+        let _ = writeln!(out, "portcullis_logins_started_total {}", get(&self.logins_started));
+        header(
+            &mut out,
+            "portcullis_logins_total",
+            "counter",
+            "Login callbacks, by result.",
+        );
+        for (result, count) in ["completed", "failed"].iter().zip(&self.logins) {
+            let _ = writeln!(out, "portcullis_logins_total{{result=\"{result}\"}} {}", get(count));
+        }
+        header(
+            &mut out,
+            "portcullis_token_refreshes_total",
+            "counter",
+            "Token refreshes at the provider, by result.",
+        );
+        for (result, count) in ["refreshed", "refused", "unreachable"].iter().zip(&self.refreshes) {
+            let _ = writeln!(
+                out,
+                "portcullis_token_refreshes_total{{result=\"{result}\"}} {}",
+                get(count)
+            );
+        }
+
+        header(
+            &mut out,
+            "portcullis_connections_open",
+            "gauge",
+            "Client connections open now.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "portcullis_connections_total",
+            "counter",
+            "Client connections accepted.",
+        );
+        let _ = writeln!(out, "portcullis_connections_total {}", get(&self.connections_total));
+        header(
+            &mut out,
+            "portcullis_connections_refused_total",
+            "counter",
+            "Client connections refused at the connection limit.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_connections_refused_total {}",
+            get(&self.connections_refused)
+        );
+
+        header(
+            &mut out,
+            "portcullis_sessions",
+            "gauge",
+            "Sessions held by the in-memory store (approximate).",
+        );
+        match gauges.sessions {
+            Some(sessions) => {
+                let _ = writeln!(out, "portcullis_sessions {sessions}");
+            }
+            None => {
+                let _ = writeln!(out, "portcullis_sessions NaN");
+            }
+        }
+        header(
+            &mut out,
+            "portcullis_ready",
+            "gauge",
+            "1 when the provider's metadata is loaded.",
+        );
+        let _ = writeln!(out, "portcullis_ready {}", u8::from(gauges.ready));
+        header(
+            &mut out,
+            "portcullis_uptime_seconds",
+            "gauge",
+            "Seconds since the process started.",
+        );
+        let _ = writeln!(out, "portcullis_uptime_seconds {}", gauges.uptime.as_secs());
+        out
+    }
+}
+
+/// Values the scrape reads from elsewhere.
+#[derive(Debug, Clone, Copy)]
+pub struct ScrapeGauges {
+    /// Sessions held, when the store can count them cheaply.
+    pub sessions: Option<u64>,
+    pub ready: bool,
+    pub uptime: Duration,
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// What [`serve`] calls at every scrape for the [`ScrapeGauges`].
+pub type GaugesFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ScrapeGauges> + Send>>;
+
+/// Serves `GET /metrics` on `listener` until `stopped` turns true. `gauges` is called
+/// at every scrape.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    gauges: Arc<dyn Fn() -> GaugesFuture + Send + Sync>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = crate::server::stop_requested(&mut stopped) => return,
+        };
+        let metrics = metrics.clone();
+        let gauges = gauges.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let metrics = metrics.clone();
+            let gauges = gauges();
+            async move { Ok::<_, std::convert::Infallible>(scrape_response(&request, &metrics, &gauges.await)) }
+        });
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn scrape_response(request: &Request<Incoming>, metrics: &Metrics, gauges: &ScrapeGauges) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(gauges),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges() -> ScrapeGauges {
+        ScrapeGauges {
+            sessions: Some(3),
+            ready: true,
+            uptime: Duration::from_secs(42),
+        }
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix} in\n{text}"))
+    }
+
+    #[test]
+    fn requests_are_counted_by_route_and_status_class() {
+        let metrics = Metrics::default();
+        metrics.request(RouteKind::App, StatusCode::OK, Duration::from_micros(300));
+        metrics.request(RouteKind::App, StatusCode::NO_CONTENT, Duration::from_micros(300));
+        metrics.request(RouteKind::App, StatusCode::BAD_GATEWAY, Duration::from_millis(3));
+        metrics.request(RouteKind::Callback, StatusCode::FOUND, Duration::from_millis(30));
+        let text = metrics.render(&gauges());
+        assert_eq!(
+            line(&text, "portcullis_requests_total{route=\"app\",status=\"2xx\"}"),
+            "portcullis_requests_total{route=\"app\",status=\"2xx\"} 2"
+        );
+        assert!(text.contains("portcullis_requests_total{route=\"app\",status=\"5xx\"} 1\n"));
+        assert!(text.contains("portcullis_requests_total{route=\"callback\",status=\"3xx\"} 1\n"));
+        assert!(text.contains("portcullis_requests_total{route=\"login\",status=\"2xx\"} 0\n"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let metrics = Metrics::default();
+        for us in [100, 500, 501, 2_000, 20_000_000] {
+            metrics.request(RouteKind::App, StatusCode::OK, Duration::from_micros(us));
+        }
+        let text = metrics.render(&gauges());
+        let bucket = |le: &str| {
+            let prefix = format!("portcullis_request_duration_seconds_bucket{{route=\"app\",le=\"{le}\"}} ");
+            line(&text, &prefix)[prefix.len()..].parse::<u64>().unwrap()
+        };
+        assert_eq!(bucket("0.0005"), 2, "a bucket's bound is inclusive");
+        assert_eq!(bucket("0.001"), 3);
+        assert_eq!(bucket("0.0025"), 4);
+        assert_eq!(bucket("10"), 4);
+        assert_eq!(bucket("+Inf"), 5);
+        assert!(text.contains("portcullis_request_duration_seconds_count{route=\"app\"} 5\n"));
+        assert!(text.contains("portcullis_request_duration_seconds_sum{route=\"app\"} 20.003101\n"));
+    }
+
+    #[test]
+    fn every_series_has_help_and_type_and_gauges_come_from_the_scrape() {
+        let metrics = Metrics::default();
+        metrics.connection_opened();
+        metrics.connection_opened();
+        metrics.connection_closed();
+        metrics.connection_refused();
+        metrics.refresh(RefreshOutcome::Refused);
+        metrics.login_started();
+        metrics.login(LoginOutcome::Completed);
+        let text = metrics.render(&gauges());
+        for name in [
+            "portcullis_requests_total",
+            "portcullis_request_duration_seconds",
+            "portcullis_logins_started_total",
+            "portcullis_logins_total",
+            "portcullis_token_refreshes_total",
+            "portcullis_connections_open",
+            "portcullis_connections_total",
+            "portcullis_connections_refused_total",
+            "portcullis_sessions",
+            "portcullis_ready",
+            "portcullis_uptime_seconds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+        assert!(text.contains("portcullis_connections_open 1\n"));
+        assert!(text.contains("portcullis_connections_total 2\n"));
+        assert!(text.contains("portcullis_connections_refused_total 1\n"));
+        assert!(text.contains("portcullis_token_refreshes_total{result=\"refused\"} 1\n"));
+        assert!(text.contains("portcullis_logins_total{result=\"completed\"} 1\n"));
+        assert!(text.contains("portcullis_logins_started_total 1\n"));
+        assert!(text.contains("portcullis_sessions 3\n"));
+        assert!(text.contains("portcullis_ready 1\n"));
+        assert!(text.contains("portcullis_uptime_seconds 42\n"));
+    }
+}
