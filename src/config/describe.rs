@@ -95,6 +95,12 @@ impl Config {
         writeln!(out, "callback = {}", q(&self.routes.callback))?;
         writeln!(out, "prefix = {}", q(&self.routes.prefix))?;
 
+        let p = &self.policy;
+        writeln!(out, "\n[policy]")?;
+        writeln!(out, "public_paths = {}", list(&p.public_paths))?;
+        writeln!(out, "allowed_groups = {}", list(&p.allowed_groups))?;
+        writeln!(out, "allowed_email_domains = {}", list(&p.allowed_email_domains))?;
+
         let u = &self.upstream;
         writeln!(out, "\n[upstream]")?;
         writeln!(out, "connect_timeout = {}", q(&d(u.connect_timeout)))?;
