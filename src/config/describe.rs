@@ -100,6 +100,9 @@ impl Config {
         writeln!(out, "public_paths = {}", list(&p.public_paths))?;
         writeln!(out, "allowed_groups = {}", list(&p.allowed_groups))?;
         writeln!(out, "allowed_email_domains = {}", list(&p.allowed_email_domains))?;
+        for warning in p.warnings(&self.oidc.scopes) {
+            writeln!(out, "# warning: {warning}")?;
+        }
 
         let u = &self.upstream;
         writeln!(out, "\n[upstream]")?;

@@ -10,6 +10,28 @@ use crate::policy::path::{self, Ambiguity};
 use super::source::Source;
 use super::{PolicyConfig, RoutePaths};
 
+impl PolicyConfig {
+    /// Settings that are valid but probably not what was meant, given the requested
+    /// `scopes`: a rule on a claim the provider will not send refuses everyone. Logged at
+    /// start-up and shown by `portcullis check`; not errors, because some providers send
+    /// these claims whatever the scopes.
+    pub fn warnings(&self, scopes: &[String]) -> Vec<&'static str> {
+        let has = |scope: &str| scopes.iter().any(|s| s == scope);
+        let mut warnings = Vec::new();
+        if !self.allowed_groups.is_empty() && !has("groups") {
+            warnings.push(
+                "policy.allowed_groups is set but oidc.scopes lacks `groups`: Authelia then sends no groups claim and every user is refused",
+            );
+        }
+        if !self.allowed_email_domains.is_empty() && !has("email") {
+            warnings.push(
+                "policy.allowed_email_domains is set but oidc.scopes lacks `email`: Authelia then sends no email claim and every user is refused",
+            );
+        }
+        warnings
+    }
+}
+
 pub fn policy(src: &mut Source<'_>, routes: &RoutePaths) -> PolicyConfig {
     PolicyConfig {
         public_paths: entries(src, "policy.public_paths", |entry| public_path_problem(entry, routes)),

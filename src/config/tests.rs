@@ -927,6 +927,25 @@ fn each_ambiguous_or_reserved_public_path_is_refused() {
 }
 
 #[test]
+fn a_rule_on_a_claim_the_scopes_do_not_ask_for_is_warned_about() {
+    let env = with(
+        seed_env(),
+        &[
+            ("OIDC_SCOPES", "openid profile"),
+            ("PORTCULLIS_POLICY_ALLOWED_GROUPS", "admins"),
+            ("PORTCULLIS_POLICY_ALLOWED_EMAIL_DOMAINS", "example.com"),
+        ],
+    );
+    let config = ok("", &env);
+    let warnings = config.policy.warnings(&config.oidc.scopes);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("`groups`") && warnings[1].contains("`email`"));
+    assert!(config.describe().contains("# warning: policy.allowed_groups is set"));
+    let config = ok("", &with(seed_env(), &[("PORTCULLIS_POLICY_ALLOWED_GROUPS", "admins")]));
+    assert!(config.policy.warnings(&config.oidc.scopes).is_empty());
+}
+
+#[test]
 fn allowed_groups_and_email_domains_are_checked() {
     rejects("[policy]\nallowed_groups = [\"\"]", "policy.allowed_groups[0]", "empty");
     rejects(
