@@ -62,6 +62,9 @@ PERF = env_flag("BENCH_PERF", False)
 PORTCULLIS_BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target", "release", "portcullis"))
 # Other portcullis binaries measured as extra rows in the same run (A/B of a change).
 COMPARE_BINS = os.environ.get("BENCH_COMPARE", "").split()
+# The upstream's page under its file name: public at portcullis (policy.public_paths), and
+# measured without a cookie in the "portcullis public path" row.
+PUBLIC_PATH = "/index.html"
 
 # The classic nginx welcome page: the "small static body" of the issue (612 bytes).
 WELCOME = """<!DOCTYPE html>
@@ -885,6 +888,9 @@ def run(tmp, procs, started_at, load_before):
             # limit (20/s, burst 100) would answer some of them with 503
             "PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND": "1000",
             "PORTCULLIS_OIDC_LOGIN_RATE_BURST": "1000",
+            # the "public path" row: the same page under its own name, served without a
+            # session; `/` (the authenticated row) stays protected
+            "PORTCULLIS_POLICY_PUBLIC_PATHS": PUBLIC_PATH,
         }
         # allocator and runtime tuning, for experiments
         env.update({k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_", "GLIBC_TUNABLES", "TOKIO_"))})
@@ -910,6 +916,9 @@ def run(tmp, procs, started_at, load_before):
         Contender("caddy", "caddy proxy", f"http://localhost:{caddy_port}/", caddy),
         Contender("apache", "apache + mod_auth_openidc", f"http://localhost:{apache_port}/", apache, authenticated=True),
         Contender("portcullis", "portcullis authenticated", f"http://localhost:{pc_port}/", portcullis, authenticated=True),
+        # the same process, a public path, no cookie: what the policy phase costs when it
+        # lets a request through without the session phase
+        Contender("portcullis_public", "portcullis public path", f"http://localhost:{pc_port}{PUBLIC_PATH}", portcullis),
     ] + [
         Contender(key, f"compare: {os.path.relpath(binary, ROOT) if binary.startswith(ROOT) else binary}", f"http://localhost:{port}/", proc, authenticated=True)
         for key, binary, port, proc in compared
@@ -929,7 +938,8 @@ def run(tmp, procs, started_at, load_before):
     for c in contenders:
         c.rss_idle = rss_bytes(c.proc.pid)
 
-    all_pids = [c.proc.pid for c in contenders] + [idp.pid]
+    # once each: two rows share the portcullis process
+    all_pids = list(dict.fromkeys([c.proc.pid for c in contenders] + [idp.pid]))
     foreign = []
     total_runs = ROUNDS * len(CONNECTIONS) * len(contenders)
     n = 0
@@ -1032,7 +1042,6 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
         cells += [f"{cpu:.3f} ({user:.2f} user)", fmt_mib(c.rss_idle), fmt_mib(c.rss_peak)]
         lines.append("| " + " | ".join(cells) + " |")
     na = "n/a (not implemented)"
-    lines.append(f"| portcullis public path | {na} | | | | | | | | |")
     lines.append(f"| portcullis redis store | {na} | | | | | | | | |")
     lines.append("")
     worst = max(foreign) if foreign else 0
@@ -1063,6 +1072,9 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
             f"caddy / nginx proxy = {ratio(cd, ngx, conns):.2f}×"
         )
     lines.append(f"- p99 at c={c_lo}: portcullis / nginx proxy = {ratio(pc, ngx, c_lo, 'p99'):.2f}×")
+    pub = by_key["portcullis_public"]
+    parts = [f"c={conns}: {ratio(pub, ngx, conns):.2f}× nginx proxy, {ratio(pub, pc, conns):.2f}× portcullis authenticated" for conns in CONNECTIONS]
+    lines.append(f"- portcullis public path ({PUBLIC_PATH}, no cookie): " + "; ".join(parts))
     for c in contenders:
         if c.key.startswith("compare"):
             parts = [f"c={conns}: {ratio(c, ngx, conns):.2f}× nginx proxy, {ratio(c, pc, conns):.2f}× portcullis" for conns in CONNECTIONS]
@@ -1113,7 +1125,7 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
         )
     else:
         targets.append("- not measured: streaming (BENCH_STREAM=0)")
-    targets.append("- not measured yet: portcullis on a public path, portcullis with the Redis store (not implemented)")
+    targets.append("- not measured yet: portcullis with the Redis store (not implemented)")
     lines.append("Targets (issue 4):")
     lines.extend(targets)
 

@@ -1,7 +1,9 @@
-//! The request path, as ordered phases: route → session → (policy) → proxy.
+//! The request path, as ordered phases: route → policy (public?) → session → policy
+//! (allowed?) → proxy.
 //!
 //! [`App`] holds what every request shares (configuration, provider client, session
-//! store, upstream client) and [`App::handle`] drives one request through the phases.
+//! store, access policy, upstream client) and [`App::handle`] drives one request through
+//! the phases.
 //! Handlers return `Result<Response, AppError>`; the error becomes a response in
 //! exactly one place, at the end of `handle`, so hyper only ever sees a response.
 
@@ -19,7 +21,7 @@ use crate::limit::RateLimiter;
 use crate::metrics::{Metrics, RefreshOutcome, RouteKind, ScrapeGauges};
 use crate::oidc::{OidcClient, OidcError};
 use crate::pages;
-use crate::policy;
+use crate::policy::{self, Decision, Policy};
 use crate::proxy::{CookieFilter, ForwardContext, Upstream, UpstreamSlot};
 use crate::router::{Route, Router};
 use crate::session::cookies::CookieCodec;
@@ -36,6 +38,7 @@ pub struct App {
     pub(crate) cookies: CookieCodec,
     pub(crate) upstream: Upstream,
     pub(crate) router: Router,
+    pub(crate) policy: Policy,
     pub(crate) login_limiter: RateLimiter,
     pub(crate) metrics: Arc<Metrics>,
     started: Instant,
@@ -76,6 +79,7 @@ impl App {
             cookies: CookieCodec::new(&config.session),
             upstream,
             router: Router::new(&config.routes),
+            policy: Policy::new(&config.policy),
             login_limiter: RateLimiter::new(config.oidc.login_rate_per_second, config.oidc.login_rate_burst),
             metrics: Metrics::new(),
             started: Instant::now(),
@@ -133,7 +137,7 @@ impl App {
             Route::ReservedUnknown => Err(AppError::NotFound),
             Route::Protected => self.protected(request, client_addr, upstream_slot).await,
         };
-        let mut response = result.unwrap_or_else(|error| error.into_response(wants_json, self.router.login_path()));
+        let mut response = result.unwrap_or_else(|error| error.into_response(wants_json, &self.router));
         let elapsed = started.elapsed();
         self.metrics.request(kind, response.status(), elapsed);
         if let Some((method, uri, client)) = access {
@@ -153,16 +157,34 @@ impl App {
         response
     }
 
-    /// session → policy → proxy for the protected app.
+    /// policy → session → policy → proxy for the app's own paths.
+    ///
+    /// The public-path decision comes first, before the session phase, so that a public
+    /// request costs no cookie parsing and no store lookup (and works while the store
+    /// is down). It is forwarded with no identity at all, even when the client holds a
+    /// valid session: identity headers on a public path would make the upstream's answer
+    /// depend on who asked, while the path promises it does not. The access rule comes
+    /// after the session phase, because it judges the session.
     async fn protected(
         &self,
         request: Request<Incoming>,
         client_addr: SocketAddr,
         upstream_slot: &Arc<UpstreamSlot>,
     ) -> Result<Response<ResponseBody>, AppError> {
+        if self.policy.decide(request.uri()) == Decision::Public {
+            let ctx = ForwardContext {
+                client_addr,
+                client_scheme: self.public_scheme,
+                identity: &[],
+                access_token: None,
+                upstream_slot,
+            };
+            return Ok(self.upstream.forward(request, ctx).await?);
+        }
         let Some(active) = self.session_phase(request.headers()).await? else {
             return self.unauthenticated(&request).await;
         };
+        self.policy.authorize(&active.session, request.uri().path())?;
         let headers = &active.session.upstream_headers;
         let ctx = ForwardContext {
             client_addr,
@@ -210,7 +232,7 @@ impl App {
         }
         match self.oidc.refresh(&refresh_token, &current.subject).await {
             Ok(outcome) => {
-                let refreshed = current.refreshed(outcome.tokens, &self.config.identity);
+                let refreshed = current.refreshed(outcome.tokens, &self.config.identity, self.policy.rule());
                 let refreshed = Arc::new(refreshed);
                 self.sessions.insert(key, refreshed.clone()).await?;
                 self.metrics.refresh(RefreshOutcome::Refreshed);

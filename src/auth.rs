@@ -116,7 +116,7 @@ impl App {
         // Whatever the outcome, this attempt is over: its cookie goes, so a replay finds nothing.
         let mut response = match result {
             Ok(response) => response,
-            Err(error) => error.into_response(policy::prefers_json(request.headers()), self.router.login_path()),
+            Err(error) => error.into_response(policy::prefers_json(request.headers()), &self.router),
         };
         response.headers_mut().append(SET_COOKIE, clear_login);
         Ok(response)
@@ -144,6 +144,7 @@ impl App {
                 expires_at: now + self.config.session.max_lifetime,
             },
             &self.config.identity,
+            self.policy.rule(),
         );
 
         // A new id at every login (no fixation); the session the browser held before ends.

@@ -3,14 +3,18 @@
 //! Each module owns its error enum; [`AppError`] gathers them and [`AppError::into_response`]
 //! maps every variant to a status and a page (or JSON body), classified by who is at
 //! fault: the client (4xx, logged at debug), the identity provider or the upstream
-//! (502/503/504, logged at warn with the cause), or portcullis itself (500).
+//! (502/503/504, logged at warn with the cause), or portcullis itself (500). A policy
+//! refusal (403) is the client's too, but logged at info with the subject and the path:
+//! it is an access decision an operator wants to see.
 
 use http::header::RETRY_AFTER;
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::oidc::OidcError;
 use crate::pages;
+use crate::policy::Forbidden;
 use crate::proxy::ProxyError;
+use crate::router::Router;
 use crate::session::store::StoreError;
 use crate::ResponseBody;
 
@@ -22,6 +26,10 @@ pub enum AppError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The access policy refused a signed-in user (not in an allowed group, email
+    /// domain not allowed or unverified). Only `policy` can make a [`Forbidden`].
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     /// A request to the redirect URI without `state`: not a response to our login.
     #[error("callback without state")]
     CallbackWithoutState,
@@ -84,6 +92,8 @@ impl AppError {
                 fault: Fault::Downstream,
             },
             AppError::Proxy(ProxyError::Config(_)) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "The proxy is misconfigured.", Fault::Internal),
+            // One generic message whatever the rule: which one failed is for the log.
+            AppError::Forbidden(_) => r(S::FORBIDDEN, "forbidden", "Access denied", "You are signed in, but this account may not use this application. Ask its administrator for access, or sign out and sign in with another account.", Fault::Downstream),
             AppError::Store(_) => r(S::SERVICE_UNAVAILABLE, "session_store_unavailable", "Sessions unavailable", "The session store could not be reached. Try again shortly.", Fault::Upstream),
             AppError::CallbackWithoutState => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "This address is only used to finish a sign-in, and the request carries no sign-in to finish.", Fault::Downstream),
             AppError::LoginNotFound => r(S::BAD_REQUEST, "login_expired", "Sign-in expired", "This sign-in has expired, was already completed, or was started in another browser. Please sign in again.", Fault::Downstream),
@@ -94,36 +104,51 @@ impl AppError {
         }
     }
 
-    /// The response for this error. `wants_json` picks a JSON body over a page; `login_url`
-    /// is offered where signing in again is the way forward.
-    pub fn into_response(self, wants_json: bool, login_url: &str) -> Response<ResponseBody> {
+    /// The response for this error. `wants_json` picks a JSON body over a page; the
+    /// router's login URL is offered where signing in again is the way forward, its
+    /// logout URL where signing out is (a refused user: `/.auth/me` and logout stay
+    /// reachable, as the policy never judges portcullis' own routes).
+    pub fn into_response(self, wants_json: bool, router: &Router) -> Response<ResponseBody> {
         let rendering = self.rendering();
-        match rendering.fault {
-            Fault::Downstream => tracing::debug!(error = %self, status = rendering.status.as_u16(), "request refused"),
-            Fault::Upstream => {
+        match (&self, rendering.fault) {
+            (AppError::Forbidden(denied), _) => tracing::info!(
+                subject = denied.subject(),
+                path = denied.path(),
+                reason = %denied.reason(),
+                status = rendering.status.as_u16(),
+                "access denied by policy"
+            ),
+            (_, Fault::Downstream) => {
+                tracing::debug!(error = %self, status = rendering.status.as_u16(), "request refused")
+            }
+            (_, Fault::Upstream) => {
                 tracing::warn!(error = %error_chain(&self), status = rendering.status.as_u16(), "dependency failed")
             }
-            Fault::Internal => {
+            (_, Fault::Internal) => {
                 tracing::error!(error = %error_chain(&self), status = rendering.status.as_u16(), "internal error")
             }
         }
-        let offer_login = matches!(
-            rendering.code,
-            "login_expired" | "invalid_callback" | "authorization_denied" | "login_failed"
-        );
+        // (JSON field, URL, link text) of the way forward, if there is one.
+        let offer = match rendering.code {
+            "login_expired" | "invalid_callback" | "authorization_denied" | "login_failed" => {
+                Some(("login_url", router.login_path(), "Sign in again"))
+            }
+            "forbidden" => Some(("logout_url", router.logout_path(), "Sign out")),
+            _ => None,
+        };
         let mut response = if wants_json {
             pages::error_json(
                 rendering.status,
                 rendering.code,
                 &rendering.message,
-                offer_login.then_some(("login_url", login_url)),
+                offer.map(|(field, url, _)| (field, url)),
             )
         } else {
             pages::error_page(
                 rendering.status,
                 rendering.title,
                 &rendering.message,
-                offer_login.then_some((login_url, "Sign in again")),
+                offer.map(|(_, url, label)| (url, label)),
             )
         };
         if rendering.status == StatusCode::SERVICE_UNAVAILABLE {

@@ -8,11 +8,13 @@
 //! - [`config`]: file + environment → validated, immutable [`config::Config`].
 //! - [`server`]: the listener, HTTP/1 + HTTP/2, graceful shutdown.
 //! - [`router`]: portcullis' own routes vs the protected app.
-//! - [`app`]: the phase driver and the session phase (with single-flight refresh).
+//! - [`app`]: the phase driver (public-path decision, session phase with single-flight
+//!   refresh, access check, proxy).
 //! - [`auth`]: login, callback, logout and the dump page.
 //! - [`oidc`]: the OpenID Connect relying party (discovery, PAR, callback checks, tokens, userinfo).
 //! - [`session`]: sessions, the store, cookies, the refresh gate.
-//! - [`policy`]: local-redirect checks, browser detection (access rules later).
+//! - [`policy`]: public paths (with path normalisation), the access rule (groups, email
+//!   domains), local-redirect checks, browser detection.
 //! - [`proxy`]: the upstream client and header rewriting.
 //! - [`pages`]: every body portcullis writes itself, escaped.
 //! - [`limit`]: rate limiting of calls made to the provider for anonymous clients.

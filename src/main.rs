@@ -71,6 +71,9 @@ fn run(config: Config) -> ExitCode {
     if config.session.secret_is_ephemeral {
         tracing::warn!("SESSION_ENCRYPTION_SECRET is not set: using a random secret for this process; sessions and pending logins will not survive a restart");
     }
+    for warning in config.policy.warnings(&config.oidc.scopes) {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

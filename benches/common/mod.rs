@@ -163,6 +163,7 @@ pub fn session(i: u64, config: &Config) -> Session {
             expires_at: now + config.session.max_lifetime,
         },
         &config.identity,
+        &portcullis::policy::Rule::new(&config.policy.allowed_groups, &config.policy.allowed_email_domains),
     )
 }
 

@@ -95,6 +95,15 @@ impl Config {
         writeln!(out, "callback = {}", q(&self.routes.callback))?;
         writeln!(out, "prefix = {}", q(&self.routes.prefix))?;
 
+        let p = &self.policy;
+        writeln!(out, "\n[policy]")?;
+        writeln!(out, "public_paths = {}", list(&p.public_paths))?;
+        writeln!(out, "allowed_groups = {}", list(&p.allowed_groups))?;
+        writeln!(out, "allowed_email_domains = {}", list(&p.allowed_email_domains))?;
+        for warning in p.warnings(&self.oidc.scopes) {
+            writeln!(out, "# warning: {warning}")?;
+        }
+
         let u = &self.upstream;
         writeln!(out, "\n[upstream]")?;
         writeln!(out, "connect_timeout = {}", q(&d(u.connect_timeout)))?;

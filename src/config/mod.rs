@@ -8,6 +8,7 @@ mod describe;
 mod duration;
 mod identity;
 mod load;
+mod policy;
 mod raw;
 mod routes;
 mod secret;
@@ -42,6 +43,7 @@ pub struct Config {
     pub oidc: OidcConfig,
     pub session: SessionConfig,
     pub routes: RoutePaths,
+    pub policy: PolicyConfig,
     pub identity: IdentityConfig,
     pub pages: PagesConfig,
     pub server: ServerConfig,
@@ -156,6 +158,22 @@ pub struct RoutePaths {
     pub callback: String,
     /// Prefix of the other reserved routes (default `/.auth`): `login`, `logout`, `me`, `healthz`, `readyz`.
     pub prefix: String,
+}
+
+/// The access policy (`[policy]`): what is public, and who may use the rest.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// Paths served without a session and without identity headers (default none). An
+    /// entry ending in `/` is a prefix, any other matches exactly. Each is an
+    /// unambiguous path (`policy::path::check`) outside portcullis' own routes; no
+    /// duplicates.
+    pub public_paths: Vec<String>,
+    /// A signed-in user must be in at least one of these groups (`groups` claim),
+    /// compared exactly (default none: no group needed). No empty names, no duplicates.
+    pub allowed_groups: Vec<String>,
+    /// A signed-in user's `email` must be in one of these domains, and verified when
+    /// the provider says (default none: any email). Lower-case host names, no duplicates.
+    pub allowed_email_domains: Vec<String>,
 }
 
 /// Where a forwarded header takes its value from.

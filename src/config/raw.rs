@@ -23,6 +23,7 @@ struct RawFile {
     oidc: Option<RawOidc>,
     session: Option<RawSession>,
     routes: Option<RawRoutes>,
+    policy: Option<RawPolicy>,
     upstream: Option<RawUpstream>,
     identity: Option<RawIdentity>,
     pages: Option<RawPages>,
@@ -73,6 +74,15 @@ struct RawSession {
 struct RawRoutes {
     callback: Leaf,
     prefix: Leaf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RawPolicy {
+    public_paths: Leaf,
+    allowed_groups: Leaf,
+    allowed_email_domains: Leaf,
 }
 
 #[derive(Deserialize)]

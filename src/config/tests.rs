@@ -617,6 +617,10 @@ fn describe_reads_back_as_the_same_configuration() {
         max_memory = 1000
         idle_timeout = "1h30m"
         cookie_domain = ".example.com"
+        [policy]
+        public_paths = ["/static/", "/robots.txt"]
+        allowed_groups = ["admins", "site ops"]
+        allowed_email_domains = ["Example.com"]
         [identity]
         access_token = "x-forwarded-access-token"
         strip_headers = ["X-Debug"]
@@ -817,6 +821,166 @@ fn route_paths_are_checked() {
         &seed_env(),
     );
     assert_eq!(config.oidc.redirect_url.path(), "/oauth2/callback");
+}
+
+// ---- policy ------------------------------------------------------------------------
+
+#[test]
+fn the_policy_is_empty_by_default() {
+    let config = ok("", &seed_env());
+    assert!(config.policy.public_paths.is_empty());
+    assert!(config.policy.allowed_groups.is_empty());
+    assert!(config.policy.allowed_email_domains.is_empty());
+}
+
+#[test]
+fn policy_lists_from_the_file() {
+    let toml = r#"
+        [policy]
+        public_paths = ["/static/", "/robots.txt", "/favicon.ico", "/static/", "/.well-known/security.txt"]
+        allowed_groups = ["admins", "site ops", "admins"]
+        allowed_email_domains = ["Example.COM", "corp.example", "example.com"]
+    "#;
+    let config = ok(toml, &seed_env());
+    assert_eq!(
+        config.policy.public_paths,
+        ["/static/", "/robots.txt", "/favicon.ico", "/.well-known/security.txt"]
+    );
+    assert_eq!(config.policy.allowed_groups, ["admins", "site ops"]);
+    assert_eq!(config.policy.allowed_email_domains, ["example.com", "corp.example"]);
+}
+
+#[test]
+fn policy_lists_from_the_environment_are_words() {
+    let env = with(
+        seed_env(),
+        &[
+            ("PORTCULLIS_POLICY_PUBLIC_PATHS", "/static/ /robots.txt,/favicon.ico"),
+            ("PORTCULLIS_POLICY_ALLOWED_GROUPS", "admins, dev"),
+            ("PORTCULLIS_POLICY_ALLOWED_EMAIL_DOMAINS", "example.com"),
+        ],
+    );
+    let config = ok("[policy]\npublic_paths = [\"/from-the-file\"]", &env);
+    assert_eq!(config.policy.public_paths, ["/static/", "/robots.txt", "/favicon.ico"]);
+    assert_eq!(config.policy.allowed_groups, ["admins", "dev"]);
+    assert_eq!(config.policy.allowed_email_domains, ["example.com"]);
+    rejects_env(
+        &[("PORTCULLIS_POLICY_PUBLIC_PATHS", "/ok/ /a/../b")],
+        "PORTCULLIS_POLICY_PUBLIC_PATHS[1]",
+        "`..`",
+    );
+    rejects_env(
+        &[("PORTCULLIS_POLICY_ALLOWED_EMAIL_DOMAINS", "*")],
+        "PORTCULLIS_POLICY_ALLOWED_EMAIL_DOMAINS[0]",
+        "not a wildcard",
+    );
+}
+
+#[test]
+fn each_ambiguous_or_reserved_public_path_is_refused() {
+    for (entry, fragment) in [
+        ("static/", "absolute path"),
+        ("", "absolute path"),
+        ("/", "whole app public"),
+        ("/a/../admin/", "`..`"),
+        ("/a/./b", "`..`"),
+        ("/a/..", "`..`"),
+        ("/a//b", "`//`"),
+        ("//a", "`//`"),
+        ("/a%2e%2e/", "`%`"),
+        ("/publi%63/", "`%`"),
+        ("/a;b/", "`;`"),
+        ("/a\\b", "`\\`"),
+        ("/a?b", "query"),
+        ("/a#b", "fragment"),
+        ("/a b", "spaces"),
+        ("/café/", "only letters"),
+        ("/.auth", "routes.prefix"),
+        ("/.auth/", "routes.prefix"),
+        ("/.auth/me", "routes.prefix"),
+        ("/.auth/anything/", "routes.prefix"),
+        ("/callback", "routes.callback"),
+        ("/callback/", "routes.callback"),
+        ("/callback/x", "routes.callback"),
+    ] {
+        let toml = format!("[policy]\npublic_paths = ['/fine/', '{entry}']");
+        let found = problems(&toml, &seed_env());
+        assert_problem(&found, "policy.public_paths[1]", fragment);
+        assert_eq!(found.len(), 1, "{entry:?}: {found:#?}");
+    }
+    // Near the reserved routes but not under them.
+    let config = ok(
+        "[policy]\npublic_paths = [\"/.authx/\", \"/callbackx\", \"/.well-known/\"]",
+        &seed_env(),
+    );
+    assert_eq!(config.policy.public_paths.len(), 3);
+    // The reserved routes follow their configuration.
+    rejects(
+        "[routes]\nprefix = \"/oauth2\"\ncallback = \"/oauth2/callback\"\n[policy]\npublic_paths = [\"/oauth2/\"]",
+        "policy.public_paths[0]",
+        "routes.prefix",
+    );
+    ok(
+        "[routes]\nprefix = \"/oauth2\"\n[policy]\npublic_paths = [\"/.auth/\"]",
+        &seed_env(),
+    );
+}
+
+#[test]
+fn a_rule_on_a_claim_the_scopes_do_not_ask_for_is_warned_about() {
+    let env = with(
+        seed_env(),
+        &[
+            ("OIDC_SCOPES", "openid profile"),
+            ("PORTCULLIS_POLICY_ALLOWED_GROUPS", "admins"),
+            ("PORTCULLIS_POLICY_ALLOWED_EMAIL_DOMAINS", "example.com"),
+        ],
+    );
+    let config = ok("", &env);
+    let warnings = config.policy.warnings(&config.oidc.scopes);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("`groups`") && warnings[1].contains("`email`"));
+    assert!(config.describe().contains("# warning: policy.allowed_groups is set"));
+    let config = ok("", &with(seed_env(), &[("PORTCULLIS_POLICY_ALLOWED_GROUPS", "admins")]));
+    assert!(config.policy.warnings(&config.oidc.scopes).is_empty());
+}
+
+#[test]
+fn allowed_groups_and_email_domains_are_checked() {
+    rejects("[policy]\nallowed_groups = [\"\"]", "policy.allowed_groups[0]", "empty");
+    rejects(
+        "[policy]\nallowed_groups = [\"ok\", \" admins\"]",
+        "policy.allowed_groups[1]",
+        "spaces",
+    );
+    rejects(
+        "[policy]\nallowed_groups = \"admins\"",
+        "policy.allowed_groups",
+        "array of strings",
+    );
+    for (domain, fragment) in [
+        ("*", "not a wildcard"),
+        ("@example.com", "without `@`"),
+        ("*.example.com", "without `*.`"),
+        ("example..com", "domain name"),
+        (".example.com", "domain name"),
+        ("example.com.", "domain name"),
+        ("-x.example", "domain name"),
+        ("ex ample.com", "domain name"),
+        ("bücher.example", "xn--"),
+    ] {
+        rejects(
+            &format!("[policy]\nallowed_email_domains = [\"{domain}\"]"),
+            "policy.allowed_email_domains[0]",
+            fragment,
+        );
+    }
+    rejects(
+        "[policy]\npublic_paths = [\"/a\", 1]",
+        "policy.public_paths",
+        "array of strings",
+    );
+    rejects("[policy]\nallowed = []", "policy.allowed", "unknown key");
 }
 
 // ---- identity headers --------------------------------------------------------------

@@ -8,6 +8,7 @@ use std::time::Duration;
 use url::{Host, Url};
 
 use super::identity::identity;
+use super::policy::policy;
 use super::routes::routes;
 use super::session::session;
 use super::source::{env_name, Raw, Source};
@@ -28,6 +29,7 @@ pub fn validate(src: &mut Source<'_>) -> Option<Config> {
     let upstream = upstream(src);
     let session = session(src, base_url.as_ref());
     let identity = identity(src);
+    let policy = policy(src, &routes);
     let pages = PagesConfig {
         show_tokens: src.bool("pages.show_tokens", true),
     };
@@ -44,6 +46,7 @@ pub fn validate(src: &mut Source<'_>) -> Option<Config> {
         oidc: oidc?,
         session: session?,
         routes,
+        policy,
         identity,
         pages,
         server,

@@ -1,7 +1,8 @@
 //! Server-side sessions: what a login leaves behind, where it is kept, and the cookies
 //! that point at it.
 //!
-//! - [`Session`]: identity, tokens and the upstream headers prepared once at login.
+//! - [`Session`]: identity, tokens, and what is prepared once from its claims (the
+//!   upstream headers and the access policy's verdict).
 //! - [`store`]: the store behind a small async interface (moka in memory now, Redis later).
 //! - [`cookies`]: the session cookie and the sealed per-attempt pending-login cookies.
 //! - [`refresh`]: the single-flight gate that serialises refreshes per session.
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{AccessTokenForwarding, IdentityConfig};
 use crate::oidc::{Claims, TokenSet};
+use crate::policy::{Access, Rule};
 
 /// The random 256-bit value in the session cookie. Only its hash is ever stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -81,8 +83,8 @@ impl fmt::Debug for SessionKey {
 ///
 /// Claims are kept as the text they arrived as and parsed only for the dump page: a
 /// parsed claim map costs a hundred small allocations per session, and the hot path needs
-/// only the headers prepared from them at login. The ID token's claims are read from the
-/// (validated) ID token itself rather than stored twice.
+/// only what is prepared from them at login (headers, access verdict). The ID token's
+/// claims are read from the (validated) ID token itself rather than stored twice.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub subject: String,
@@ -95,6 +97,11 @@ pub struct Session {
     /// Upstream headers derived from the claims, prepared once so the hot path only copies them.
     #[serde(skip)]
     pub upstream_headers: UpstreamHeaders,
+    /// The access rule's verdict on the claims, prepared with the headers so the policy
+    /// phase only reads it. Not stored: a session read back from an external store must
+    /// be prepared again, and until then it is refused (the default).
+    #[serde(skip)]
+    pub access: Access,
 }
 
 /// Identity and access-token headers, ready to be appended to an upstream request.
@@ -115,7 +122,8 @@ pub struct NewSession<'a> {
 }
 
 impl Session {
-    pub fn new(new: NewSession<'_>, identity: &IdentityConfig) -> Self {
+    /// A session prepared for `identity` (its headers) and `rule` (its access verdict).
+    pub fn new(new: NewSession<'_>, identity: &IdentityConfig, rule: &Rule) -> Self {
         let mut session = Session {
             subject: new.subject,
             userinfo: new.userinfo.map(claims_text),
@@ -123,20 +131,22 @@ impl Session {
             created_at: new.created_at,
             expires_at: new.expires_at,
             upstream_headers: UpstreamHeaders::default(),
+            access: Access::default(),
         };
-        session.prepare_headers(identity);
+        session.prepare(identity, rule);
         session
     }
 
     /// This session after a refresh: new tokens (keeping the previous ID token when the
-    /// provider sent none), headers prepared again.
-    pub fn refreshed(&self, mut tokens: TokenSet, identity: &IdentityConfig) -> Self {
+    /// provider sent none), headers and access verdict prepared again (a new ID token
+    /// may carry other claims).
+    pub fn refreshed(&self, mut tokens: TokenSet, identity: &IdentityConfig, rule: &Rule) -> Self {
         let mut session = self.clone();
         if tokens.id_token.is_none() {
             tokens.id_token = session.tokens.id_token.take();
         }
         session.tokens = tokens;
-        session.prepare_headers(identity);
+        session.prepare(identity, rule);
         session
     }
 
@@ -182,9 +192,12 @@ impl Session {
         now >= self.expires_at
     }
 
-    /// Recomputes [`Session::upstream_headers`] from the claims and tokens.
-    pub fn prepare_headers(&mut self, identity: &IdentityConfig) {
-        self.upstream_headers = UpstreamHeaders::build(identity, &self.claims(), &self.tokens);
+    /// Recomputes [`Session::upstream_headers`] and [`Session::access`] from the claims
+    /// and tokens, parsing the claims once for both.
+    pub fn prepare(&mut self, identity: &IdentityConfig, rule: &Rule) {
+        let claims = self.claims();
+        self.upstream_headers = UpstreamHeaders::build(identity, &claims, &self.tokens);
+        self.access = rule.evaluate(&claims);
     }
 
     /// Approximate heap size, for the store's memory bound: the bytes held plus a

@@ -62,6 +62,7 @@ pub(crate) fn session(claims: serde_json::Value, lifetime: Duration) -> Session 
             expires_at: now + lifetime,
         },
         &identity_config(),
+        &Rule::default(),
     )
 }
 
@@ -223,6 +224,7 @@ fn claims_are_the_id_token_claims_overlaid_with_userinfo() {
             expires_at: now + Duration::from_secs(60),
         },
         &identity_config(),
+        &Rule::default(),
     );
     let claims = session.claims();
     assert_eq!(claims["name"], "John Doe");
@@ -234,7 +236,7 @@ fn claims_are_the_id_token_claims_overlaid_with_userinfo() {
     new_tokens.id_token = Some(id_token(
         json!({"sub": "abc", "iss": "https://auth.example.com", "amr": ["pwd"]}),
     ));
-    let refreshed = session.refreshed(new_tokens, &identity_config());
+    let refreshed = session.refreshed(new_tokens, &identity_config(), &Rule::default());
     assert_eq!(refreshed.id_token_claims().get("name"), None);
     assert_eq!(refreshed.id_token_claims()["amr"], json!(["pwd"]));
     assert_eq!(
@@ -246,7 +248,7 @@ fn claims_are_the_id_token_claims_overlaid_with_userinfo() {
 
     let mut without_id_token = refreshed.tokens.clone();
     without_id_token.id_token = None;
-    let kept = refreshed.refreshed(without_id_token, &identity_config());
+    let kept = refreshed.refreshed(without_id_token, &identity_config(), &Rule::default());
     assert_eq!(
         kept.id_token_claims()["amr"],
         json!(["pwd"]),
@@ -263,7 +265,47 @@ fn a_session_survives_serialisation_for_a_shared_store() {
     let text = serde_json::to_string(&original).unwrap();
     assert!(!text.contains("upstream_headers"));
     let mut restored: Session = serde_json::from_str(&text).unwrap();
-    restored.prepare_headers(&identity_config());
+    assert!(!text.contains("\"access\""));
+    assert_eq!(
+        restored.access,
+        Access::Refused(crate::policy::Refusal::NotEvaluated),
+        "a session read back is refused until it is prepared"
+    );
+    restored.prepare(&identity_config(), &Rule::default());
     assert_eq!(header(&restored, "remote-user"), Some("john"));
+    assert_eq!(restored.access, Access::Granted);
     assert_eq!(restored.claims(), original.claims());
+}
+
+#[test]
+fn the_access_verdict_is_prepared_at_login_and_again_after_a_refresh() {
+    let admins = Rule::new(&["admins".to_owned()], &[]);
+    let now = SystemTime::now();
+    let mut tokens = session(json!({}), Duration::from_secs(60)).tokens;
+    tokens.id_token = Some(id_token(json!({"sub": "abc", "groups": ["dev"]})));
+    let login = |tokens: TokenSet| {
+        Session::new(
+            NewSession {
+                subject: "abc".into(),
+                userinfo: None,
+                tokens,
+                created_at: now,
+                expires_at: now + Duration::from_secs(60),
+            },
+            &identity_config(),
+            &admins,
+        )
+    };
+    let session = login(tokens.clone());
+    assert_eq!(session.access, Access::Refused(crate::policy::Refusal::NoAllowedGroup));
+
+    let mut promoted = tokens;
+    promoted.id_token = Some(id_token(json!({"sub": "abc", "groups": ["dev", "admins"]})));
+    let refreshed = session.refreshed(promoted, &identity_config(), &admins);
+    assert_eq!(refreshed.access, Access::Granted);
+    assert_eq!(
+        login(refreshed.tokens.clone()).access,
+        Access::Granted,
+        "the same verdict as a fresh login"
+    );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::process::{node, ChildProcess};
+use super::process::{eventually, node, ChildProcess};
 
 /// How a test wants its provider.
 #[derive(Debug, Clone)]
@@ -168,6 +168,38 @@ impl Echo {
         cmd.env("ECHO_PORT", "0");
         let (proc, url) = ChildProcess::spawn_announcing("echo", cmd, "ECHO_READY").await;
         Echo { url, proc }
+    }
+
+    /// Every request the echo has answered so far, as `METHOD target` (the target as
+    /// received), in the order it logged them; for asserting that nothing (or only
+    /// certain requests) reached the upstream.
+    ///
+    /// Complete up to the moment of the call: the echo logs a request in the same tick
+    /// as it ends the response, so once a marker request sent now shows up in the log,
+    /// every request answered before it is there too. The marker is left out.
+    pub async fn received(&self) -> Vec<String> {
+        let marker = format!("/__marker/{:016x}", rand::random::<u64>());
+        let resp = plain_client()
+            .get(format!("{}{marker}", self.url))
+            .send()
+            .await
+            .expect("marker request to the echo");
+        assert!(
+            resp.status().is_success(),
+            "the echo answered the marker with {}",
+            resp.status()
+        );
+        let log = eventually("the marker request in the echo's log", Duration::from_secs(10), || {
+            let log = self.proc.log_text();
+            let seen = log.contains(&marker);
+            async move { seen.then_some(log) }
+        })
+        .await;
+        log.lines()
+            .filter_map(|line| line.strip_prefix("echo: "))
+            .map(|line| line.rsplit_once(" -> ").map_or(line, |(request, _)| request).to_owned())
+            .filter(|request| !request.contains("/__marker/"))
+            .collect()
     }
 }
 

@@ -111,6 +111,18 @@ const USERS = {
       groups: ['<b>bold</b>', 'dev'],
     },
   },
+  // another domain, and an address the provider has not verified (access-policy tests)
+  carol: {
+    sub: '3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e04',
+    password: 'password',
+    claims: {
+      preferred_username: 'carol',
+      name: 'Carol Contractor',
+      email: 'carol@example.org',
+      email_verified: false,
+      groups: ['guests'],
+    },
+  },
 };
 const USERS_BY_SUB = new Map(Object.values(USERS).map((u) => [u.sub, u]));
 
@@ -318,7 +330,7 @@ ${errorHtml}
 <input id="password" name="password" type="password" required>
 <button type="submit" id="sign-in">Sign in</button>
 </form>
-<p class="hint">Users: john / password, harry / password, mallory / password</p>
+<p class="hint">Users: john / password, harry / password, mallory / password, carol / password</p>
 </body>
 </html>
 `;
@@ -511,7 +523,7 @@ const server = http.createServer(async (req, res) => {
 
     if (path === '/' && req.method === 'GET') {
       return send(res, 200, 'text/plain; charset=utf-8',
-        `portcullis test OpenID Provider\nissuer: ${provider.issuer}\ndiscovery: ${provider.issuer}/.well-known/openid-configuration\nusers: john, harry, mallory (password: password)\n`);
+        `portcullis test OpenID Provider\nissuer: ${provider.issuer}\ndiscovery: ${provider.issuer}/.well-known/openid-configuration\nusers: john, harry, mallory, carol (password: password)\n`);
     }
 
     // provider endpoints; count them and pre-read the body where we need it
