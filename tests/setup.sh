@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests and the quick-start demo need:
-#   - Debian packages: chromium (headless browser test), redis-server (session store tests)
+#   - Debian packages: chromium (headless browser test), redis-server (session store tests),
+#     systemd (systemd-analyze checks deploy/portcullis.service)
 #   - npm packages of tests/idp (oidc-provider, playwright-core), exactly as in its lockfile
 # Idempotent and quick when everything is already there. Works from any directory.
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$ROOT"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
-bash tests/apt-install.sh chromium redis-server
+bash tests/apt-install.sh chromium redis-server systemd
 
 if [ ! -x /usr/bin/chromium ]; then
   log "/usr/bin/chromium not found after installing the chromium package"
