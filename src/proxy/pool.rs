@@ -11,7 +11,12 @@
 //! downstream connection draws from before it dials a new one.
 //!
 //! A kept connection may have been closed by the upstream in the meantime (its
-//! keep-alive timeout): then the request, not yet sent, is retried on another one.
+//! keep-alive timeout: 5 s for Node.js and Apache, 2 s for gunicorn): then the request,
+//! not yet sent, goes out on another one. The close can also cross the request on the
+//! wire, after it was written; a bodiless request with an idempotent method (RFC 9110
+//! §9.2.2) is then sent once more on a new connection, as nginx and Go's client do. Only
+//! connections idle for [`RACE_IDLE`] or more can meet this, so only their requests
+//! keep a copy of the head for it: a busy connection costs nothing extra.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -35,6 +40,11 @@ type Sender = http1::SendRequest<ProgressBody>;
 /// How long a connection may sit in the shared idle list (hyper-util's default too).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A connection idle this long may be closed by the upstream while a request is on its
+/// way; its bodiless idempotent requests can be sent again (see the module comment).
+/// Well below every common keep-alive timeout, well above the gaps of a busy connection.
+const RACE_IDLE: Duration = Duration::from_millis(500);
+
 /// Dials upstream HTTP/1.1 connections and keeps the idle ones.
 pub(super) struct Http1Pool {
     connector: UpstreamConnector,
@@ -43,9 +53,19 @@ pub(super) struct Http1Pool {
     max_idle: usize,
 }
 
+/// A connection not carrying a request, and since when.
 struct IdleConnection {
     sender: Sender,
     since: Instant,
+}
+
+impl IdleConnection {
+    fn new(sender: Sender) -> Self {
+        IdleConnection {
+            sender,
+            since: Instant::now(),
+        }
+    }
 }
 
 impl Http1Pool {
@@ -75,25 +95,43 @@ impl Http1Pool {
         slot: &Arc<UpstreamSlot>,
         mut request: Request<ProgressBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
+        let mut resent = false;
         loop {
-            let (mut sender, reused) = match slot.take().or_else(|| self.take_idle()) {
-                Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+            // `None`: a new connection, which nothing can have closed yet.
+            let (mut sender, idle_for) = match slot.take().or_else(|| self.take_idle()) {
+                Some(kept) => {
+                    let idle_for = kept.since.elapsed();
+                    (kept.sender, Some(idle_for))
+                }
+                None => (self.connect().await?, None),
             };
             if let Err(error) = sender.ready().await {
-                if reused {
+                if idle_for.is_some() {
                     continue; // closed while kept: try the next one
                 }
                 return Err(ProxyError::Request(error.into()));
             }
+            let copy = match idle_for {
+                Some(idle) if idle >= RACE_IDLE && !resent => HeadCopy::of(&request),
+                _ => None,
+            };
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let keep = Some((sender, slot.clone()));
                     return Ok(response.map(|body| PooledBody { inner: body, keep }));
                 }
-                Err(mut failed) => match failed.take_message() {
+                Err(mut failed) => match (failed.take_message(), copy) {
                     // Never written: the connection closed under us; safe to send elsewhere.
-                    Some(unsent) if reused => request = unsent,
+                    (Some(unsent), _) if idle_for.is_some() => request = unsent,
+                    // Written, and the connection closed before any answer.
+                    (None, Some(copy)) if closed_before_answer(failed.error()) => {
+                        tracing::debug!("kept upstream connection closed under a request; sending it again");
+                        request = copy.rebuild();
+                        resent = true;
+                        // Other kept connections are as old: dial a new one.
+                        let fresh = self.connect().await?;
+                        slot.give_back(IdleConnection::new(fresh));
+                    }
                     _ => return Err(ProxyError::Request(failed.into_error().into())),
                 },
             }
@@ -119,28 +157,25 @@ impl Http1Pool {
         Ok(sender)
     }
 
-    fn take_idle(&self) -> Option<Sender> {
+    fn take_idle(&self) -> Option<IdleConnection> {
         let mut idle = self.lock_idle();
         while let Some(connection) = idle.pop() {
             if connection.since.elapsed() < IDLE_TIMEOUT && !connection.sender.is_closed() {
-                return Some(connection.sender);
+                return Some(connection);
             }
         }
         None
     }
 
-    fn put_idle(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn put_idle(&self, connection: IdleConnection) {
+        if connection.sender.is_closed() {
             return;
         }
         let mut idle = self.lock_idle();
         // The oldest are the likeliest to have been closed by the upstream.
         idle.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
         if idle.len() < self.max_idle {
-            idle.push(IdleConnection {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(connection);
         }
     }
 
@@ -159,35 +194,92 @@ impl Http1Pool {
 /// Dropped with the downstream connection, handing the connection to the idle list.
 pub struct UpstreamSlot {
     pool: Arc<Http1Pool>,
-    kept: Mutex<Option<Sender>>,
+    kept: Mutex<Option<IdleConnection>>,
 }
 
 impl UpstreamSlot {
-    fn take(&self) -> Option<Sender> {
+    fn take(&self) -> Option<IdleConnection> {
         self.lock().take()
     }
 
-    fn give_back(&self, sender: Sender) {
+    fn give_back(&self, connection: IdleConnection) {
         let mut kept = self.lock();
         if kept.is_none() {
-            *kept = Some(sender);
+            *kept = Some(connection);
         } else {
             drop(kept);
-            self.pool.put_idle(sender);
+            self.pool.put_idle(connection);
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Sender>> {
+    fn lock(&self) -> MutexGuard<'_, Option<IdleConnection>> {
         self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Drop for UpstreamSlot {
     fn drop(&mut self) {
-        if let Some(sender) = self.lock().take() {
-            self.pool.put_idle(sender);
+        if let Some(connection) = self.lock().take() {
+            self.pool.put_idle(connection);
         }
     }
+}
+
+/// The head of a bodiless idempotent request, kept to send it once more.
+struct HeadCopy {
+    parts: http::request::Parts,
+    body: ProgressBody,
+}
+
+impl HeadCopy {
+    /// `None` when the request may not be sent twice: a method that is not idempotent, or a body.
+    fn of(request: &Request<ProgressBody>) -> Option<Self> {
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        );
+        if !idempotent || !http_body::Body::is_end_stream(request.body()) {
+            return None;
+        }
+        // Parts has no Clone (extensions); portcullis sets none upstream.
+        let mut builder = Request::builder()
+            .method(request.method().clone())
+            .uri(request.uri().clone())
+            .version(request.version());
+        if let Some(headers) = builder.headers_mut() {
+            headers.clone_from(request.headers());
+        }
+        let (parts, ()) = builder.body(()).ok()?.into_parts();
+        Some(HeadCopy {
+            parts,
+            body: request.body().empty(),
+        })
+    }
+
+    fn rebuild(self) -> Request<ProgressBody> {
+        Request::from_parts(self.parts, self.body)
+    }
+}
+
+/// The connection ended after the request was written and before a response head:
+/// the upstream closed an idle connection as the request arrived.
+fn closed_before_answer(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 impl std::fmt::Debug for UpstreamSlot {
@@ -207,7 +299,7 @@ pub(super) struct PooledBody {
 impl PooledBody {
     fn release(&mut self) {
         if let Some((sender, slot)) = self.keep.take() {
-            slot.give_back(sender);
+            slot.give_back(IdleConnection::new(sender));
         }
     }
 

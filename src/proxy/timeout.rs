@@ -58,14 +58,26 @@ impl Progress {
 }
 
 /// The downstream request body, streamed as is, reporting each frame to [`Progress`].
+/// (Or no body at all: a bodiless request rebuilt for a retry.)
 pub(super) struct ProgressBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     progress: Arc<Progress>,
 }
 
 impl ProgressBody {
     pub(super) fn new(inner: Incoming, progress: Arc<Progress>) -> Self {
-        ProgressBody { inner, progress }
+        ProgressBody {
+            inner: Some(inner),
+            progress,
+        }
+    }
+
+    /// An empty body reporting to the same [`Progress`].
+    pub(super) fn empty(&self) -> Self {
+        ProgressBody {
+            inner: None,
+            progress: self.progress.clone(),
+        }
     }
 }
 
@@ -77,7 +89,10 @@ impl Body for ProgressBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_)) | None) = polled {
             self.progress.touch();
         }
@@ -85,10 +100,10 @@ impl Body for ProgressBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), Incoming::size_hint)
     }
 }

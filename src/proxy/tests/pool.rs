@@ -191,3 +191,106 @@ async fn a_response_abandoned_mid_body_does_not_leave_its_connection_for_reuse()
     assert_eq!(get_whole(&mut next).await, 2);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// An upstream whose keep-alive ends badly: it answers the first request on each
+/// connection, and closes the connection under the second one after reading it, as an
+/// upstream does whose keep-alive timeout fires just as a request arrives. Counts the
+/// connections and every request head it read.
+async fn closing_under_second_request() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            let number = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let requests = r.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for served in 0.. {
+                    // Read one head (and its Content-Length body) or give up on EOF.
+                    let head_end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match io.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match io.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    if served == 1 {
+                        return; // closes the connection without an answer
+                    }
+                    let answer = format!("HTTP/1.1 200 OK\r\nx-connection: {number}\r\ncontent-length: 2\r\n\r\nok");
+                    if io.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, requests)
+}
+
+async fn send_on(
+    sender: &mut client_http1::SendRequest<ClientBody>,
+    request: Request<ClientBody>,
+) -> Response<Incoming> {
+    sender.ready().await.unwrap();
+    sender.send_request(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_get_crossed_by_the_upstreams_keep_alive_close_is_sent_again_on_a_new_connection() {
+    let (addr, connections, requests) = closing_under_second_request().await;
+    let front = front(upstream(http_target(addr, "/"), LONG)).await;
+    let mut client = downstream(front).await;
+    let first = send_on(&mut client, Request::get("/").body(super::support::empty()).unwrap()).await;
+    assert_eq!(connection_number(&first), 1);
+    first.into_body().collect().await.unwrap();
+
+    // Idle long enough that the upstream's close may cross the next request.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = send_on(&mut client, Request::get("/").body(super::support::empty()).unwrap()).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(connection_number(&second), 2);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    // Connection 1 read the request and dropped it, connection 2 answered it.
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_post_crossed_by_the_upstreams_keep_alive_close_is_not_sent_twice() {
+    let (addr, connections, requests) = closing_under_second_request().await;
+    let front = front(upstream(http_target(addr, "/"), LONG)).await;
+    let mut client = downstream(front).await;
+    let first = send_on(&mut client, Request::get("/").body(super::support::empty()).unwrap()).await;
+    first.into_body().collect().await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let post = Request::post("/orders").body(super::support::full("buy 1")).unwrap();
+    let answer = send_on(&mut client, post).await;
+    assert_eq!(super::support::proxy_error(&answer), "request");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the POST reached the upstream exactly once"
+    );
+}
