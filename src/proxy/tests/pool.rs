@@ -167,10 +167,10 @@ async fn connection_close_from_the_upstream_means_a_new_connection_each_time() {
 
 #[tokio::test]
 async fn a_kept_connection_the_upstream_closed_while_idle_is_replaced_without_an_error() {
-    let (front, accepted, _upstream) = setup(Keep::IdleFor(Duration::from_millis(100))).await;
+    let (front, accepted, _upstream) = setup(Keep::IdleFor(Duration::from_millis(500))).await;
     let mut client = downstream(front).await;
     assert_eq!(get_whole(&mut client).await, 1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get_whole(&mut client).await, 2);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
