@@ -69,52 +69,40 @@ impl Target {
     }
 
     /// The upstream URI for a downstream request URI: target scheme, `authority` (the
-    /// target's, or for HTTP/2 the `:authority` to send), the prefix, then the client's
-    /// path and query byte-for-byte (no normalisation: the upstream must see what the
-    /// client sent, as policy saw it).
+    /// target's, or for HTTP/2 the `:authority` to send), then [`Self::prefixed_path`].
     pub(super) fn uri_for(&self, original: &Uri, authority: &Authority) -> Result<Uri, ProxyError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(self.prefixed_path(original)?)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))
+    }
+
+    /// The origin-form URI of an HTTP/1.1 upstream request ([`Self::prefixed_path`]); the
+    /// connection already goes to the target and `Host` names the authority. Without a
+    /// prefix an origin-form request URI is passed on as it is, without copying.
+    pub(super) fn origin_form(&self, original: &Uri) -> Result<Uri, ProxyError> {
+        if self.prefix.is_empty() && original.scheme().is_none() && original.path().starts_with('/') {
+            return Ok(original.clone());
+        }
+        Ok(Uri::from(self.prefixed_path(original)?))
+    }
+
+    /// The prefix, then the client's path and query byte for byte (no normalisation: the
+    /// upstream must see what the client sent, as policy saw it).
+    fn prefixed_path(&self, original: &Uri) -> Result<PathAndQuery, ProxyError> {
         let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
         if !path_and_query.starts_with('/') {
             // `OPTIONS *` and authority-form targets have no path to forward.
             return Err(ProxyError::BadRequest("request target is not a path"));
         }
-        let path_and_query = if self.prefix.is_empty() {
+        if self.prefix.is_empty() {
             PathAndQuery::try_from(path_and_query)
         } else {
             PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))
         }
-        .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))
-    }
-
-    /// The origin-form URI (prefix, then the client's path and query byte for byte) of
-    /// an HTTP/1.1 upstream request; the connection already goes to the target and
-    /// `Host` names the authority. Without a prefix an origin-form request URI is
-    /// passed on as it is, without copying.
-    pub(super) fn origin_form(&self, original: &Uri) -> Result<Uri, ProxyError> {
-        if self.prefix.is_empty() && original.scheme().is_none() && original.authority().is_none() {
-            if original.path().starts_with('/') {
-                return Ok(original.clone());
-            }
-            return Err(ProxyError::BadRequest("request target is not a path"));
-        }
-        let path_and_query = original.path_and_query().map_or("/", PathAndQuery::as_str);
-        if !path_and_query.starts_with('/') {
-            return Err(ProxyError::BadRequest("request target is not a path"));
-        }
-        let joined = if self.prefix.is_empty() {
-            PathAndQuery::try_from(path_and_query)
-        } else {
-            PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))
-        };
-        Ok(Uri::from(joined.map_err(|_| {
-            ProxyError::BadRequest("request target is not a valid path")
-        })?))
+        .map_err(|_| ProxyError::BadRequest("request target is not a valid path"))
     }
 
     pub(super) fn is_https(&self) -> bool {
