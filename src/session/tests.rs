@@ -23,6 +23,7 @@ pub(crate) fn session_config() -> SessionConfig {
         refresh_before_expiry: Duration::from_secs(30),
         login_timeout: Duration::from_secs(600),
         max_pending_logins: 3,
+        store: crate::config::SessionStoreConfig::Memory,
     }
 }
 
