@@ -114,24 +114,34 @@ impl RedisStore {
     }
 
     /// Runs one command (or pipeline) within the timeout, classifying failures.
+    ///
+    /// A command that finds the connection dropped (Redis restarted while this replica
+    /// was idle) is sent once more: the manager reconnects on that error, and the
+    /// request should not pay for an outage that is already over. Both attempts share
+    /// one timeout.
     pub(super) async fn run<T: FromRedisValue>(&self, command: Command<'_>) -> Result<T, StoreError> {
-        let mut connection = self.inner.manager.clone();
-        let outcome = match command {
-            Command::One(cmd) => tokio::time::timeout(self.inner.timeout, cmd.query_async(&mut connection)).await,
-            Command::Pipeline(pipe) => {
-                tokio::time::timeout(self.inner.timeout, pipe.query_async(&mut connection)).await
-            }
-            Command::Script(invocation) => {
-                tokio::time::timeout(self.inner.timeout, invocation.invoke_async(&mut connection)).await
+        let attempts = async {
+            match self.send(&command).await {
+                Err(error) if is_connection_lost(&error) => self.send(&command).await,
+                outcome => outcome,
             }
         };
-        let result = match outcome {
+        let result = match tokio::time::timeout(self.inner.timeout, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(classify(&error)),
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
         };
         self.note_reachability(&result);
         result
+    }
+
+    async fn send<T: FromRedisValue>(&self, command: &Command<'_>) -> Result<T, RedisError> {
+        let mut connection = self.inner.manager.clone();
+        match command {
+            Command::One(cmd) => cmd.query_async(&mut connection).await,
+            Command::Pipeline(pipe) => pipe.query_async(&mut connection).await,
+            Command::Script(invocation) => invocation.invoke_async(&mut connection).await,
+        }
     }
 
     fn note_reachability<T>(&self, result: &Result<T, StoreError>) {
@@ -260,6 +270,11 @@ pub(super) enum Command<'a> {
     One(&'a redis::Cmd),
     Pipeline(&'a redis::Pipeline),
     Script(&'a redis::ScriptInvocation<'a>),
+}
+
+/// The connection broke under the command (not a refusal to connect, not a timeout).
+fn is_connection_lost(error: &RedisError) -> bool {
+    !error.is_timeout() && (error.is_connection_dropped() || error.is_unrecoverable_error())
 }
 
 /// Connection trouble is `Unavailable` (or `Timeout`); an error reply is `Refused`.
