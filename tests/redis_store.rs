@@ -375,3 +375,44 @@ async fn replicas_with_another_secret_cannot_read_the_sessions() {
     // The stranger did not delete what it could not read: A still has the session.
     assert_status(&r.client.api_get(&r.a.url("/still")).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_travel_to_redis_over_tls_checked_against_the_configured_ca() {
+    let pki = common::tls::TestPki::new();
+    pki.install(&pki.issue("localhost", 1));
+    let redis = Redis::start_tls(&pki).await;
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SESSION_STORE", "redis")
+        .env("PORTCULLIS_SESSION_REDIS_URL", redis.tls_url())
+        .env(
+            "PORTCULLIS_SESSION_REDIS_CA_FILE",
+            pki.ca_pem_path().display().to_string(),
+        )
+        .start()
+        .await;
+    stack.login("john", "/tls").await;
+    let resp = stack.client.api_get(&stack.url("/tls")).await;
+    assert_eq!(resp.echo().values("remote-user"), ["john"]);
+    assert_eq!(
+        redis.session_keys("portcullis:").await.len(),
+        1,
+        "the session is not in Redis"
+    );
+
+    // Without the CA (system roots only) the same server is not trusted: not ready, 503.
+    let untrusting = Portcullis::builder(AppAddr::reserve(), &stack.idp.issuer, &stack.echo.url)
+        .env("PORTCULLIS_SESSION_STORE", "redis")
+        .env("PORTCULLIS_SESSION_REDIS_URL", redis.tls_url())
+        .start_unready()
+        .await;
+    let readyz = untrusting.url("/.auth/readyz");
+    let client = Browserless::new();
+    eventually("readyz to report the untrusted store", Duration::from_secs(10), || {
+        let (client, readyz) = (client.clone(), readyz.clone());
+        async move {
+            let resp = client.send(client.get(&readyz)).await;
+            (resp.status == 503 && resp.body.contains("session store")).then_some(())
+        }
+    })
+    .await;
+}

@@ -95,7 +95,7 @@ impl Config {
                 writeln!(out, "store = \"memory\"")?;
                 writeln!(
                     out,
-                    "# redis_url, redis_password, redis_key_prefix, redis_timeout: only with store = \"redis\""
+                    "# redis_url, redis_password, redis_key_prefix, redis_timeout, redis_ca_file: only with store = \"redis\""
                 )?;
             }
             SessionStoreConfig::Redis(redis) => {
@@ -107,6 +107,10 @@ impl Config {
                 }
                 writeln!(out, "redis_key_prefix = {}", q(&redis.key_prefix))?;
                 writeln!(out, "redis_timeout = {}", q(&d(redis.timeout)))?;
+                match &redis.ca {
+                    Some(ca) => writeln!(out, "redis_ca_file = {}", q(&ca.path.display().to_string()))?,
+                    None => writeln!(out, "# redis_ca_file unset: system roots (rediss://)")?,
+                }
             }
         }
 

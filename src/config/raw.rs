@@ -71,6 +71,7 @@ struct RawSession {
     redis_password_file: Leaf,
     redis_key_prefix: Leaf,
     redis_timeout: Leaf,
+    redis_ca_file: Leaf,
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! The session store settings of `[session]`: `store`, and the Redis connection for
 //! several replicas (`redis_url`, `redis_password[_file]`, `redis_key_prefix`,
-//! `redis_timeout`).
+//! `redis_timeout`, `redis_ca_file`).
 //!
 //! Why the defaults are what they are:
 //! - `store = "memory"`: one process needs nothing else; Redis is for two or more replicas.
@@ -14,6 +14,7 @@
 //! problem, as is `store = "redis"` with a generated (per-process) session secret: the
 //! replicas would not be able to open each other's sessions.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
@@ -43,6 +44,23 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Bound on connecting and on every command; beyond it the request gets 503 (default 2 s).
     pub timeout: Duration,
+    /// CA certificates trusted for `rediss://` instead of the system roots (default none).
+    pub ca: Option<RedisCa>,
+}
+
+/// A PEM file of CA certificates, read and checked at startup.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisCa {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for RedisCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 pub const DEFAULT_KEY_PREFIX: &str = "portcullis:";
@@ -56,11 +74,13 @@ pub fn store(src: &mut Source<'_>, secret_is_ephemeral: bool) -> SessionStoreCon
     let timeout = src.positive_duration("session.redis_timeout", DEFAULT_TIMEOUT);
     let password = secret(src, "session.redis_password", "session.redis_password_file");
     let url = src.string("session.redis_url");
+    let ca_file = src.string("session.redis_ca_file");
 
     if !is_redis {
         for (path, set) in [
             ("session.redis_url", url.is_some()),
             ("session.redis_password", password.is_some()),
+            ("session.redis_ca_file", ca_file.is_some()),
         ] {
             if set {
                 let key = src.key_of(path);
@@ -91,6 +111,13 @@ pub fn store(src: &mut Source<'_>, secret_is_ephemeral: bool) -> SessionStoreCon
     let Some((url, url_password)) = redis_url(src, &url_key, url.trim()) else {
         return SessionStoreConfig::Memory;
     };
+    let ca = ca_file.and_then(|(key, path)| {
+        if url.scheme() != "rediss" {
+            src.problem(key, "only applies to a rediss:// session.redis_url");
+            return None;
+        }
+        read_ca(src, &key, PathBuf::from(path.trim()))
+    });
     let password = match (password, url_password) {
         (Some((key, _)), Some(_)) => {
             src.problem(
@@ -107,7 +134,27 @@ pub fn store(src: &mut Source<'_>, secret_is_ephemeral: bool) -> SessionStoreCon
         password,
         key_prefix,
         timeout,
+        ca,
     })
+}
+
+/// Reads a PEM file that must hold at least one certificate and nothing unreadable.
+fn read_ca(src: &mut Source<'_>, key: &str, path: PathBuf) -> Option<RedisCa> {
+    let pem = match std::fs::read(&path) {
+        Ok(pem) => pem,
+        Err(error) => {
+            src.problem(key, format!("cannot read {}: {error}", path.display()));
+            return None;
+        }
+    };
+    let certificates: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
+    match certificates {
+        Ok(certificates) if !certificates.is_empty() => Some(RedisCa { path, pem }),
+        _ => {
+            src.problem(key, format!("{} holds no readable PEM certificate", path.display()));
+            None
+        }
+    }
 }
 
 fn key_prefix(src: &mut Source<'_>) -> String {

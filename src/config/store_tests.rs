@@ -264,8 +264,47 @@ fn the_example_documents_the_store_defaults() {
         "#redis_timeout = \"2s\"",
         "#   redis_url = ",
         "#   redis_password_file = ",
+        "#   redis_ca_file = ",
     ] {
         assert!(example.contains(line), "proxy.toml.example lacks `{line}`");
     }
     assert_eq!(DEFAULT_TIMEOUT, Duration::from_secs(2));
+}
+
+#[test]
+fn a_ca_file_is_read_for_rediss_only_and_must_hold_certificates() {
+    let store = ("PORTCULLIS_SESSION_STORE", "redis");
+    let mut empty = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut empty, b"not a certificate\n").expect("write");
+    let empty_path = empty.path().display().to_string();
+    rejects(
+        "",
+        &[
+            store,
+            ("PORTCULLIS_SESSION_REDIS_URL", "rediss://h"),
+            ("PORTCULLIS_SESSION_REDIS_CA_FILE", &empty_path),
+        ],
+        "PORTCULLIS_SESSION_REDIS_CA_FILE",
+        "no readable PEM certificate",
+    );
+    rejects(
+        "",
+        &[
+            store,
+            ("PORTCULLIS_SESSION_REDIS_URL", "rediss://h"),
+            ("PORTCULLIS_SESSION_REDIS_CA_FILE", "/nonexistent/ca.pem"),
+        ],
+        "PORTCULLIS_SESSION_REDIS_CA_FILE",
+        "cannot read /nonexistent/ca.pem",
+    );
+    rejects(
+        "",
+        &[
+            store,
+            ("PORTCULLIS_SESSION_REDIS_URL", "redis://h"),
+            ("PORTCULLIS_SESSION_REDIS_CA_FILE", &empty_path),
+        ],
+        "PORTCULLIS_SESSION_REDIS_CA_FILE",
+        "rediss://",
+    );
 }

@@ -22,6 +22,8 @@ use super::SESSION_COOKIE;
 pub struct Redis {
     pub port: u16,
     password: Option<String>,
+    /// A TLS port beside the plain one, with this certificate (cert.pem, key.pem, CA).
+    tls: Option<(u16, std::path::PathBuf, std::path::PathBuf)>,
     dir: tempfile::TempDir,
     proc: Option<ChildProcess>,
 }
@@ -45,11 +47,36 @@ impl Redis {
         let mut redis = Redis {
             port,
             password,
+            tls: None,
             dir,
             proc: None,
         };
         redis.restart().await;
         redis
+    }
+
+    /// A server that also speaks TLS on another port, with the certificate that `pki`
+    /// has installed (for `localhost`); the plain port stays for the test's own checks.
+    pub async fn start_tls(pki: &super::tls::TestPki) -> Redis {
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-e2e-redis-")
+            .tempdir()
+            .expect("create temp dir for redis");
+        let mut redis = Redis {
+            port: free_port(),
+            password: None,
+            tls: Some((free_port(), pki.cert_path(), pki.key_path())),
+            dir,
+            proc: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// `rediss://localhost:<tls port>` of [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        let (port, _, _) = self.tls.as_ref().expect("a server started with start_tls");
+        format!("rediss://localhost:{port}")
     }
 
     /// `redis://127.0.0.1:<port>` (no password: give that separately).
@@ -69,6 +96,13 @@ impl Redis {
             .args(["--daemonize", "no", "--loglevel", "warning"]);
         if let Some(password) = &self.password {
             cmd.args(["--requirepass", password]);
+        }
+        if let Some((port, cert, key)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key);
         }
         self.proc = Some(ChildProcess::spawn("redis", cmd));
         let client = self.client_unchecked();

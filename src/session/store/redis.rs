@@ -79,7 +79,18 @@ impl RedisStore {
             // a provider is installed already, which is just as good.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(info).map_err(setup)?;
+        let client = match &redis.ca {
+            // Only these CAs are trusted then, not the system roots.
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(setup)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(redis.timeout))
             .set_response_timeout(Some(redis.timeout))
