@@ -268,3 +268,19 @@ fn a_session_survives_serialisation_for_a_shared_store() {
     assert_eq!(header(&restored, "remote-user"), Some("john"));
     assert_eq!(restored.claims(), original.claims());
 }
+
+/// The Redis variant must not make the memory store's per-request lookup future larger
+/// (it is moved with every request): its arm is boxed.
+#[test]
+fn the_store_dispatch_adds_almost_nothing_to_the_memory_lookup_future() {
+    use super::store::SessionStore;
+    let store = MemoryStore::new(&session_config());
+    let key = SessionId::generate().key();
+    let direct = std::mem::size_of_val(&SessionBackend::get(&store, &key));
+    let dispatched = SessionStore::Memory(store);
+    let through_enum = std::mem::size_of_val(&dispatched.get(&key));
+    assert!(
+        through_enum <= direct + 64,
+        "SessionStore::get future is {through_enum} B, MemoryStore::get {direct} B"
+    );
+}

@@ -104,10 +104,14 @@ impl SessionStore {
         })
     }
 
+    /// The per-request lookup. The Redis arm's future is boxed: unboxed, its state
+    /// (command, connection, timeout) would grow this future by about 500 bytes for every
+    /// request of the memory store too, which is moved around on its hot path. One
+    /// allocation is nothing beside a Redis round trip.
     pub async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         match self {
             SessionStore::Memory(store) => store.get(key).await,
-            SessionStore::Redis(store) => store.get(key).await,
+            SessionStore::Redis(store) => Box::pin(store.get(key)).await,
         }
     }
 
