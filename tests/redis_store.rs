@@ -416,3 +416,46 @@ async fn sessions_travel_to_redis_over_tls_checked_against_the_configured_ca() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_redis_password_is_a_clear_503_and_never_logged() {
+    const WRONG: &str = "wrong-redis-password-7d2e";
+    let redis = Redis::start_with_password("the-right-redis-password-4a1").await;
+    let app = AppAddr::reserve();
+    let idp = Idp::start(IdpOptions {
+        redirect_uris: vec![app.redirect_uri()],
+        ..IdpOptions::default()
+    })
+    .await;
+    let echo = Echo::start().await;
+    let portcullis = Portcullis::builder(app, &idp.issuer, &echo.url)
+        .env("SESSION_ENCRYPTION_SECRET", "e2e-wrong-redis-password-0123456789abcdef")
+        .env("PORTCULLIS_SESSION_STORE", "redis")
+        .env(
+            "PORTCULLIS_SESSION_REDIS_URL",
+            format!("redis://default@127.0.0.1:{}", redis.port),
+        )
+        .env("PORTCULLIS_SESSION_REDIS_PASSWORD", WRONG)
+        .start_unready()
+        .await;
+    let client = Browserless::new();
+    let readyz = portcullis.url("/.auth/readyz");
+    eventually("readyz to report the store", Duration::from_secs(10), || {
+        let (client, readyz) = (client.clone(), readyz.clone());
+        async move {
+            let resp = client.send(client.get(&readyz)).await;
+            (resp.status == 503 && resp.body.contains("session store")).then_some(())
+        }
+    })
+    .await;
+
+    // Any well-formed session cookie needs the store.
+    client.put_cookie(&portcullis.base_url(), SESSION_COOKIE, &"A".repeat(43));
+    assert_store_unavailable_json(&client.api_get(&portcullis.url("/x")).await);
+    let log = portcullis.log_text();
+    assert!(!log.contains(WRONG), "the Redis password was logged:\n{log}");
+    assert!(
+        log.to_ascii_lowercase().contains("wrongpass") || log.to_ascii_lowercase().contains("auth"),
+        "the log does not say that authentication failed:\n{log}"
+    );
+}

@@ -244,7 +244,7 @@ impl RedisStore {
             Err(error) => tracing::warn!(
                 %endpoint,
                 %error,
-                "session store: Redis, unreachable for now; requests that need a session get 503 until it is reachable"
+                "session store: Redis, not usable for now; requests that need a session get 503 until it is"
             ),
         }
     }
