@@ -240,7 +240,8 @@ impl RedisStore {
         let endpoint = &self.inner.endpoint;
         match self.ping().await {
             Ok(()) => tracing::info!(%endpoint, prefix = %self.inner.prefix, "session store: Redis"),
-            // note_reachability has not logged: the state started as reachable.
+            // Already logged by `note_reachability` as the store became unreachable.
+            Err(StoreError::Unavailable(_) | StoreError::Timeout(_)) => {}
             Err(error) => tracing::warn!(
                 %endpoint,
                 %error,
