@@ -3,8 +3,9 @@
 which installs the packages and builds the binaries first; see bench/README.md.
 
 Starts, on loopback only: the upstream (nginx, static page), nginx as a plain reverse
-proxy, Caddy as a plain reverse proxy, the test provider, Apache + mod_auth_openidc and
-portcullis; logs in once at each authenticating proxy; checks that each contender returns
+proxy, Caddy as a plain reverse proxy, the test provider, Apache + mod_auth_openidc,
+portcullis, and a second portcullis with the Redis session store (and its redis-server);
+logs in once at each authenticating proxy; checks that each contender returns
 the upstream page; then measures them interleaved with wrk, and prints one Markdown table,
 the ratios and a PASS/MISS line per target of issue 4. Every process it starts is stopped
 at the end, whatever happens.
@@ -183,6 +184,16 @@ def http_get(url, headers=None, timeout=5):
         return response.status, response.headers, response.read()
     finally:
         conn.close()
+
+
+def redis_ping(port):
+    """True when a redis-server answers PING on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def wait_until(what, check, proc, procs, name, timeout=30):
@@ -523,8 +534,11 @@ OIDCSessionInactivityTimeout 3600
 
 
 class Contender:
-    def __init__(self, key, label, url, proc=None, cookie=None, authenticated=False):
+    def __init__(self, key, label, url, proc=None, cookie=None, authenticated=False, helper=None):
         self.key = key
+        # A process the contender needs and whose CPU is reported beside its own (redis-server).
+        self.helper = helper
+        self.helper_cpu = 0.0
         self.label = label
         self.url = url
         self.host = re.match(r"http://[^/]+", url).group(0)[len("http://"):].replace("127.0.0.1", "localhost")
@@ -616,6 +630,7 @@ def versions():
         "apache": first_line(["apache2", "-v"]).replace("Server version: ", ""),
         "mod_auth_openidc": modver,
         "wrk": first_line(["wrk", "-v"]).split(" [")[0],
+        "redis": first_line(["redis-server", "--version"]).split(" sha=")[0],
         "portcullis": commit,
     }
 
@@ -823,7 +838,9 @@ def run(tmp, procs, started_at, load_before):
     session_memory = run_session_memory() if RUN_SESSION_MEMORY else None
     criterion = run_criterion() if RUN_CRITERION else None
 
-    up_port, ngx_port, caddy_port, apache_port, pc_port, idp_port, *compare_ports = free_ports(6 + len(COMPARE_BINS))
+    up_port, ngx_port, caddy_port, apache_port, pc_port, idp_port, redis_port, pcr_port, *compare_ports = free_ports(
+        8 + len(COMPARE_BINS)
+    )
 
     # --- upstream: nginx with the welcome page and a sparse big file
     www = os.path.join(tmp, "www")
@@ -851,7 +868,7 @@ def run(tmp, procs, started_at, load_before):
         os.environ,
         IDP_PORT=str(idp_port),
         IDP_REDIRECT_URIS=",".join(
-            [f"http://localhost:{p}/callback" for p in [pc_port, *compare_ports]]
+            [f"http://localhost:{p}/callback" for p in [pc_port, pcr_port, *compare_ports]]
             + [f"http://localhost:{apache_port}/oauth2callback"]
         ),
         # mod_auth_openidc 2.4.12 has no PAR; portcullis still uses it (advertised by the provider)
@@ -871,8 +888,18 @@ def run(tmp, procs, started_at, load_before):
     apache_env = dict(os.environ, APACHE_RUN_DIR=f"{tmp}/apache-run", APACHE_LOG_DIR=tmp)
     apache = procs.start("apache", ["apache2", "-f", conf, "-DFOREGROUND"], env=apache_env)
 
+    # --- Redis for the portcullis with the Redis session store: nothing on disk
+    redis_dir = os.path.join(tmp, "redis")
+    os.makedirs(redis_dir)
+    redis = procs.start(
+        "redis",
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", redis_dir, "--daemonize", "no"],
+    )
+    wait_until("redis-server", lambda: redis_ping(redis_port), redis, procs, "redis")
+
     # --- portcullis (and the binaries to compare it with)
-    def start_portcullis(name, binary, port):
+    def start_portcullis(name, binary, port, extra_env=None):
         secret = subprocess.run([binary, "generate-secret"], capture_output=True, text=True, check=True).stdout.strip()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -894,9 +921,19 @@ def run(tmp, procs, started_at, load_before):
         }
         # allocator and runtime tuning, for experiments
         env.update({k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "MIMALLOC_", "GLIBC_TUNABLES", "TOKIO_"))})
+        env.update(extra_env or {})
         return procs.start(name, [binary], env=env)
 
     portcullis = start_portcullis("portcullis", PORTCULLIS_BIN, pc_port)
+    portcullis_redis = start_portcullis(
+        "portcullis-redis",
+        PORTCULLIS_BIN,
+        pcr_port,
+        {
+            "PORTCULLIS_SESSION_STORE": "redis",
+            "PORTCULLIS_SESSION_REDIS_URL": f"redis://127.0.0.1:{redis_port}",
+        },
+    )
     compared = [
         (f"compare{i + 1}", binary, port, start_portcullis(f"compare{i + 1}", binary, port))
         for i, (binary, port) in enumerate(zip(COMPARE_BINS, compare_ports))
@@ -906,6 +943,11 @@ def run(tmp, procs, started_at, load_before):
     wait_until("caddy", lambda: http_get(f"http://127.0.0.1:{caddy_port}/")[0] == 200, caddy, procs, "caddy")
     wait_until("apache", lambda: http_get(f"http://localhost:{apache_port}/", {"Accept": "text/html"})[0] == 302, apache, procs, "apache")
     wait_until("portcullis", lambda: http_get(f"http://localhost:{pc_port}/.auth/readyz")[0] == 200, portcullis, procs, "portcullis")
+    wait_until(
+        "portcullis (redis store)",
+        lambda: http_get(f"http://localhost:{pcr_port}/.auth/readyz")[0] == 200,
+        portcullis_redis, procs, "portcullis-redis",
+    )
     for key, binary, port, proc in compared:
         wait_until(binary, lambda port=port: http_get(f"http://localhost:{port}/.auth/readyz")[0] == 200, proc, procs, key)
     log("all servers up")
@@ -919,6 +961,10 @@ def run(tmp, procs, started_at, load_before):
         # the same process, a public path, no cookie: what the policy phase costs when it
         # lets a request through without the session phase
         Contender("portcullis_public", "portcullis public path", f"http://localhost:{pc_port}{PUBLIC_PATH}", portcullis),
+        Contender(
+            "portcullis-redis", "portcullis redis store", f"http://localhost:{pcr_port}/", portcullis_redis,
+            authenticated=True, helper=redis,
+        ),
     ] + [
         Contender(key, f"compare: {os.path.relpath(binary, ROOT) if binary.startswith(ROOT) else binary}", f"http://localhost:{port}/", proc, authenticated=True)
         for key, binary, port, proc in compared
@@ -939,7 +985,7 @@ def run(tmp, procs, started_at, load_before):
         c.rss_idle = rss_bytes(c.proc.pid)
 
     # once each: two rows share the portcullis process
-    all_pids = list(dict.fromkeys([c.proc.pid for c in contenders] + [idp.pid]))
+    all_pids = list(dict.fromkeys([c.proc.pid for c in contenders] + [idp.pid, redis.pid]))
     foreign = []
     total_runs = ROUNDS * len(CONNECTIONS) * len(contenders)
     n = 0
@@ -964,6 +1010,8 @@ def run(tmp, procs, started_at, load_before):
                 other = max(0.0, busy - ours) / (elapsed * os.cpu_count())
                 foreign.append(other)
                 c.cpu += cpu_after[c.proc.pid] - cpu_before[c.proc.pid]
+                if c.helper is not None:
+                    c.helper_cpu += cpu_after[c.helper.pid] - cpu_before[c.helper.pid]
                 c.requests += result["requests"]
                 peak = max(sampler.peak[c.proc.pid], hwm_bytes(c.proc.pid) if len(tree(c.proc.pid)) == 1 else 0)
                 c.rss_peak = max(c.rss_peak, peak)
@@ -1017,7 +1065,7 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
     lines.append(f"Machine: {machine_description()}; load average {' '.join(load_before)} before the run.")
     lines.append(
         f"Versions: portcullis {v['portcullis']}, nginx {v['nginx']}, Caddy {v['caddy']}, {v['apache']} + "
-        f"mod_auth_openidc {v['mod_auth_openidc']}, {v['wrk']}."
+        f"mod_auth_openidc {v['mod_auth_openidc']}, {v['redis']}, {v['wrk']}."
     )
     lines.append(
         f"Command: `BENCH_DURATION={DURATION} BENCH_ROUNDS={ROUNDS} bash bench/run.sh` — `wrk -t1 -c<N> -d{DURATION} --latency`, "
@@ -1041,8 +1089,6 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
         user = c.cpu_user / c.requests * 10000 if c.requests else float("nan")
         cells += [f"{cpu:.3f} ({user:.2f} user)", fmt_mib(c.rss_idle), fmt_mib(c.rss_peak)]
         lines.append("| " + " | ".join(cells) + " |")
-    na = "n/a (not implemented)"
-    lines.append(f"| portcullis redis store | {na} | | | | | | | | |")
     lines.append("")
     worst = max(foreign) if foreign else 0
     mean = sum(foreign) / len(foreign) if foreign else 0
@@ -1053,6 +1099,12 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
     if worst > 0.10:
         note += " **The machine was busy with other work: absolute numbers are disturbed; the ratios (same run, interleaved) hold better.**"
     lines.append(note)
+    for c in contenders:
+        if c.helper is not None and c.requests:
+            lines.append(
+                f"- {c.label}: CPU s/10k req is portcullis alone; redis-server used "
+                f"{c.helper_cpu / c.requests * 10000:.3f} s/10k req more (one GETEX per request)."
+            )
     for c in contenders:
         for w in c.warnings:
             lines.append(f"- warning, {c.label}: {w}")
@@ -1075,6 +1127,12 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
     pub = by_key["portcullis_public"]
     parts = [f"c={conns}: {ratio(pub, ngx, conns):.2f}× nginx proxy, {ratio(pub, pc, conns):.2f}× portcullis authenticated" for conns in CONNECTIONS]
     lines.append(f"- portcullis public path ({PUBLIC_PATH}, no cookie): " + "; ".join(parts))
+    pcr = by_key["portcullis-redis"]
+    lines.append(
+        "- portcullis redis store / memory store: "
+        + ", ".join(f"c={conns}: {ratio(pcr, pc, conns):.2f}×" for conns in CONNECTIONS)
+        + f"; p99 at c={c_lo}: {ratio(pcr, pc, c_lo, 'p99'):.2f}×"
+    )
     for c in contenders:
         if c.key.startswith("compare"):
             parts = [f"c={conns}: {ratio(c, ngx, conns):.2f}× nginx proxy, {ratio(c, pc, conns):.2f}× portcullis" for conns in CONNECTIONS]
@@ -1125,7 +1183,6 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
         )
     else:
         targets.append("- not measured: streaming (BENCH_STREAM=0)")
-    targets.append("- not measured yet: portcullis with the Redis store (not implemented)")
     lines.append("Targets (issue 4):")
     lines.extend(targets)
 

@@ -2,7 +2,7 @@
 # The portcullis benchmark: `bash bench/run.sh` (see bench/README.md).
 #
 # Installs what it needs (Debian: wrk, nginx, caddy, apache2, libapache2-mod-auth-openidc,
-# curl; npm: the test provider's packages), builds portcullis and the session-store
+# redis-server, curl; npm: the test provider's packages), builds portcullis and the session-store
 # benches in release mode, then hands over to bench/bench.py, which starts every server on
 # loopback, measures, prints one Markdown table and stops everything it started.
 #
@@ -24,7 +24,7 @@ cd "$ROOT"
 log() { printf 'bench: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------
-bash tests/apt-install.sh wrk nginx caddy apache2 libapache2-mod-auth-openidc curl python3
+bash tests/apt-install.sh wrk nginx caddy apache2 libapache2-mod-auth-openidc redis-server curl python3
 
 # --- the test provider's npm packages ------------------------------------------
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

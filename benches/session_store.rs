@@ -8,6 +8,9 @@
 //!   login or a refresh does); building the session is not timed.
 //! - `insert_new_bounded`: store a session under a new key in a store at the default
 //!   memory bound (256 MiB), so once it is full every insert also evicts one.
+//! - `redis_open`: what the Redis store does per request beside its `GETEX` round trip:
+//!   open the sealed value (AES-256-GCM, JSON) and rebuild the identity headers.
+//! - `redis_open_no_headers`: the same without rebuilding the headers.
 
 mod common;
 
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use portcullis::session::store::seal::Sealer;
 use portcullis::session::store::{MemoryStore, SessionBackend};
 use tokio::runtime::Runtime;
 
@@ -102,6 +106,24 @@ fn bench_store(c: &mut Criterion) {
             |(key, session)| runtime.block_on(growing.insert(key, session)).unwrap(),
             BatchSize::SmallInput,
         );
+    });
+
+    let sealer = Sealer::new(&config.session.secret);
+    let store_key = format!("portcullis:{}", common::key(1).to_hex());
+    let sealed = sealer
+        .seal(store_key.as_bytes(), &common::session(1, &config))
+        .expect("seal");
+    eprintln!("sealed Authelia-sized session: {} bytes", sealed.len());
+    let rule = portcullis::policy::Rule::new(&config.policy.allowed_groups, &config.policy.allowed_email_domains);
+    group.bench_function("redis_open", |b| {
+        b.iter(|| {
+            let mut session = sealer.open(store_key.as_bytes(), &sealed).expect("open");
+            session.prepare(&config.identity, &rule);
+            std::hint::black_box(session)
+        });
+    });
+    group.bench_function("redis_open_no_headers", |b| {
+        b.iter(|| std::hint::black_box(sealer.open(store_key.as_bytes(), &sealed).expect("open")));
     });
 
     group.finish();

@@ -26,7 +26,7 @@ use crate::proxy::{CookieFilter, ForwardContext, Upstream, UpstreamSlot};
 use crate::router::{Route, Router};
 use crate::session::cookies::CookieCodec;
 use crate::session::refresh::RefreshGate;
-use crate::session::store::{MemoryStore, SessionStore};
+use crate::session::store::{RefreshTurn, SessionStore};
 use crate::session::{Session, SessionKey};
 use crate::ResponseBody;
 
@@ -74,7 +74,7 @@ impl App {
         .map_err(crate::StartError::Upstream)?;
         Ok(App {
             oidc,
-            sessions: SessionStore::Memory(MemoryStore::new(&config.session)),
+            sessions: SessionStore::new(&config).map_err(crate::StartError::SessionStore)?,
             refresh_gate: RefreshGate::new(),
             cookies: CookieCodec::new(&config.session),
             upstream,
@@ -125,11 +125,7 @@ impl App {
             });
         let result = match route {
             Route::Healthz => Ok(pages::text_response(StatusCode::OK, "ok\n")),
-            Route::Readyz if self.oidc.is_ready() => Ok(pages::text_response(StatusCode::OK, "ready\n")),
-            Route::Readyz => Ok(pages::text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: identity provider metadata not loaded\n",
-            )),
+            Route::Readyz => Ok(self.readiness().await),
             Route::Login => self.login(&request).await,
             Route::Callback => self.callback(&request).await,
             Route::Logout => self.logout(request).await,
@@ -155,6 +151,19 @@ impl App {
             );
         }
         response
+    }
+
+    /// `/.auth/readyz`: ready when the provider's metadata is loaded and the session
+    /// store answers (always, for the memory store).
+    async fn readiness(&self) -> Response<ResponseBody> {
+        let problem = if !self.oidc.is_ready() {
+            "not ready: identity provider metadata not loaded\n"
+        } else if !self.sessions.is_ready().await {
+            "not ready: session store unreachable\n"
+        } else {
+            return pages::text_response(StatusCode::OK, "ready\n");
+        };
+        pages::text_response(StatusCode::SERVICE_UNAVAILABLE, problem)
     }
 
     /// policy → session → policy → proxy for the app's own paths.
@@ -217,24 +226,47 @@ impl App {
     }
 
     /// Single-flight refresh: the first request refreshes, the others wait and then read
-    /// the refreshed session from the store.
+    /// the refreshed session from the store. In one process the gate serialises them;
+    /// across replicas (Redis) [`SessionStore::refresh_turn`] lets one replica refresh and
+    /// hands the others its result.
     async fn refresh(&self, key: SessionKey) -> Result<Option<ActiveSession>, AppError> {
         let _guard = self.refresh_gate.acquire(&key).await;
         let Some(current) = self.sessions.get(&key).await? else {
             return Ok(None);
         };
         let leeway = self.config.session.refresh_before_expiry;
-        let Some(refresh_token) = current.tokens.refresh_token.clone() else {
-            return Ok(Some(ActiveSession { session: current }));
-        };
         if !current.needs_refresh(SystemTime::now(), leeway) {
             return Ok(Some(ActiveSession { session: current }));
         }
+        // Settled: another replica rotated the refresh token, or the tokens are fresh.
+        let seen = current.tokens.refresh_token.clone();
+        let settled = move |session: &Session| {
+            session.tokens.refresh_token != seen || !session.needs_refresh(SystemTime::now(), leeway)
+        };
+        let (current, lock) = match self.sessions.refresh_turn(&key, current, settled).await? {
+            RefreshTurn::Settled(session) => return Ok(session.map(|session| ActiveSession { session })),
+            RefreshTurn::Refresh { session, lock } => (session, lock),
+        };
+        // The lock is released whatever the outcome, before an error is returned.
+        let outcome = self.refresh_now(key, current).await;
+        lock.release().await;
+        outcome
+    }
+
+    /// Refreshes `current`'s tokens at the provider and stores the result. Runs only
+    /// while this request holds the session's refresh lock.
+    async fn refresh_now(&self, key: SessionKey, current: Arc<Session>) -> Result<Option<ActiveSession>, AppError> {
+        let Some(refresh_token) = current.tokens.refresh_token.clone() else {
+            return Ok(Some(ActiveSession { session: current }));
+        };
         match self.oidc.refresh(&refresh_token, &current.subject).await {
             Ok(outcome) => {
                 let refreshed = current.refreshed(outcome.tokens, &self.config.identity, self.policy.rule());
                 let refreshed = Arc::new(refreshed);
-                self.sessions.insert(key, refreshed.clone()).await?;
+                if !self.sessions.replace(key, refreshed.clone()).await? {
+                    tracing::info!(session = ?key, "session ended during its token refresh (logout)");
+                    return Ok(None);
+                }
                 self.metrics.refresh(RefreshOutcome::Refreshed);
                 tracing::debug!(session = ?key, "access token refreshed");
                 Ok(Some(ActiveSession { session: refreshed }))

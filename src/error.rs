@@ -94,7 +94,7 @@ impl AppError {
             AppError::Proxy(ProxyError::Config(_)) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "The proxy is misconfigured.", Fault::Internal),
             // One generic message whatever the rule: which one failed is for the log.
             AppError::Forbidden(_) => r(S::FORBIDDEN, "forbidden", "Access denied", "You are signed in, but this account may not use this application. Ask its administrator for access, or sign out and sign in with another account.", Fault::Downstream),
-            AppError::Store(_) => r(S::SERVICE_UNAVAILABLE, "session_store_unavailable", "Sessions unavailable", "The session store could not be reached. Try again shortly.", Fault::Upstream),
+            AppError::Store(_) => r(S::SERVICE_UNAVAILABLE, "session_store_unavailable", "Session store unavailable", "The session store is unavailable, so your session cannot be checked right now. Try again shortly.", Fault::Upstream),
             AppError::CallbackWithoutState => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "This address is only used to finish a sign-in, and the request carries no sign-in to finish.", Fault::Downstream),
             AppError::LoginNotFound => r(S::BAD_REQUEST, "login_expired", "Sign-in expired", "This sign-in has expired, was already completed, or was started in another browser. Please sign in again.", Fault::Downstream),
             AppError::LoginRateLimited => r(S::SERVICE_UNAVAILABLE, "login_rate_limited", "Too many sign-ins", "Too many sign-ins are being started right now. Try again in a moment.", Fault::Downstream),

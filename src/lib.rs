@@ -12,7 +12,7 @@
 //!   refresh, access check, proxy).
 //! - [`auth`]: login, callback, logout and the dump page.
 //! - [`oidc`]: the OpenID Connect relying party (discovery, PAR, callback checks, tokens, userinfo).
-//! - [`session`]: sessions, the store, cookies, the refresh gate.
+//! - [`session`]: sessions, the stores (memory, Redis), cookies, the refresh gate and lock.
 //! - [`policy`]: public paths (with path normalisation), the access rule (groups, email
 //!   domains), local-redirect checks, browser detection.
 //! - [`proxy`]: the upstream client and header rewriting.
@@ -56,6 +56,8 @@ pub enum StartError {
     Oidc(oidc::OidcError),
     #[error("cannot set up the upstream client: {0}")]
     Upstream(proxy::ProxyError),
+    #[error("cannot set up the session store: {0}")]
+    SessionStore(session::store::StoreError),
     #[error(transparent)]
     Serve(#[from] server::ServeError),
 }
@@ -69,8 +71,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let oidc = app.oidc().clone();
     let discovery = tokio::spawn(async move { oidc.run_discovery().await });
+    // Only a log line; aborted with discovery if it is still waiting on the store.
+    let store = app.sessions.clone();
+    let store_report = tokio::spawn(async move { store.report_at_start().await });
 
     let served = server::serve(listener, app, shutdown, &config.server, &config.base_url).await;
     discovery.abort();
+    store_report.abort();
     Ok(served?)
 }

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use super::duration::{format_duration, format_size};
-use super::{AccessTokenForwarding, Config, LogFormat, ParMode, UpstreamTarget};
+use super::{AccessTokenForwarding, Config, LogFormat, ParMode, SessionStoreConfig, UpstreamTarget};
 
 /// A TOML string literal, escaped.
 fn q(text: &str) -> String {
@@ -90,6 +90,29 @@ impl Config {
         writeln!(out, "refresh_before_expiry = {}", q(&d(s.refresh_before_expiry)))?;
         writeln!(out, "login_timeout = {}", q(&d(s.login_timeout)))?;
         writeln!(out, "max_pending_logins = {}", s.max_pending_logins)?;
+        match &s.store {
+            SessionStoreConfig::Memory => {
+                writeln!(out, "store = \"memory\"")?;
+                writeln!(
+                    out,
+                    "# redis_url, redis_password, redis_key_prefix, redis_timeout, redis_ca_file: only with store = \"redis\""
+                )?;
+            }
+            SessionStoreConfig::Redis(redis) => {
+                writeln!(out, "store = \"redis\"")?;
+                writeln!(out, "redis_url = {}", q(redis.url.as_str()))?;
+                match &redis.password {
+                    Some(_) => writeln!(out, "redis_password = {REDACTED}")?,
+                    None => writeln!(out, "# redis_password unset: no AUTH password")?,
+                }
+                writeln!(out, "redis_key_prefix = {}", q(&redis.key_prefix))?;
+                writeln!(out, "redis_timeout = {}", q(&d(redis.timeout)))?;
+                match &redis.ca {
+                    Some(ca) => writeln!(out, "redis_ca_file = {}", q(&ca.path.display().to_string()))?,
+                    None => writeln!(out, "# redis_ca_file unset: system roots (rediss://)")?,
+                }
+            }
+        }
 
         writeln!(out, "\n[routes]")?;
         writeln!(out, "callback = {}", q(&self.routes.callback))?;

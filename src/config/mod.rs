@@ -14,6 +14,7 @@ mod routes;
 mod secret;
 mod session;
 mod source;
+mod store;
 mod transport;
 mod validate;
 
@@ -24,6 +25,7 @@ pub use duration::{format_duration, parse_duration, parse_size};
 pub use load::{load, load_str, ConfigError, ConfigProblem, Sources};
 pub use secret::Secret;
 pub use session::{generate_secret, MIN_SECRET_LEN};
+pub use store::{RedisConfig, SessionStoreConfig};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,6 +151,8 @@ pub struct SessionConfig {
     pub login_timeout: Duration,
     /// Pending-login cookies kept at once; the oldest beyond this is dropped (default 5).
     pub max_pending_logins: usize,
+    /// Where sessions live: this process's memory (default) or Redis, for several replicas.
+    pub store: SessionStoreConfig,
 }
 
 /// Paths of the routes portcullis answers itself.

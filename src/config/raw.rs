@@ -66,6 +66,13 @@ struct RawSession {
     refresh_before_expiry: Leaf,
     login_timeout: Leaf,
     max_pending_logins: Leaf,
+    store: Leaf,
+    redis_url: Leaf,
+    redis_password: Leaf,
+    redis_password_file: Leaf,
+    redis_key_prefix: Leaf,
+    redis_timeout: Leaf,
+    redis_ca_file: Leaf,
 }
 
 #[derive(Deserialize)]

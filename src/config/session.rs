@@ -86,6 +86,7 @@ pub fn session(src: &mut Source<'_>, base_url: Option<&Url>) -> Option<SessionCo
     let refresh_before_expiry = src.duration("session.refresh_before_expiry", Duration::from_secs(30));
     let login_timeout = src.positive_duration("session.login_timeout", Duration::from_secs(600));
     let max_pending_logins = src.integer("session.max_pending_logins", 5, (1, 20));
+    let store = super::store::store(src, secret_is_ephemeral);
 
     Some(SessionConfig {
         secret: secret?,
@@ -100,6 +101,7 @@ pub fn session(src: &mut Source<'_>, base_url: Option<&Url>) -> Option<SessionCo
         refresh_before_expiry,
         login_timeout,
         max_pending_logins: usize::try_from(max_pending_logins).unwrap_or(5),
+        store,
     })
 }
 

@@ -3,9 +3,11 @@
 //!
 //! - [`Session`]: identity, tokens, and what is prepared once from its claims (the
 //!   upstream headers and the access policy's verdict).
-//! - [`store`]: the store behind a small async interface (moka in memory now, Redis later).
+//! - [`store`]: the store behind a small async interface: moka in memory, or Redis
+//!   (sealed, shared by several replicas).
 //! - [`cookies`]: the session cookie and the sealed per-attempt pending-login cookies.
-//! - [`refresh`]: the single-flight gate that serialises refreshes per session.
+//! - [`refresh`]: the in-process single-flight gate that serialises refreshes per session
+//!   (the Redis store adds a lock across replicas, [`store::RefreshTurn`]).
 
 pub mod cookies;
 pub mod refresh;
@@ -68,7 +70,18 @@ impl fmt::Debug for SessionId {
 impl SessionKey {
     /// Hex form, for external stores and log correlation (it is not a credential).
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        let mut hex = String::with_capacity(64);
+        self.push_hex(&mut hex);
+        hex
+    }
+
+    /// Appends the 64 lowercase hex digits to `out` (a store key is built with one allocation).
+    pub fn push_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for byte in self.0 {
+            out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) fn session_config() -> SessionConfig {
         refresh_before_expiry: Duration::from_secs(30),
         login_timeout: Duration::from_secs(600),
         max_pending_logins: 3,
+        store: crate::config::SessionStoreConfig::Memory,
     }
 }
 
@@ -307,5 +308,21 @@ fn the_access_verdict_is_prepared_at_login_and_again_after_a_refresh() {
         login(refreshed.tokens.clone()).access,
         Access::Granted,
         "the same verdict as a fresh login"
+    );
+}
+
+/// The Redis variant must not make the memory store's per-request lookup future larger
+/// (it is moved with every request): its arm is boxed.
+#[test]
+fn the_store_dispatch_adds_almost_nothing_to_the_memory_lookup_future() {
+    use super::store::SessionStore;
+    let store = MemoryStore::new(&session_config());
+    let key = SessionId::generate().key();
+    let direct = std::mem::size_of_val(&SessionBackend::get(&store, &key));
+    let dispatched = SessionStore::Memory(store);
+    let through_enum = std::mem::size_of_val(&dispatched.get(&key));
+    assert!(
+        through_enum <= direct + 64,
+        "SessionStore::get future is {through_enum} B, MemoryStore::get {direct} B"
     );
 }

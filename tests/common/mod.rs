@@ -8,6 +8,7 @@
 //! - [`peers`]: the node peers, [`Idp`] (tests/idp) and [`Echo`] (tests/upstream).
 //! - [`proxy`]: [`Portcullis`] and its builder (environment-only configuration).
 //! - [`stack`]: all three wired together, the usual starting point of a test.
+//! - [`redis_server`]: a real redis-server per test, and two portcullis replicas sharing it.
 //! - [`client`]: [`Browserless`], a redirect-free HTTP client with a per-host+port
 //!   cookie jar that can walk the provider's login form.
 //! - [`cookies`]: the jar and `Set-Cookie` parsing for attribute assertions.
@@ -29,6 +30,7 @@ pub mod peers;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod redis_server;
 pub mod stack;
 pub mod tls;
 pub mod upstream;
@@ -41,6 +43,7 @@ pub use peers::{Echo, EchoSeen, Idp, IdpOptions, IdpStats};
 pub use process::{eventually, free_port};
 pub use proxy::{rss_kib, AppAddr, Portcullis, PortcullisBuilder};
 pub use raw::{raw_request, RawResponse};
+pub use redis_server::{Redis, Replicas};
 pub use stack::{Stack, StackBuilder};
 
 /// The scopes to ask for when a test needs refresh tokens.

@@ -1,8 +1,6 @@
-//! Where sessions live. The in-memory store (moka) is the default; a distributed store
-//! (Redis) joins as another variant of [`SessionStore`] without touching its callers.
-//!
-//! Dispatch is an enum rather than `dyn Trait` so the per-request lookup costs no
-//! boxed future; each backend implements [`SessionBackend`].
+//! The in-memory store: sessions in this process (moka), bounded by weight
+//! (approximate bytes), expired by idleness and by each session's absolute deadline.
+//! The default, and the hot path of a single replica: nothing here may get slower.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,73 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 use moka::future::Cache;
 use moka::Expiry;
 
-use super::{Session, SessionKey};
+use super::{SessionBackend, StoreError};
 use crate::config::SessionConfig;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The store could not be reached (only distributed stores fail this way).
-    #[error("session store unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// The contract of a session backend. `get` returns only live sessions: an expired one
-/// (idle or absolute) is absent.
-pub trait SessionBackend {
-    fn get(
-        &self,
-        key: &SessionKey,
-    ) -> impl std::future::Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
-    fn insert(
-        &self,
-        key: SessionKey,
-        session: Arc<Session>,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
-    fn remove(&self, key: &SessionKey) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// The configured store.
-#[derive(Clone)]
-pub enum SessionStore {
-    Memory(MemoryStore),
-}
-
-impl SessionStore {
-    pub async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
-        match self {
-            SessionStore::Memory(store) => store.get(key).await,
-        }
-    }
-
-    pub async fn insert(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
-        match self {
-            SessionStore::Memory(store) => store.insert(key, session).await,
-        }
-    }
-
-    pub async fn remove(&self, key: &SessionKey) -> Result<(), StoreError> {
-        match self {
-            SessionStore::Memory(store) => store.remove(key).await,
-        }
-    }
-
-    /// Sessions held, when the store knows without a round trip (for the metrics).
-    pub async fn approximate_count(&self) -> Option<u64> {
-        match self {
-            SessionStore::Memory(store) => {
-                // The count is kept by moka's housekeeping, which runs lazily.
-                store.cache.run_pending_tasks().await;
-                Some(store.cache.entry_count())
-            }
-        }
-    }
-}
+use crate::session::{Session, SessionKey};
 
 /// Sessions in this process's memory, bounded by weight (approximate bytes), expired
 /// by idleness and by each session's absolute deadline.
 #[derive(Clone)]
 pub struct MemoryStore {
-    pub(super) cache: Cache<SessionKey, Arc<Session>>,
+    pub(crate) cache: Cache<SessionKey, Arc<Session>>,
 }
 
 /// Expires each entry at its session's absolute deadline; moka's time-to-idle handles idleness.
