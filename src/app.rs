@@ -118,11 +118,12 @@ impl App {
         let kind = route_kind(route);
         let wants_json = policy::prefers_json(request.headers());
         // Taken only when the line will be written: the URI and method are cheap clones.
-        let access =
-            (self.config.log.access_log && tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)).then(|| {
-                let client = self.upstream.client_ip(client_addr.ip(), request.headers());
-                (request.method().clone(), request.uri().clone(), client)
-            });
+        // Health checks (a load balancer's, every few seconds) are counted, not logged.
+        let logged = kind != RouteKind::Health && self.config.log.access_log;
+        let access = (logged && tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)).then(|| {
+            let client = self.upstream.client_ip(client_addr.ip(), request.headers());
+            (request.method().clone(), request.uri().clone(), client)
+        });
         let result = match route {
             Route::Healthz => Ok(pages::text_response(StatusCode::OK, "ok\n")),
             Route::Readyz => Ok(self.readiness().await),

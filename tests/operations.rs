@@ -116,6 +116,9 @@ async fn the_access_log_has_one_line_per_request_with_user_and_without_query_or_
         .expect("the callback is logged");
     assert!(callback.contains("status=302"), "{callback}");
 
+    // The harness polled /.auth/readyz until ready: health checks are not logged.
+    assert!(!lines.iter().any(|l| l.contains("path=/.auth/")), "{lines:#?}");
+
     // No query (codes, states, the app's own parameters), cookie or token anywhere in it.
     let code = trace
         .callback()
