@@ -146,6 +146,8 @@ impl Http1Pool {
             .await
             .map_err(super::connect_error)?;
         let (sender, connection) = http1::Builder::new()
+            // As on the listener: one buffer per write (see server::protocol_builders).
+            .writev(false)
             .handshake(io)
             .await
             .map_err(|error| ProxyError::Connect(error.into()))?;

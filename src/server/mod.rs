@@ -177,6 +177,9 @@ fn protocol_builders(settings: &ServerConfig) -> (http1::Builder, http2::Builder
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
+        // One buffer per write instead of writev: the head and a small body go out in
+        // one copy; measured 12% less CPU per request over loopback (bench/README.md).
+        .writev(false)
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes)
         .max_headers(settings.max_headers);
