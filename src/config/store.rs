@@ -175,13 +175,7 @@ fn key_prefix(src: &mut Source<'_>) -> String {
 /// Checks a `redis://`/`rediss://` URL and takes its password out. Messages never quote
 /// the URL, which may carry that password.
 fn redis_url(src: &mut Source<'_>, key: &str, value: &str) -> Option<(Url, Option<Secret>)> {
-    let mut url = match Url::parse(value) {
-        Ok(url) => url,
-        Err(error) => {
-            src.problem(key, format!("is not an absolute URL ({error})"));
-            return None;
-        }
-    };
+    let mut url = super::validate::absolute_url(src, key, value)?;
     let mut ok = true;
     let mut fail = |message: &str| {
         src.problem(key, message);

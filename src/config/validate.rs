@@ -79,15 +79,20 @@ fn listen_addr(src: &mut Source<'_>) -> SocketAddr {
     }
 }
 
-/// Checks the parts of an http(s) URL every URL setting shares. Names nothing but `key`.
-fn web_url(src: &mut Source<'_>, key: &str, value: &str) -> Option<Url> {
-    let url = match Url::parse(value) {
-        Ok(url) => url,
+/// `value` parsed as an absolute URL, or a problem for `key` (which names nothing else).
+pub(super) fn absolute_url(src: &mut Source<'_>, key: &str, value: &str) -> Option<Url> {
+    match Url::parse(value) {
+        Ok(url) => Some(url),
         Err(error) => {
             src.problem(key, format!("is not an absolute URL ({error})"));
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Checks the parts of an http(s) URL every URL setting shares. Names nothing but `key`.
+fn web_url(src: &mut Source<'_>, key: &str, value: &str) -> Option<Url> {
+    let url = absolute_url(src, key, value)?;
     let mut ok = true;
     let mut fail = |message: &str| {
         src.problem(key, message);
