@@ -219,9 +219,9 @@ async fn an_unreachable_store_answers_503_then_sessions_work_again_when_it_is_ba
     assert_eq!(ready.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn portcullis_starts_while_redis_is_down_and_is_ready_once_it_is_up() {
-    let redis_port = free_port();
+/// One portcullis on the Redis store at `redis_url` (which need not be up), with its
+/// own provider and echo upstream, for the tests that need no second replica.
+async fn lone_replica(redis_url: String) -> (Idp, Echo, PortcullisBuilder) {
     let app = AppAddr::reserve();
     let idp = Idp::start(IdpOptions {
         redirect_uris: vec![app.redirect_uri()],
@@ -230,25 +230,33 @@ async fn portcullis_starts_while_redis_is_down_and_is_ready_once_it_is_up() {
     .await;
     let echo = Echo::start().await;
     let builder = Portcullis::builder(app, &idp.issuer, &echo.url)
-        .env("SESSION_ENCRYPTION_SECRET", "e2e-redis-down-at-start-0123456789abcdef")
+        .env("SESSION_ENCRYPTION_SECRET", "e2e-lone-redis-replica-0123456789abcdef")
         .env("PORTCULLIS_SESSION_STORE", "redis")
-        .env(
-            "PORTCULLIS_SESSION_REDIS_URL",
-            format!("redis://127.0.0.1:{redis_port}"),
-        )
+        .env("PORTCULLIS_SESSION_REDIS_URL", redis_url)
         .env("PORTCULLIS_SESSION_REDIS_TIMEOUT", "1s");
-    let mut portcullis = builder.start_unready().await;
-    let client = Browserless::new();
+    (idp, echo, builder)
+}
+
+/// Waits until readyz answers 503 naming the session store.
+async fn store_not_ready(client: &Browserless, portcullis: &Portcullis) {
     let readyz = portcullis.url("/.auth/readyz");
-    let not_ready = eventually("readyz to name the session store", Duration::from_secs(10), || {
+    eventually("readyz to name the session store", Duration::from_secs(10), || {
         let (client, readyz) = (client.clone(), readyz.clone());
         async move {
             let resp = client.send(client.get(&readyz)).await;
-            (resp.status == 503 && resp.body.contains("session store")).then_some(resp)
+            (resp.status == 503 && resp.body.contains("session store")).then_some(())
         }
     })
     .await;
-    assert_status(&not_ready, 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn portcullis_starts_while_redis_is_down_and_is_ready_once_it_is_up() {
+    let redis_port = free_port();
+    let (_idp, _echo, builder) = lone_replica(format!("redis://127.0.0.1:{redis_port}")).await;
+    let mut portcullis = builder.start_unready().await;
+    let client = Browserless::new();
+    store_not_ready(&client, &portcullis).await;
 
     let _redis = Redis::start_on(redis_port, None).await;
     portcullis.wait_ready().await;
@@ -421,33 +429,13 @@ async fn sessions_travel_to_redis_over_tls_checked_against_the_configured_ca() {
 async fn a_wrong_redis_password_is_a_clear_503_and_never_logged() {
     const WRONG: &str = "wrong-redis-password-7d2e";
     let redis = Redis::start_with_password("the-right-redis-password-4a1").await;
-    let app = AppAddr::reserve();
-    let idp = Idp::start(IdpOptions {
-        redirect_uris: vec![app.redirect_uri()],
-        ..IdpOptions::default()
-    })
-    .await;
-    let echo = Echo::start().await;
-    let portcullis = Portcullis::builder(app, &idp.issuer, &echo.url)
-        .env("SESSION_ENCRYPTION_SECRET", "e2e-wrong-redis-password-0123456789abcdef")
-        .env("PORTCULLIS_SESSION_STORE", "redis")
-        .env(
-            "PORTCULLIS_SESSION_REDIS_URL",
-            format!("redis://default@127.0.0.1:{}", redis.port),
-        )
+    let (_idp, _echo, builder) = lone_replica(format!("redis://default@127.0.0.1:{}", redis.port)).await;
+    let portcullis = builder
         .env("PORTCULLIS_SESSION_REDIS_PASSWORD", WRONG)
         .start_unready()
         .await;
     let client = Browserless::new();
-    let readyz = portcullis.url("/.auth/readyz");
-    eventually("readyz to report the store", Duration::from_secs(10), || {
-        let (client, readyz) = (client.clone(), readyz.clone());
-        async move {
-            let resp = client.send(client.get(&readyz)).await;
-            (resp.status == 503 && resp.body.contains("session store")).then_some(())
-        }
-    })
-    .await;
+    store_not_ready(&client, &portcullis).await;
 
     // Any well-formed session cookie needs the store.
     client.put_cookie(&portcullis.base_url(), SESSION_COOKIE, &"A".repeat(43));
