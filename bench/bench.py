@@ -61,6 +61,9 @@ RUN_CRITERION = env_flag("BENCH_CRITERION", True)
 KEEP_TMP = env_flag("BENCH_KEEP_TMP", False)
 PERF = env_flag("BENCH_PERF", False)
 PORTCULLIS_BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target", "release", "portcullis"))
+# examples/bare_proxy.rs: hyper's server and hyper-util's pooled client forwarding every
+# request, no authentication: what portcullis' own stack costs before portcullis adds anything.
+BARE_BIN = os.path.join(ROOT, "target", "release", "examples", "bare_proxy")
 # Other portcullis binaries measured as extra rows in the same run (A/B of a change).
 COMPARE_BINS = os.environ.get("BENCH_COMPARE", "").split()
 # The upstream's page under its file name: public at portcullis (policy.public_paths), and
@@ -838,8 +841,8 @@ def run(tmp, procs, started_at, load_before):
     session_memory = run_session_memory() if RUN_SESSION_MEMORY else None
     criterion = run_criterion() if RUN_CRITERION else None
 
-    up_port, ngx_port, caddy_port, apache_port, pc_port, idp_port, redis_port, pcr_port, *compare_ports = free_ports(
-        8 + len(COMPARE_BINS)
+    up_port, ngx_port, caddy_port, apache_port, pc_port, idp_port, redis_port, pcr_port, bare_port, *compare_ports = free_ports(
+        9 + len(COMPARE_BINS)
     )
 
     # --- upstream: nginx with the welcome page and a sparse big file
@@ -862,6 +865,14 @@ def run(tmp, procs, started_at, load_before):
     conf = write(os.path.join(tmp, "Caddyfile"), caddyfile(tmp, caddy_port, up_port))
     caddy_env = dict(os.environ, HOME=tmp, XDG_DATA_HOME=f"{tmp}/xdg-data", XDG_CONFIG_HOME=f"{tmp}/xdg-config")
     caddy = procs.start("caddy", ["caddy", "run", "--config", conf, "--adapter", "caddyfile"], env=caddy_env)
+
+    # --- the floor of portcullis' own stack: hyper + hyper-util forwarding, nothing else
+    bare = procs.start(
+        "bare",
+        [BARE_BIN],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LISTEN_ADDR": f"127.0.0.1:{bare_port}",
+             "UPSTREAM_URL": f"http://127.0.0.1:{up_port}"},
+    )
 
     # --- the test provider
     idp_env = dict(
@@ -940,6 +951,7 @@ def run(tmp, procs, started_at, load_before):
     ]
 
     wait_until("nginx proxy", lambda: http_get(f"http://127.0.0.1:{ngx_port}/")[0] == 200, nginx_proxy, procs, "nginx-proxy")
+    wait_until("bare hyper loop", lambda: http_get(f"http://127.0.0.1:{bare_port}/")[0] == 200, bare, procs, "bare")
     wait_until("caddy", lambda: http_get(f"http://127.0.0.1:{caddy_port}/")[0] == 200, caddy, procs, "caddy")
     wait_until("apache", lambda: http_get(f"http://localhost:{apache_port}/", {"Accept": "text/html"})[0] == 302, apache, procs, "apache")
     wait_until("portcullis", lambda: http_get(f"http://localhost:{pc_port}/.auth/readyz")[0] == 200, portcullis, procs, "portcullis")
@@ -955,6 +967,7 @@ def run(tmp, procs, started_at, load_before):
     contenders = [
         Contender("upstream", "upstream direct (nginx)", f"http://localhost:{up_port}/", upstream),
         Contender("nginx", "nginx proxy", f"http://localhost:{ngx_port}/", nginx_proxy),
+        Contender("bare", "hyper bare loop, no auth", f"http://localhost:{bare_port}/", bare),
         Contender("caddy", "caddy proxy", f"http://localhost:{caddy_port}/", caddy),
         Contender("apache", "apache + mod_auth_openidc", f"http://localhost:{apache_port}/", apache, authenticated=True),
         Contender("portcullis", "portcullis authenticated", f"http://localhost:{pc_port}/", portcullis, authenticated=True),
@@ -1031,7 +1044,8 @@ def run(tmp, procs, started_at, load_before):
                     )
                 log(
                     f"[{n}/{total_runs}] {c.label:28s} c={conns:<3d} {fmt_rps(result['rps']):>8s} req/s  "
-                    f"p50 {fmt_ms(result['p50'])}  p99 {fmt_ms(result['p99'])}  other load {other * 100:.0f}%"
+                    f"p50 {fmt_ms(result['p50'])}  p99 {fmt_ms(result['p99'])}  other load {other * 100:.0f}%  "
+                    f"idle {max(0.0, 1 - busy / (elapsed * os.cpu_count())) * 100:.0f}%"
                 )
             # the session must still be good after the load (and unauthenticated must not be)
             for c in contenders:
@@ -1123,6 +1137,13 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
             f"portcullis / mod_auth_openidc = {ratio(pc, ap, conns):.2f}×, "
             f"caddy / nginx proxy = {ratio(cd, ngx, conns):.2f}×"
         )
+    bare = by_key["bare"]
+    lines.append(
+        "- hyper bare loop (no authentication) / nginx proxy: "
+        + ", ".join(f"c={conns}: {ratio(bare, ngx, conns):.2f}×" for conns in CONNECTIONS)
+        + "; portcullis authenticated / hyper bare loop: "
+        + ", ".join(f"c={conns}: {ratio(pc, bare, conns):.2f}×" for conns in CONNECTIONS)
+    )
     lines.append(f"- p99 at c={c_lo}: portcullis / nginx proxy = {ratio(pc, ngx, c_lo, 'p99'):.2f}×")
     pub = by_key["portcullis_public"]
     parts = [f"c={conns}: {ratio(pub, ngx, conns):.2f}× nginx proxy, {ratio(pub, pc, conns):.2f}× portcullis authenticated" for conns in CONNECTIONS]

@@ -39,7 +39,7 @@ fi
 
 # --- builds (before any measurement, so no compiler runs alongside) -------------
 log "cargo build --release"
-cargo build --release --quiet
+cargo build --release --quiet --bin portcullis --example bare_proxy
 if [ "${BENCH_SESSION_MEMORY:-1}" != "0" ] || [ "${BENCH_CRITERION:-1}" != "0" ]; then
   log "cargo bench --no-run (session-store benches)"
   cargo bench --quiet --no-run --bench session_memory --bench session_store 2>/dev/null ||

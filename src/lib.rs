@@ -38,7 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -46,8 +46,9 @@ use crate::config::Config;
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body type of every response portcullis produces, streamed or generated.
-pub type ResponseBody = BoxBody<Bytes, BoxError>;
+/// The body type of every response portcullis produces, streamed or generated. Not
+/// `Sync`: an upstream body carries its connection's I/O future (`proxy::pool`).
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Why portcullis could not start (after configuration was valid).
 #[derive(Debug, thiserror::Error)]

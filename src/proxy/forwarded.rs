@@ -92,7 +92,13 @@ impl Relayed {
     }
 }
 
+/// `ip` in canonical form as a header value: the peer's entry in `X-Forwarded-For`.
+pub(super) fn address_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_canonical().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Sets `X-Forwarded-For`/`-Proto`/`-Host` after the strip removed the client's.
+/// `peer` is the direct peer's [`address_value`].
 ///
 /// Without `relayed` (an untrusted peer): `X-Forwarded-For` is the peer alone, the
 /// proto is `client_scheme`, the host is `host` (the client's `Host` or HTTP/2
@@ -101,14 +107,13 @@ impl Relayed {
 /// present, else as without.
 pub(super) fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: HeaderValue,
     client_scheme: &'static str,
     host: Option<HeaderValue>,
     relayed: Option<Relayed>,
 ) {
     headers.remove(FORWARDED);
     let relayed = relayed.unwrap_or_default();
-    let peer = peer.to_canonical().to_string();
     let chain: Vec<&[u8]> = relayed
         .xff
         .iter()
@@ -116,7 +121,7 @@ pub(super) fn set_forwarded(
         .filter(|v| !v.is_empty())
         .collect();
     let xff = if chain.is_empty() {
-        HeaderValue::try_from(peer)
+        Ok(peer)
     } else {
         let mut joined = chain.join(&b", "[..]);
         joined.extend_from_slice(b", ");

@@ -27,7 +27,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the common non-standard ones). `TE` and
 /// `Upgrade` are handled separately because they survive in some cases. `Trailer` is
 /// not hop-by-hop (RFC 2616's list meant the `trailers` TE token), and hyper only sends
-/// the trailer fields a `Trailer` header declares, so it must pass.
+/// the trailer fields a `Trailer` header declares, so it must pass. `Connection` comes
+/// first ([`remove_hop_by_hop`] relies on it).
 static HOP_BY_HOP: [&HeaderName; 6] = [
     &CONNECTION,
     &KEEP_ALIVE,
@@ -124,34 +125,54 @@ pub(super) fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// header is kept as-is and `Connection` is reduced to exactly `upgrade`. A `TE` that
 /// lists `trailers` becomes `TE: trailers`; any other `TE` goes.
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Collected first: the names come from a header this function then removes.
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in &named {
-        if !(upgrade && name == UPGRADE) {
-            headers.remove(name);
+    // One pass over the names first: most requests carry none of these headers and
+    // most responses only `Connection: keep-alive`, and a removal hashes the name even
+    // when it is absent; so only what is present is removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let (mut te, mut has_upgrade) = (false, false);
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| *h == name) {
+            present[i] = true;
+        } else if name == TE {
+            te = true;
+        } else if name == UPGRADE {
+            has_upgrade = true;
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if present[0] {
+        // Collected first: the names come from a header this function then removes.
+        // Only names of headers that are there: a token is not always a header.
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| headers.keys().find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(t)))
+            .cloned()
+            .collect();
+        for name in &named {
+            if !(upgrade && name == UPGRADE) {
+                headers.remove(name);
+            }
+        }
     }
-    let te_trailers = headers
-        .get_all(TE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| {
-            // `trailers` takes no parameters, but tolerate `trailers;q=1`.
-            let token = t.split(|&b| b == b';').next().unwrap_or_default();
-            trim_ows(token).eq_ignore_ascii_case(b"trailers")
-        });
-    headers.remove(TE);
-    if te_trailers {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
+        headers.remove(*name);
+    }
+    if te {
+        let te_trailers = headers
+            .get_all(TE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|t| {
+                // `trailers` takes no parameters, but tolerate `trailers;q=1`.
+                let token = t.split(|&b| b == b';').next().unwrap_or_default();
+                trim_ows(token).eq_ignore_ascii_case(b"trailers")
+            });
+        headers.remove(TE);
+        if te_trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has_upgrade {
         headers.remove(UPGRADE);
     }
 }

@@ -224,9 +224,10 @@ impl Upstream {
         })
     }
 
-    /// A new downstream connection's [`UpstreamSlot`], for [`ForwardContext::upstream_slot`].
-    pub fn slot(&self) -> Arc<UpstreamSlot> {
-        Arc::new(self.http1.slot())
+    /// A new downstream connection's [`UpstreamSlot`], for [`ForwardContext::upstream_slot`];
+    /// `peer` is the connection's peer (its `X-Forwarded-For` entry is rendered once).
+    pub fn slot(&self, peer: SocketAddr) -> Arc<UpstreamSlot> {
+        Arc::new(self.http1.slot(peer.ip()))
     }
 
     /// [`client_ip`] with the configured trusted proxies: the address to log and to
@@ -276,7 +277,7 @@ impl Upstream {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     response.body_mut().forget_connection();
                 }
-                response.map(|body| body.map_err(BoxError::from).boxed())
+                response.map(|body| body.map_err(BoxError::from).boxed_unsync())
             }
             Transport::Http2(client) => {
                 parts.uri = self.target.uri_for(&parts.uri, &authority)?;
@@ -287,7 +288,7 @@ impl Upstream {
                     .await
                     .ok_or(ProxyError::Timeout)?
                     .map_err(classify)?
-                    .map(|body| body.map_err(BoxError::from).boxed())
+                    .map(|body| body.map_err(BoxError::from).boxed_unsync())
             }
         };
 
@@ -349,7 +350,8 @@ impl Upstream {
         self.strip.strip(headers);
         headers::filter_cookies(headers, &self.cookies);
         headers.insert(HOST, host);
-        forwarded::set_forwarded(headers, peer, ctx.client_scheme, client_host, relayed);
+        let peer_value = ctx.upstream_slot.peer_value(peer);
+        forwarded::set_forwarded(headers, peer_value, ctx.client_scheme, client_host, relayed);
         let token = self.access_token_header.as_ref().zip(ctx.access_token);
         headers::set_identity(headers, ctx.identity, token);
     }

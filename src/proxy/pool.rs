@@ -17,14 +17,25 @@
 //! §9.2.2) is then sent once more on a new connection, as nginx and Go's client do. Only
 //! connections idle for [`RACE_IDLE`] or more can meet this, so only their requests
 //! keep a copy of the head for it: a busy connection costs nothing extra.
+//!
+//! A connection's I/O (hyper's connection future, its [`Driver`]) travels with it and
+//! is polled by the task that uses the connection: while a request waits for its
+//! response head, and while the response body is read. A request therefore wakes no
+//! other task and crosses no channel to another one; an exchange that is not finished
+//! when the body has been read (an upload still going on after an early response)
+//! hands the driver to a task of its own, as an upgraded connection's does. A kept
+//! connection is not polled between requests: the upstream closing it is noticed when
+//! it is next used, which the paragraph above already covers.
 
-use std::pin::Pin;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -32,10 +43,73 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::connector::UpstreamConnector;
+use super::forwarded::address_value;
 use super::timeout::ProgressBody;
 use super::ProxyError;
 
 type Sender = http1::SendRequest<ProgressBody>;
+
+/// hyper's future doing a connection's reads and writes, upgrades included (boxed: it
+/// holds the buffers and the TLS state, and moves with the connection on every
+/// request; and hyper does not name its type).
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// An upstream connection: the handle requests go in by, and its [`Driver`] while the
+/// user of the connection polls it (`None` once it runs in a task of its own or ended).
+struct UpstreamConnection {
+    sender: Sender,
+    driver: Option<Driver>,
+}
+
+impl UpstreamConnection {
+    /// Polls the driver; once it has ended (connection closed, upgraded or broken) it
+    /// is dropped, and the sender reports the connection closed.
+    fn poll_driver(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = self.driver.as_mut() {
+            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "upstream connection ended with an error");
+                }
+                self.driver = None;
+            }
+        }
+    }
+
+    /// Awaits `future` (of this connection's sender) while driving the connection.
+    async fn driven<F: Future>(driver: &mut Option<Driver>, future: F) -> F::Output {
+        let mut future = pin!(future);
+        std::future::poll_fn(|cx| {
+            if let Some(d) = driver.as_mut() {
+                if let Poll::Ready(result) = d.as_mut().poll(cx) {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "upstream connection ended with an error");
+                    }
+                    *driver = None;
+                }
+            }
+            future.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Lets the driver run in a task of its own, for an exchange that has to go on
+    /// without the request's task (see the module comment).
+    fn detach_driver(&mut self) {
+        if let Some(driver) = self.driver.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        if let Err(error) = driver.await {
+                            tracing::debug!(%error, "upstream connection ended with an error");
+                        }
+                    });
+                }
+                // No runtime (dropped at shutdown): the connection goes with it.
+                Err(_) => drop(driver),
+            }
+        }
+    }
+}
 
 /// How long a connection may sit in the shared idle list (hyper-util's default too).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -55,16 +129,20 @@ pub(super) struct Http1Pool {
 
 /// A connection not carrying a request, and since when.
 struct IdleConnection {
-    sender: Sender,
+    connection: UpstreamConnection,
     since: Instant,
 }
 
 impl IdleConnection {
-    fn new(sender: Sender) -> Self {
+    fn new(connection: UpstreamConnection) -> Self {
         IdleConnection {
-            sender,
+            connection,
             since: Instant::now(),
         }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.connection.sender.is_closed()
     }
 }
 
@@ -80,11 +158,13 @@ impl Http1Pool {
         })
     }
 
-    /// A slot for one downstream connection.
-    pub(super) fn slot(self: &Arc<Self>) -> UpstreamSlot {
+    /// A slot for one downstream connection, whose peer is `peer`.
+    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr) -> UpstreamSlot {
+        let peer = peer.to_canonical();
         UpstreamSlot {
             pool: self.clone(),
             kept: Mutex::new(None),
+            peer: (peer, address_value(peer)),
         }
     }
 
@@ -98,14 +178,15 @@ impl Http1Pool {
         let mut resent = false;
         loop {
             // `None`: a new connection, which nothing can have closed yet.
-            let (mut sender, idle_for) = match slot.take().or_else(|| self.take_idle()) {
+            let (mut connection, idle_for) = match slot.take().or_else(|| self.take_idle()) {
                 Some(kept) => {
                     let idle_for = kept.since.elapsed();
-                    (kept.sender, Some(idle_for))
+                    (kept.connection, Some(idle_for))
                 }
                 None => (self.connect().await?, None),
             };
-            if let Err(error) = sender.ready().await {
+            let UpstreamConnection { sender, driver } = &mut connection;
+            if let Err(error) = UpstreamConnection::driven(driver, sender.ready()).await {
                 if idle_for.is_some() {
                     continue; // closed while kept: try the next one
                 }
@@ -115,9 +196,10 @@ impl Http1Pool {
                 Some(idle) if idle >= RACE_IDLE && !resent => HeadCopy::of(&request),
                 _ => None,
             };
-            match sender.try_send_request(request).await {
+            let sent = sender.try_send_request(request);
+            match UpstreamConnection::driven(driver, sent).await {
                 Ok(response) => {
-                    let keep = Some((sender, slot.clone()));
+                    let keep = Some((connection, slot.clone()));
                     return Ok(response.map(|body| PooledBody { inner: body, keep }));
                 }
                 Err(mut failed) => match (failed.take_message(), copy) {
@@ -138,7 +220,7 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Sender, ProxyError> {
+    async fn connect(&self) -> Result<UpstreamConnection, ProxyError> {
         let io = self
             .connector
             .clone()
@@ -151,18 +233,16 @@ impl Http1Pool {
             .handshake(io)
             .await
             .map_err(|error| ProxyError::Connect(error.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(UpstreamConnection {
+            sender,
+            driver: Some(Box::pin(connection.with_upgrades())),
+        })
     }
 
     fn take_idle(&self) -> Option<IdleConnection> {
         let mut idle = self.lock_idle();
         while let Some(connection) = idle.pop() {
-            if connection.since.elapsed() < IDLE_TIMEOUT && !connection.sender.is_closed() {
+            if connection.since.elapsed() < IDLE_TIMEOUT && !connection.is_closed() {
                 return Some(connection);
             }
         }
@@ -170,12 +250,12 @@ impl Http1Pool {
     }
 
     fn put_idle(&self, connection: IdleConnection) {
-        if connection.sender.is_closed() {
+        if connection.is_closed() {
             return;
         }
         let mut idle = self.lock_idle();
         // The oldest are the likeliest to have been closed by the upstream.
-        idle.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+        idle.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.is_closed());
         if idle.len() < self.max_idle {
             idle.push(connection);
         }
@@ -194,12 +274,24 @@ impl Http1Pool {
 
 /// The upstream connection one downstream connection keeps between its requests.
 /// Dropped with the downstream connection, handing the connection to the idle list.
+/// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection.
 pub struct UpstreamSlot {
     pool: Arc<Http1Pool>,
     kept: Mutex<Option<IdleConnection>>,
+    /// The peer (canonical) and its [`address_value`].
+    peer: (IpAddr, HeaderValue),
 }
 
 impl UpstreamSlot {
+    /// `ip`'s [`address_value`]: the one rendered for the connection's peer, or
+    /// rendered now for another address.
+    pub(super) fn peer_value(&self, ip: IpAddr) -> HeaderValue {
+        match &self.peer {
+            (peer, value) if *peer == ip => value.clone(),
+            _ => address_value(ip),
+        }
+    }
+
     fn take(&self) -> Option<IdleConnection> {
         self.lock().take()
     }
@@ -295,19 +387,27 @@ impl std::fmt::Debug for UpstreamSlot {
 /// dropped too: it is in the middle of a response and cannot carry another.
 pub(super) struct PooledBody {
     inner: Incoming,
-    keep: Option<(Sender, Arc<UpstreamSlot>)>,
+    keep: Option<(UpstreamConnection, Arc<UpstreamSlot>)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((sender, slot)) = self.keep.take() {
-            slot.give_back(IdleConnection::new(sender));
+        if let Some((mut connection, slot)) = self.keep.take() {
+            if !connection.sender.is_ready() {
+                // The exchange is not over (the request body is still being sent):
+                // it must go on without this task.
+                connection.detach_driver();
+            }
+            slot.give_back(IdleConnection::new(connection));
         }
     }
 
-    /// After a `101 Switching Protocols` the connection belongs to the upgrade.
+    /// After a `101 Switching Protocols` the connection belongs to the upgrade, which
+    /// its driver hands over when it ends (normally in the poll that read the `101`).
     pub(super) fn forget_connection(&mut self) {
-        self.keep = None;
+        if let Some((mut connection, _)) = self.keep.take() {
+            connection.detach_driver();
+        }
     }
 }
 
@@ -319,6 +419,10 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        // Read what the upstream sent before looking at the body.
+        if let Some((connection, _)) = self.keep.as_mut() {
+            connection.poll_driver(cx);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),

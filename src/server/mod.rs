@@ -303,7 +303,7 @@ async fn serve_protocol<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = shared.app.clone();
-    let upstream_slot = app.upstream.slot();
+    let upstream_slot = app.upstream.slot(peer);
     let served_any = Arc::new(AtomicBool::new(false));
     let served = served_any.clone();
     let service = service_fn(move |request| {

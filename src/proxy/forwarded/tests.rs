@@ -38,7 +38,7 @@ fn forward(headers: &mut HeaderMap, peer: &str, trusted: &[IpNet], scheme: &'sta
     for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
         headers.remove(name);
     }
-    set_forwarded(headers, peer, scheme, host, relayed);
+    set_forwarded(headers, address_value(peer), scheme, host, relayed);
 }
 
 #[test]
@@ -78,13 +78,13 @@ fn http2_authority_stands_in_for_a_missing_host() {
     let mut headers = map(&[("x-forwarded-host", "evil.example")]);
     let host = client_host(&headers, &"https://app.example.com:8443/x".parse().unwrap());
     assert_eq!(host.as_ref().unwrap(), "app.example.com:8443");
-    set_forwarded(&mut headers, ip("::1"), "https", host, None);
+    set_forwarded(&mut headers, address_value(ip("::1")), "https", host, None);
     assert_eq!(all(&headers, "x-forwarded-host"), ["app.example.com:8443"]);
     assert_eq!(all(&headers, "x-forwarded-for"), ["::1"]);
 
     let mut headers = map(&[("x-forwarded-host", "evil.example")]);
     let host = client_host(&headers, &"/x".parse().unwrap());
-    set_forwarded(&mut headers, ip("::1"), "https", host, None);
+    set_forwarded(&mut headers, address_value(ip("::1")), "https", host, None);
     assert!(!headers.contains_key("x-forwarded-host"));
     assert!(!headers.contains_key(HOST));
 }

@@ -192,6 +192,82 @@ async fn a_response_abandoned_mid_body_does_not_leave_its_connection_for_reuse()
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
+/// An upstream that answers each request as soon as it has read the head, and only
+/// then reads (and discards) the request body, keeping the connection. Counts the
+/// connections it accepted.
+async fn answering_before_reading_the_body() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = vec![0; 64 << 10];
+                loop {
+                    let head_end = loop {
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match io.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                        .await
+                        .unwrap();
+                    buffer.drain(..head_end);
+                    while buffer.len() < length {
+                        match io.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..length);
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn an_upload_answered_before_it_was_read_still_finishes_and_the_connection_is_reused() {
+    // The response is complete while the request body is still going out: the exchange
+    // has to go on without the task that read the response, which goes back to
+    // waiting for the client's next request.
+    let (addr, accepted) = answering_before_reading_the_body().await;
+    let front = front(upstream(http_target(addr, "/"), LONG)).await;
+    let mut client = downstream(front).await;
+    for round in 0..3 {
+        tokio::time::timeout(LONG, client.ready())
+            .await
+            .expect("the upload before stalled")
+            .unwrap();
+        let request = Request::post("/")
+            .header("host", "app.example")
+            .body(Full::new(Bytes::from(vec![b'u'; 8 << 20])).boxed())
+            .unwrap();
+        let response = tokio::time::timeout(LONG, client.send_request(request))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"early");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
 /// An upstream whose keep-alive ends badly: it answers the first request on each
 /// connection, and closes the connection under the second one after reading it, as an
 /// upstream does whose keep-alive timeout fires just as a request arrives. Counts the
@@ -293,4 +369,14 @@ async fn a_post_crossed_by_the_upstreams_keep_alive_close_is_not_sent_twice() {
         2,
         "the POST reached the upstream exactly once"
     );
+}
+
+#[tokio::test]
+async fn the_peer_address_is_rendered_once_per_connection_and_canonical() {
+    let upstream = upstream(http_target("127.0.0.1:9".parse().unwrap(), "/"), LONG);
+    let mapped: SocketAddr = "[::ffff:10.0.0.1]:4000".parse().unwrap();
+    let slot = upstream.slot(mapped);
+    assert_eq!(slot.peer_value("10.0.0.1".parse().unwrap()), "10.0.0.1");
+    // Another address than the connection's (not a path portcullis takes) is rendered anew.
+    assert_eq!(slot.peer_value("2001:db8::1".parse().unwrap()), "2001:db8::1");
 }

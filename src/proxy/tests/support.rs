@@ -98,7 +98,7 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infa
         tokio::time::sleep(Duration::from_secs(2)).await;
         Response::new(body(Bytes::new()))
     } else if path.ends_with("/echo-body") {
-        Response::new(req.into_body().map_err(BoxError::from).boxed())
+        Response::new(req.into_body().map_err(BoxError::from).boxed_unsync())
     } else if path.ends_with("/count-body") {
         let len = req.into_body().collect().await.unwrap().to_bytes().len();
         Response::new(body(len.to_string().into()))
@@ -141,7 +141,7 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infa
 }
 
 fn body(data: Bytes) -> ResponseBody {
-    Full::new(data).map_err(|never| match never {}).boxed()
+    Full::new(data).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Serves the echo upstream on `127.0.0.1:0`; returns its address.
@@ -299,7 +299,7 @@ pub async fn front(upstream: Arc<Upstream>) -> SocketAddr {
         while let Ok((io, peer)) = listener.accept().await {
             let upstream = upstream.clone();
             let identity = identity.clone();
-            let upstream_slot = upstream.slot();
+            let upstream_slot = upstream.slot(peer);
             let service = service_fn(move |req: Request<Incoming>| {
                 let upstream = upstream.clone();
                 let identity = identity.clone();
