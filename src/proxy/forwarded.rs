@@ -144,14 +144,17 @@ pub(super) fn set_forwarded(
 
 /// Sets `name` to the relayed values if there are any, else to `fallback` (or removes it).
 fn put(headers: &mut HeaderMap, name: &http::HeaderName, relayed: Vec<HeaderValue>, fallback: Option<HeaderValue>) {
-    headers.remove(name);
-    if relayed.is_empty() {
-        if let Some(value) = fallback {
-            headers.insert(name, value);
+    // `insert` replaces every value: no separate removal (a hash lookup) when it runs.
+    let mut relayed = relayed.into_iter();
+    match relayed.next().or(fallback) {
+        Some(first) => {
+            headers.insert(name, first);
+            for value in relayed {
+                headers.append(name, value);
+            }
         }
-    } else {
-        for value in relayed {
-            headers.append(name, value);
+        None => {
+            headers.remove(name);
         }
     }
 }

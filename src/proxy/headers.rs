@@ -245,11 +245,13 @@ pub(super) fn set_identity(
     identity: &[(HeaderName, HeaderValue)],
     access_token: Option<(&HeaderName, &HeaderValue)>,
 ) {
-    for (name, _) in identity {
-        headers.remove(name);
-    }
-    for (name, value) in identity {
-        headers.append(name.clone(), value.clone());
+    for (i, (name, value)) in identity.iter().enumerate() {
+        // The first value of a name replaces whatever is there (`insert`), later ones add.
+        if identity[..i].iter().any(|(earlier, _)| earlier == name) {
+            headers.append(name.clone(), value.clone());
+        } else {
+            headers.insert(name.clone(), value.clone());
+        }
     }
     if let Some((name, value)) = access_token {
         headers.insert(name.clone(), value.clone());

@@ -71,14 +71,16 @@ impl CookieCodec {
     }
 
     /// The session id from the request's cookies, if one is present and well-formed.
+    /// (The first session cookie counts, as with the `cookie` crate's parser.)
     pub fn session_id(&self, headers: &HeaderMap) -> Option<SessionId> {
-        request_cookies(headers)
-            .find(|c| c.name() == self.session_cookie)
-            .and_then(|c| SessionId::parse(c.value()))
+        let value = cookie_pairs(headers)
+            .find(|(name, _)| *name == self.session_cookie.as_bytes())?
+            .1;
+        SessionId::parse(std::str::from_utf8(value).ok()?)
     }
 
     pub fn has_session_cookie(&self, headers: &HeaderMap) -> bool {
-        request_cookies(headers).any(|c| c.name() == self.session_cookie)
+        cookie_pairs(headers).any(|(name, _)| name == self.session_cookie.as_bytes())
     }
 
     pub fn set_session(&self, id: &SessionId) -> HeaderValue {
@@ -177,6 +179,27 @@ impl CookieCodec {
 
 pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The `name=value` pairs of every `Cookie` header, trimmed, the value without the
+/// optional double quotes (RFC 6265 §4.2.1), pairs without a name or `=` skipped: what
+/// the `cookie` crate's parser yields for name and value, without building a `Cookie`
+/// per pair (this runs on every request).
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let at = pair.iter().position(|&b| b == b'=')?;
+            let name = pair[..at].trim_ascii();
+            let value = pair[at + 1..].trim_ascii();
+            let value = match value {
+                [b'"', inner @ .., b'"'] => inner,
+                value => value,
+            };
+            (!name.is_empty()).then_some((name, value))
+        })
 }
 
 /// Every cookie of the request, across all `Cookie` headers (HTTP/2 clients send several).

@@ -166,3 +166,54 @@ fn the_session_cookie_carries_only_the_id_with_safe_attributes() {
         Some(id.key())
     );
 }
+
+/// A `Cookie` header per value, as an HTTP/2 client may send them.
+fn cookie_headers(values: &[&str]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for value in values {
+        headers.append(COOKIE, HeaderValue::from_str(value).unwrap());
+    }
+    headers
+}
+
+#[test]
+fn the_session_cookie_is_found_wherever_the_client_put_it() {
+    let codec = CookieCodec::new(&session_config());
+    let id = SessionId::generate();
+    let value = id.cookie_value();
+    let found = |headers: &[&str]| codec.session_id(&cookie_headers(headers)).map(|s| s.key());
+    for header in [
+        format!("portcullis_session={value}"),
+        format!("theme=dark; portcullis_session={value}; lang=en"),
+        format!("  portcullis_session = {value} ;x=1"),
+        format!("portcullis_session=\"{value}\""),
+        format!("broken; =nameless; portcullis_session={value}"),
+    ] {
+        assert_eq!(found(&[&header]), Some(id.key()), "{header}");
+        assert!(codec.has_session_cookie(&cookie_headers(&[&header])), "{header}");
+    }
+    let second_header = ["theme=dark", &format!("portcullis_session={value}")];
+    assert_eq!(found(&second_header), Some(id.key()));
+    // The first session cookie counts, even when a later one would parse.
+    let first_bad = format!("portcullis_session=garbage; portcullis_session={value}");
+    assert_eq!(found(&[&first_bad]), None);
+}
+
+#[test]
+fn lookalike_or_malformed_session_cookies_are_not_a_session() {
+    let codec = CookieCodec::new(&session_config());
+    let value = SessionId::generate().cookie_value();
+    for header in [
+        format!("portcullis_session_old={value}"),
+        format!("xportcullis_session={value}"),
+        format!("portcullis_session {value}"),
+        format!("portcullis_session={value}x"),
+        format!("portcullis_session={}", &value[..42]),
+        "portcullis_session=".to_string(),
+        "portcullis_session=\"\"".to_string(),
+    ] {
+        assert!(codec.session_id(&cookie_headers(&[&header])).is_none(), "{header}");
+    }
+    assert!(!codec.has_session_cookie(&cookie_headers(&[&format!("portcullis_session_old={value}")])));
+    assert!(!codec.has_session_cookie(&HeaderMap::new()));
+}

@@ -48,8 +48,10 @@ impl SessionId {
         if cookie_value.len() != 43 {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(cookie_value).ok()?;
-        Some(SessionId(bytes.try_into().ok()?))
+        // 43 characters decode to 32 bytes; the base64 crate wants room for its estimate.
+        let mut bytes = [0u8; 33];
+        let decoded = URL_SAFE_NO_PAD.decode_slice(cookie_value, &mut bytes).ok()?;
+        Some(SessionId(bytes[..decoded].try_into().ok()?))
     }
 
     pub fn cookie_value(&self) -> String {
