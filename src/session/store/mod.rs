@@ -10,6 +10,7 @@
 //! a reachability check) is an inherent method here whose memory arm does nothing.
 
 mod memory;
+mod opened;
 pub mod redis;
 mod redis_lock;
 pub mod seal;

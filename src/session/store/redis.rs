@@ -9,10 +9,12 @@
 //!   deadline); a lookup is one `GETEX key PX <idle>` round trip that slides the idle
 //!   TTL. Only in a session's last idle-timeout window would that slide pass the
 //!   deadline, and only then a second command pins the TTL to the deadline.
-//! - **Identity headers** are rebuilt from the stored claims on every load rather than
-//!   stored (nor is the access verdict): one source of truth, a change of `[identity]`
-//!   or `[policy]` applies to every session at once, and replicas in a rolling deploy each send the headers their configuration
-//!   asks for. It costs a few microseconds beside the round trip.
+//! - **Identity headers** are built from the stored claims when a value is opened rather
+//!   than stored (nor is the access verdict): one source of truth, a change of
+//!   `[identity]` or `[policy]` applies to every session at once, and replicas in a
+//!   rolling deploy each send the headers their configuration asks for. A value is
+//!   opened once per replica: while `GETEX` returns the same bytes, the session opened
+//!   from them is used again ([`super::opened`]).
 //! - **Connection**: one multiplexed, auto-reconnecting `ConnectionManager`, created
 //!   lazily so portcullis starts while Redis is down. Every command is bounded by
 //!   `session.redis_timeout`; a failure is a [`StoreError`] (503), and reachability
@@ -25,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, IntoConnectionInfo, RedisError};
 
+use super::opened::OpenedSessions;
 use super::seal::Sealer;
 use super::{SessionBackend, StoreError};
 use crate::config::{Config, IdentityConfig, RedisConfig};
@@ -55,6 +58,8 @@ pub(super) struct Inner {
     endpoint: String,
     /// Last known reachability, so a change is logged once rather than per request.
     reachable: AtomicBool,
+    /// What stored values opened to, so an unchanged value is not opened again.
+    opened: OpenedSessions,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -116,6 +121,7 @@ impl RedisStore {
                 lock_ttl,
                 endpoint: redis.url.to_string(),
                 reachable: AtomicBool::new(true),
+                opened: OpenedSessions::new(),
             }),
         })
     }
@@ -184,11 +190,20 @@ impl RedisStore {
         value: &[u8],
         now: SystemTime,
     ) -> Option<Arc<Session>> {
-        let mut session = match self.inner.sealer.open(store_key.as_bytes(), value) {
-            Ok(session) => session,
-            Err(error) => {
-                tracing::warn!(session = ?key, %error, "stored session ignored");
-                return None;
+        let session = match self.inner.opened.get(key, value) {
+            Some(session) => session,
+            None => {
+                let mut session = match self.inner.sealer.open(store_key.as_bytes(), value) {
+                    Ok(session) => session,
+                    Err(error) => {
+                        tracing::warn!(session = ?key, %error, "stored session ignored");
+                        return None;
+                    }
+                };
+                session.prepare(&self.inner.identity, &self.inner.rule);
+                let session = Arc::new(session);
+                self.inner.opened.put(*key, value, session.clone());
+                session
             }
         };
         if session.is_expired(now) {
@@ -205,12 +220,11 @@ impl RedisStore {
                 tracing::warn!(session = ?key, %error, "could not pin the session's TTL to its deadline");
             }
         }
-        session.prepare(&self.inner.identity, &self.inner.rule);
-        Some(Arc::new(session))
+        Some(session)
     }
 
     /// `SET key <sealed> PX <ttl> [XX]`; `false` when `only_if_present` found no key.
-    async fn write(&self, key: &SessionKey, session: &Session, only_if_present: bool) -> Result<bool, StoreError> {
+    async fn write(&self, key: &SessionKey, session: &Arc<Session>, only_if_present: bool) -> Result<bool, StoreError> {
         let store_key = self.session_key(key);
         let Some(ttl) = write_ttl(SystemTime::now(), session.expires_at, self.inner.idle_timeout) else {
             // Already past its deadline: there is nothing to keep.
@@ -222,11 +236,15 @@ impl RedisStore {
             StoreError::Refused(error.to_string())
         })?;
         let mut set = redis::cmd("SET");
-        set.arg(&store_key).arg(sealed).arg("PX").arg(millis(ttl));
+        set.arg(&store_key).arg(&sealed).arg("PX").arg(millis(ttl));
         if only_if_present {
             set.arg("XX");
         }
         let reply: Option<String> = self.run(Command::One(&set)).await?;
+        if reply.is_some() {
+            // The next request reads these bytes back: no need to open them.
+            self.inner.opened.put(*key, &sealed, session.clone());
+        }
         Ok(reply.is_some())
     }
 
@@ -276,6 +294,7 @@ impl SessionBackend for RedisStore {
     }
 
     async fn remove(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.inner.opened.forget(key);
         let del = redis::cmd("DEL").arg(self.session_key(key)).to_owned();
         self.run::<i64>(Command::One(&del)).await.map(drop)
     }
