@@ -413,16 +413,7 @@ async fn sessions_travel_to_redis_over_tls_checked_against_the_configured_ca() {
         .env("PORTCULLIS_SESSION_REDIS_URL", redis.tls_url())
         .start_unready()
         .await;
-    let readyz = untrusting.url("/.auth/readyz");
-    let client = Browserless::new();
-    eventually("readyz to report the untrusted store", Duration::from_secs(10), || {
-        let (client, readyz) = (client.clone(), readyz.clone());
-        async move {
-            let resp = client.send(client.get(&readyz)).await;
-            (resp.status == 503 && resp.body.contains("session store")).then_some(())
-        }
-    })
-    .await;
+    store_not_ready(&Browserless::new(), &untrusting).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

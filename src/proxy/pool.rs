@@ -64,13 +64,13 @@ struct UpstreamConnection {
 impl UpstreamConnection {
     /// Polls the driver; once it has ended (connection closed, upgraded or broken) it
     /// is dropped, and the sender reports the connection closed.
-    fn poll_driver(&mut self, cx: &mut Context<'_>) {
-        if let Some(driver) = self.driver.as_mut() {
-            if let Poll::Ready(result) = driver.as_mut().poll(cx) {
+    fn poll_driver(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
+        if let Some(running) = driver.as_mut() {
+            if let Poll::Ready(result) = running.as_mut().poll(cx) {
                 if let Err(error) = result {
                     tracing::debug!(%error, "upstream connection ended with an error");
                 }
-                self.driver = None;
+                *driver = None;
             }
         }
     }
@@ -79,14 +79,7 @@ impl UpstreamConnection {
     async fn driven<F: Future>(driver: &mut Option<Driver>, future: F) -> F::Output {
         let mut future = pin!(future);
         std::future::poll_fn(|cx| {
-            if let Some(d) = driver.as_mut() {
-                if let Poll::Ready(result) = d.as_mut().poll(cx) {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "upstream connection ended with an error");
-                    }
-                    *driver = None;
-                }
-            }
+            Self::poll_driver(driver, cx);
             future.as_mut().poll(cx)
         })
         .await
@@ -421,7 +414,7 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         // Read what the upstream sent before looking at the body.
         if let Some((connection, _)) = self.keep.as_mut() {
-            connection.poll_driver(cx);
+            UpstreamConnection::poll_driver(&mut connection.driver, cx);
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
