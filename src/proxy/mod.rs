@@ -25,6 +25,7 @@
 //! [`ProxyError::BadRequest`].
 
 mod connector;
+mod driver_waker;
 mod forwarded;
 mod headers;
 mod pool;

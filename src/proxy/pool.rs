@@ -31,7 +31,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::connector::UpstreamConnector;
+use super::driver_waker::DriverWaker;
 use super::forwarded::address_value;
 use super::timeout::ProgressBody;
 use super::ProxyError;
@@ -58,37 +59,80 @@ type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 /// user of the connection polls it (`None` once it runs in a task of its own or ended).
 struct UpstreamConnection {
     sender: Sender,
-    driver: Option<Driver>,
+    driver: Driving,
 }
 
-impl UpstreamConnection {
+/// A connection's driver, polled by the task using the connection, with the
+/// [`DriverWaker`] that keeps that task from waking itself through it.
+struct Driving {
+    driver: Option<Driver>,
+    shared: Arc<DriverWaker>,
+    waker: Waker,
+}
+
+/// How often one poll goes back to the driver after a step of its own woke it, before
+/// it leaves that to the scheduler (hyper yields by waking itself; never spin on that).
+const INLINE_ROUNDS: usize = 4;
+
+impl Driving {
+    fn new(driver: Driver) -> Self {
+        let (shared, waker) = DriverWaker::new();
+        Driving {
+            driver: Some(driver),
+            shared,
+            waker,
+        }
+    }
+
     /// Polls the driver; once it has ended (connection closed, upgraded or broken) it
     /// is dropped, and the sender reports the connection closed.
-    fn poll_driver(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
-        if let Some(running) = driver.as_mut() {
-            if let Poll::Ready(result) = running.as_mut().poll(cx) {
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        if let Some(running) = self.driver.as_mut() {
+            self.shared.register(cx.waker());
+            if let Poll::Ready(result) = running.as_mut().poll(&mut Context::from_waker(&self.waker)) {
                 if let Err(error) = result {
                     tracing::debug!(%error, "upstream connection ended with an error");
                 }
-                *driver = None;
+                self.driver = None;
             }
         }
     }
 
-    /// Awaits `future` (of this connection's sender) while driving the connection.
-    async fn driven<F: Future>(driver: &mut Option<Driver>, future: F) -> F::Output {
-        let mut future = pin!(future);
-        std::future::poll_fn(|cx| {
-            Self::poll_driver(driver, cx);
-            future.as_mut().poll(cx)
-        })
-        .await
+    /// Polls `future`, fed by this connection, after the driver. While this task
+    /// drives the connection only the driver's polls can make it ready, so it needs no
+    /// waker of its own (a wake from it would only poll the whole task once more).
+    fn poll_fed<F: Future>(&mut self, future: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.poll(cx);
+        if self.driver.is_some() {
+            future.poll(&mut Context::from_waker(Waker::noop()))
+        } else {
+            future.poll(cx)
+        }
     }
 
+    /// Awaits `future` (of this connection's sender) while driving the connection.
+    async fn drive<F: Future>(&mut self, future: F) -> F::Output {
+        let mut future = pin!(future);
+        std::future::poll_fn(|cx| self.poll_fed(future.as_mut(), cx)).await
+    }
+
+    /// Runs `step`, which may wake the driver (handing it a request, taking body
+    /// data), without that wake rescheduling the task; whether it did is returned, and
+    /// the caller polls the driver next (see [`DriverWaker::inline`]).
+    fn inline<R>(&self, step: impl FnOnce() -> R) -> (R, bool) {
+        if self.driver.is_some() {
+            self.shared.inline(step)
+        } else {
+            (step(), false)
+        }
+    }
+}
+
+impl UpstreamConnection {
     /// Lets the driver run in a task of its own, for an exchange that has to go on
     /// without the request's task (see the module comment).
     fn detach_driver(&mut self) {
-        if let Some(driver) = self.driver.take() {
+        if let Some(driver) = self.driver.driver.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(async move {
@@ -179,7 +223,7 @@ impl Http1Pool {
                 None => (self.connect().await?, None),
             };
             let UpstreamConnection { sender, driver } = &mut connection;
-            if let Err(error) = UpstreamConnection::driven(driver, sender.ready()).await {
+            if let Err(error) = driver.drive(sender.ready()).await {
                 if idle_for.is_some() {
                     continue; // closed while kept: try the next one
                 }
@@ -189,8 +233,9 @@ impl Http1Pool {
                 Some(idle) if idle >= RACE_IDLE && !resent => HeadCopy::of(&request),
                 _ => None,
             };
-            let sent = sender.try_send_request(request);
-            match UpstreamConnection::driven(driver, sent).await {
+            // The driver is polled next thing anyway: handing it the request need not wake it.
+            let (sent, _) = driver.inline(|| sender.try_send_request(request));
+            match driver.drive(sent).await {
                 Ok(response) => {
                     let keep = Some((connection, slot.clone()));
                     return Ok(response.map(|body| PooledBody { inner: body, keep }));
@@ -228,7 +273,7 @@ impl Http1Pool {
             .map_err(|error| ProxyError::Connect(error.into()))?;
         Ok(UpstreamConnection {
             sender,
-            driver: Some(Box::pin(connection.with_upgrades())),
+            driver: Driving::new(Box::pin(connection.with_upgrades())),
         })
     }
 
@@ -404,6 +449,33 @@ impl PooledBody {
     }
 }
 
+impl PooledBody {
+    /// The next frame of the body, the driver polled first (to read what the upstream
+    /// sent) and again whenever taking a frame woke it (the body asks the connection
+    /// for more as it is read).
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let PooledBody { inner, keep } = self;
+        let Some((connection, _)) = keep.as_mut() else {
+            return Pin::new(inner).poll_frame(cx);
+        };
+        let driving = &mut connection.driver;
+        for _ in 0..INLINE_ROUNDS {
+            driving.poll(cx);
+            if driving.driver.is_none() {
+                return Pin::new(inner).poll_frame(cx);
+            }
+            let (polled, woken) =
+                driving.inline(|| Pin::new(&mut *inner).poll_frame(&mut Context::from_waker(Waker::noop())));
+            if polled.is_ready() || !woken {
+                return polled;
+            }
+        }
+        // Still asking for the driver: let the scheduler come back to it.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -412,11 +484,7 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        // Read what the upstream sent before looking at the body.
-        if let Some((connection, _)) = self.keep.as_mut() {
-            UpstreamConnection::poll_driver(&mut connection.driver, cx);
-        }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = self.poll_inner(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Err(_))) => self.keep = None,

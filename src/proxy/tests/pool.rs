@@ -117,6 +117,23 @@ async fn a_downstream_connection_keeps_one_upstream_connection() {
 }
 
 #[tokio::test]
+async fn a_request_on_a_kept_connection_does_not_wake_its_own_task() {
+    // The connection task drives the upstream connection itself; handing it the request
+    // and reading the response body must not schedule the task once more each time
+    // (see `driver_waker`): only the sockets wake it.
+    let (addr, _accepted) = counting_upstream(Keep::Alive).await;
+    let probe = Arc::new(super::support::SelfWakes::default());
+    let front = super::support::front_probed(upstream(http_target(addr, "/"), LONG), Some(probe.clone())).await;
+    let mut client = downstream(front).await;
+    get_whole(&mut client).await; // connects: not what is measured
+    probe.take();
+    for _ in 0..5 {
+        get_whole(&mut client).await;
+    }
+    assert_eq!(probe.take(), 0, "wakes the connection task gave itself in 5 requests");
+}
+
+#[tokio::test]
 async fn a_closed_downstream_connection_hands_its_upstream_connection_on() {
     let (front, accepted, upstream) = setup(Keep::Alive).await;
     let mut first = downstream(front).await;

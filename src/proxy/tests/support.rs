@@ -292,6 +292,72 @@ pub async fn tls_upstream(config: rustls::ServerConfig) -> SocketAddr {
 /// Serves HTTP/1.1 (with upgrades) and HTTP/2 on `127.0.0.1:0`, forwarding every
 /// request through `upstream` with the session identity and access token.
 pub async fn front(upstream: Arc<Upstream>) -> SocketAddr {
+    front_probed(upstream, None).await
+}
+
+/// Counts the wakes a connection task gives itself while it is being polled: each
+/// makes the scheduler poll the whole connection once more for nothing. Meaningful on
+/// a current-thread runtime, where no other thread wakes a task during its poll.
+#[derive(Default)]
+pub struct SelfWakes {
+    polling: std::sync::atomic::AtomicBool,
+    count: std::sync::atomic::AtomicUsize,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl SelfWakes {
+    pub fn take(&self) -> usize {
+        self.count.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `connection`, polled with a waker that counts the wakes during the poll.
+    fn watch<F: std::future::Future + Unpin>(self: Arc<Self>, connection: F) -> Watched<F> {
+        Watched {
+            waker: std::task::Waker::from(self.clone()),
+            probe: self,
+            connection,
+        }
+    }
+}
+
+pub struct Watched<F> {
+    probe: Arc<SelfWakes>,
+    waker: std::task::Waker,
+    connection: F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for Watched<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let this = &mut *self;
+        *this.probe.task.lock().unwrap() = Some(cx.waker().clone());
+        this.probe.polling.store(true, SeqCst);
+        let polled = std::pin::Pin::new(&mut this.connection).poll(&mut std::task::Context::from_waker(&this.waker));
+        this.probe.polling.store(false, SeqCst);
+        polled
+    }
+}
+
+impl std::task::Wake for SelfWakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.polling.load(SeqCst) {
+            self.count.fetch_add(1, SeqCst);
+        }
+        if let Some(task) = self.task.lock().unwrap().as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// [`front`], its connection tasks watched by `probe` when given.
+pub async fn front_probed(upstream: Arc<Upstream>, probe: Option<Arc<SelfWakes>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let identity: Arc<[(HeaderName, HeaderValue)]> = session_identity().into();
@@ -326,11 +392,15 @@ pub async fn front(upstream: Arc<Upstream>) -> SocketAddr {
                     Ok::<_, Infallible>(response)
                 }
             });
+            let probe = probe.clone();
             tokio::spawn(async move {
                 // A connection error only ends this connection.
-                let _served = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(io), service)
-                    .await;
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let connection = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+                let _served = match probe {
+                    Some(probe) => probe.watch(connection).await,
+                    None => connection.await,
+                };
             });
         }
     });
