@@ -206,3 +206,49 @@ async fn a_response_outlasting_the_grace_period_is_cut_and_the_process_still_exi
         "an 8 s response cannot have completed: {outcome}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_keep_alive_connection_is_closed_at_once_and_does_not_hold_the_exit() {
+    use tokio::io::AsyncReadExt;
+    let Stack {
+        idp: _idp,
+        echo: _echo,
+        mut portcullis,
+        ..
+    } = Stack::builder()
+        .env("PORTCULLIS_SERVER_SHUTDOWN_GRACE", "10s")
+        .start()
+        .await;
+    // One answered request, then the connection stays open and idle, as a browser's does.
+    let mut idle = TcpStream::connect(("127.0.0.1", portcullis.app.port))
+        .await
+        .expect("connect");
+    idle.write_all(b"GET /.auth/healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 4096];
+    let read = idle.read(&mut answer).await.expect("read the answer");
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+
+    let signalled = Instant::now();
+    portcullis.signal("TERM");
+    let status = portcullis
+        .wait_exit(Duration::from_secs(12))
+        .await
+        .unwrap_or_else(|| panic!("still running 12 s after SIGTERM (grace 10 s)"));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "an idle keep-alive connection held the exit for {:?}",
+        signalled.elapsed()
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut answer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection was not closed: {closed:?}"
+    );
+}

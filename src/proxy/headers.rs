@@ -198,29 +198,31 @@ pub(super) fn filter_cookies(headers: &mut HeaderMap, filter: &CookieFilter) {
     if count == 0 {
         return;
     }
-    let mut removed = false;
-    let mut kept: Vec<&[u8]> = Vec::new();
-    for pair in values
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .map(trim_ows)
-        .filter(|p| !p.is_empty())
-    {
-        let name = trim_ows(pair.split(|&b| b == b'=').next().unwrap_or_default());
-        if filter.is_ours(name) {
-            removed = true;
-        } else {
-            kept.push(pair);
-        }
+    let pairs = || {
+        values
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .map(trim_ows)
+            .filter(|p| !p.is_empty())
+    };
+    let is_ours = |pair: &[u8]| filter.is_ours(trim_ows(pair.split(|&b| b == b'=').next().unwrap_or_default()));
+    // Counted first, without allocating: usually the header holds nothing of ours (a
+    // public path) or nothing else (a browser at an app that sets no cookies).
+    let (mut total, mut ours) = (0, 0);
+    for pair in pairs() {
+        total += 1;
+        ours += usize::from(is_ours(pair));
     }
-    if count == 1 && !removed {
+    if ours == 0 && count == 1 {
         return;
     }
+    if ours == total {
+        headers.remove(COOKIE);
+        return;
+    }
+    let kept: Vec<&[u8]> = pairs().filter(|pair| !is_ours(pair)).collect();
     let joined = kept.join(&b"; "[..]);
     headers.remove(COOKIE);
-    if joined.is_empty() {
-        return;
-    }
     // The pairs were cut from valid header values at `;` and trimmed, and `; ` is
     // valid too, so this cannot fail; if it ever did, dropping the header is safe.
     if let Ok(value) = HeaderValue::from_bytes(&joined) {

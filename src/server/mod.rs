@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -349,9 +350,25 @@ async fn until_done<C, E>(
     C: Future<Output = Result<(), E>>,
 {
     let mut connection = pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop_requested(&mut stopped) => {
+    // The stop future is polled once to register, and again only when the flag has
+    // changed since: it is the one thing besides the connection that this task waits
+    // for, and the connection is polled once or twice per request.
+    let watcher = stopped.clone();
+    let mut stop = pin!(stop_requested(&mut stopped));
+    let mut registered = false;
+    let finished = std::future::poll_fn(|cx| {
+        if !registered || watcher.has_changed().unwrap_or(true) {
+            registered = true;
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        connection.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    let result = match finished {
+        Some(result) => result,
+        None => {
             graceful(connection.as_mut());
             connection.as_mut().await
         }
