@@ -1003,9 +1003,17 @@ def run(tmp, procs, started_at, load_before):
     total_runs = ROUNDS * len(CONNECTIONS) * len(contenders)
     n = 0
     log(f"measuring: {ROUNDS} round(s) x {CONNECTIONS} connections x {len(contenders)} contenders, {DURATION} each (+{WARMUP} warm-up)")
+    # The two sides of each target ratio run back to back (nginx proxy, portcullis,
+    # Apache), and every other round runs the order backwards: the speed of a shared
+    # machine drifts over minutes, and this way the drift favours neither side.
+    adjacent = ["upstream", "caddy", "bare", "nginx", "portcullis"]
+    adjacent += [c.key for c in contenders if c.key.startswith("compare")]
+    adjacent += ["apache", "portcullis_public", "portcullis-redis"]
+    order = [by_key[k] for k in adjacent if k in by_key]
+    order += [c for c in contenders if c not in order]
     for rnd in range(ROUNDS):
         for conns in CONNECTIONS:
-            for c in contenders:
+            for c in order if rnd % 2 == 0 else order[::-1]:
                 n += 1
                 if WARMUP not in ("0", "0s", ""):
                     run_wrk(c.wrk_url, c.host, c.cookie, conns, WARMUP)
