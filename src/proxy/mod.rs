@@ -263,7 +263,7 @@ impl Upstream {
         // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
         // mean nothing to the upstream connection.
         parts.extensions = Extensions::new();
-        let progress = Progress::new();
+        let progress = Progress::of(&body);
 
         let mut response = match &self.transport {
             Transport::Http1 => {
@@ -271,8 +271,7 @@ impl Upstream {
                 parts.version = Version::HTTP_11;
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
                 let sent = self.http1.send(ctx.upstream_slot, request);
-                let mut response = progress
-                    .wait(sent, self.response_timeout)
+                let mut response = timeout::within(progress.as_deref(), sent, self.response_timeout)
                     .await
                     .ok_or(ProxyError::Timeout)??;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -284,8 +283,7 @@ impl Upstream {
                 parts.uri = self.target.uri_for(&parts.uri, &authority)?;
                 parts.version = Version::HTTP_2;
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
-                progress
-                    .wait(client.request(request), self.response_timeout)
+                timeout::within(progress.as_deref(), client.request(request), self.response_timeout)
                     .await
                     .ok_or(ProxyError::Timeout)?
                     .map_err(classify)?

@@ -25,10 +25,14 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    pub(super) fn new() -> Arc<Self> {
-        Arc::new(Progress {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+    /// The progress of a request with `body`; `None` for a request without one (most
+    /// are), whose timeout simply runs from the start.
+    pub(super) fn of(body: &Incoming) -> Option<Arc<Self>> {
+        (!body.is_end_stream()).then(|| {
+            Arc::new(Progress {
+                start: Instant::now(),
+                last_ms: AtomicU64::new(0),
+            })
         })
     }
 
@@ -43,7 +47,7 @@ impl Progress {
 
     /// Awaits `fut` until it resolves, or `None` once `timeout` has passed without any
     /// progress (body frame sent, or the start).
-    pub(super) async fn wait<F: Future>(&self, fut: F, timeout: Duration) -> Option<F::Output> {
+    async fn wait<F: Future>(&self, fut: F, timeout: Duration) -> Option<F::Output> {
         let mut fut = std::pin::pin!(fut);
         loop {
             let deadline = self.deadline(timeout);
@@ -57,15 +61,24 @@ impl Progress {
     }
 }
 
+/// Awaits the response `fut` of a request whose progress is `progress` (from
+/// [`Progress::of`]), or `None` once `timeout` has passed since that progress.
+pub(super) async fn within<F: Future>(progress: Option<&Progress>, fut: F, timeout: Duration) -> Option<F::Output> {
+    match progress {
+        Some(progress) => progress.wait(fut, timeout).await,
+        None => tokio::time::timeout(timeout, fut).await.ok(),
+    }
+}
+
 /// The downstream request body, streamed as is, reporting each frame to [`Progress`].
 /// (Or no body at all: a bodiless request rebuilt for a retry.)
 pub(super) struct ProgressBody {
     inner: Option<Incoming>,
-    progress: Arc<Progress>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl ProgressBody {
-    pub(super) fn new(inner: Incoming, progress: Arc<Progress>) -> Self {
+    pub(super) fn new(inner: Incoming, progress: Option<Arc<Progress>>) -> Self {
         ProgressBody {
             inner: Some(inner),
             progress,
@@ -93,8 +106,8 @@ impl Body for ProgressBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_)) | None) = polled {
-            self.progress.touch();
+        if let (Poll::Ready(Some(Ok(_)) | None), Some(progress)) = (&polled, &self.progress) {
+            progress.touch();
         }
         polled
     }
