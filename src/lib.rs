@@ -22,6 +22,7 @@
 
 pub mod app;
 mod auth;
+mod body;
 pub mod config;
 pub mod error;
 pub mod limit;
@@ -37,8 +38,6 @@ pub mod session;
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -46,9 +45,7 @@ use crate::config::Config;
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body type of every response portcullis produces, streamed or generated. Not
-/// `Sync`: an upstream body carries its connection's I/O future (`proxy::pool`).
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+pub use body::ResponseBody;
 
 /// Why portcullis could not start (after configuration was valid).
 #[derive(Debug, thiserror::Error)]

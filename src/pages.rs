@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use crate::ResponseBody;
@@ -13,7 +12,7 @@ use crate::ResponseBody;
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    ResponseBody::full(bytes)
 }
 
 pub fn empty_body() -> ResponseBody {

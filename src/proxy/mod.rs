@@ -43,7 +43,6 @@ use std::time::Duration;
 use http::header::{AUTHORIZATION, HOST};
 use http::uri::Authority;
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -57,7 +56,7 @@ pub use forwarded::client_ip;
 use forwarded::Relayed;
 use headers::StripSet;
 use pool::Http1Pool;
-pub use pool::UpstreamSlot;
+pub use pool::{PooledBody, UpstreamSlot};
 use target::Target;
 use timeout::{Progress, ProgressBody};
 use upgrade::Tunnels;
@@ -277,7 +276,7 @@ impl Upstream {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     response.body_mut().forget_connection();
                 }
-                response.map(|body| body.map_err(BoxError::from).boxed_unsync())
+                response.map(ResponseBody::Upstream)
             }
             Transport::Http2(client) => {
                 parts.uri = self.target.uri_for(&parts.uri, &authority)?;
@@ -287,7 +286,7 @@ impl Upstream {
                     .await
                     .ok_or(ProxyError::Timeout)?
                     .map_err(classify)?
-                    .map(|body| body.map_err(BoxError::from).boxed_unsync())
+                    .map(ResponseBody::boxed)
             }
         };
 

@@ -423,7 +423,7 @@ impl std::fmt::Debug for UpstreamSlot {
 /// An upstream response body that returns its connection to the slot once read to
 /// the end. Dropped earlier (the client went away mid-body), the connection is
 /// dropped too: it is in the middle of a response and cannot carry another.
-pub(super) struct PooledBody {
+pub struct PooledBody {
     inner: Incoming,
     keep: Option<(UpstreamConnection, Arc<UpstreamSlot>)>,
 }

@@ -24,7 +24,7 @@ use url::Url;
 
 use crate::config::{AccessTokenForwarding, IdentityConfig, IdentityHeader, UpstreamConfig, UpstreamTarget};
 use crate::proxy::{CookieFilter, ForwardContext, ProxyError, Upstream};
-use crate::{BoxError, ResponseBody};
+use crate::ResponseBody;
 
 pub type ClientBody = BoxBody<Bytes, Infallible>;
 
@@ -98,7 +98,7 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infa
         tokio::time::sleep(Duration::from_secs(2)).await;
         Response::new(body(Bytes::new()))
     } else if path.ends_with("/echo-body") {
-        Response::new(req.into_body().map_err(BoxError::from).boxed_unsync())
+        Response::new(ResponseBody::boxed(req.into_body()))
     } else if path.ends_with("/count-body") {
         let len = req.into_body().collect().await.unwrap().to_bytes().len();
         Response::new(body(len.to_string().into()))
@@ -141,7 +141,7 @@ async fn echo(mut req: Request<Incoming>) -> Result<Response<ResponseBody>, Infa
 }
 
 fn body(data: Bytes) -> ResponseBody {
-    Full::new(data).map_err(|never| match never {}).boxed_unsync()
+    ResponseBody::full(data)
 }
 
 /// Serves the echo upstream on `127.0.0.1:0`; returns its address.

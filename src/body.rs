@@ -1,0 +1,106 @@
+//! [`ResponseBody`], the body of every response portcullis produces: a page of its
+//! own, an HTTP/1.1 upstream's body, or any other body boxed.
+//!
+//! An enum rather than one boxed type so that the common cases (a proxied HTTP/1.1
+//! response, a generated page) cost no allocation per response.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::Full;
+
+use crate::proxy::PooledBody;
+use crate::BoxError;
+
+/// Not `Sync`: an upstream body carries its connection's I/O future (`proxy::pool`).
+pub enum ResponseBody {
+    /// Generated here, whole.
+    Full(Full<Bytes>),
+    /// Streamed from an HTTP/1.1 upstream connection.
+    Upstream(PooledBody),
+    /// Any other body (an HTTP/2 upstream's, a test's).
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Full::new(bytes.into()))
+    }
+
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        ResponseBody::Boxed(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Every variant is Unpin.
+        match self.get_mut() {
+            ResponseBody::Full(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+            ResponseBody::Upstream(upstream) => Pin::new(upstream).poll_frame(cx).map_err(BoxError::from),
+            ResponseBody::Boxed(boxed) => Pin::new(boxed).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(full) => full.is_end_stream(),
+            ResponseBody::Upstream(upstream) => upstream.is_end_stream(),
+            ResponseBody::Boxed(boxed) => boxed.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(full) => full.size_hint(),
+            ResponseBody::Upstream(upstream) => upstream.size_hint(),
+            ResponseBody::Boxed(boxed) => boxed.size_hint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            ResponseBody::Full(_) => "Full",
+            ResponseBody::Upstream(_) => "Upstream",
+            ResponseBody::Boxed(_) => "Boxed",
+        };
+        f.debug_tuple("ResponseBody").field(&kind).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_full_body_is_its_bytes_with_an_exact_size() {
+        let body = ResponseBody::full("hello");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_boxed_body_keeps_its_frames_and_errors() {
+        let ok = ResponseBody::boxed(Full::new(Bytes::from_static(b"abc")));
+        assert_eq!(ok.collect().await.unwrap().to_bytes(), "abc");
+        let failing = http_body_util::StreamBody::new(futures_util::stream::iter([Err::<Frame<Bytes>, _>(
+            std::io::Error::other("upstream reset"),
+        )]));
+        let error = ResponseBody::boxed(failing).collect().await.expect_err("the error");
+        assert_eq!(error.to_string(), "upstream reset");
+    }
+}
