@@ -51,7 +51,7 @@ def env_flag(name, default):
 
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 WARMUP = os.environ.get("BENCH_WARMUP", "1s")
-ROUNDS = env_int("BENCH_ROUNDS", 2)
+ROUNDS = env_int("BENCH_ROUNDS", 3)
 CONNECTIONS = [int(c) for c in os.environ.get("BENCH_CONNECTIONS", "32 256").split()]
 LOGINS = env_int("BENCH_LOGINS", 200)
 STREAM_MIB = env_int("BENCH_STREAM_MIB", 1024)

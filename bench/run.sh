@@ -9,7 +9,7 @@
 # Environment (all optional):
 #   BENCH_DURATION=10s        wrk duration per measurement (e.g. 3s for a quick run)
 #   BENCH_WARMUP=1s           unmeasured wrk run before each measurement
-#   BENCH_ROUNDS=2            interleaved rounds; the best round per contender is shown
+#   BENCH_ROUNDS=3            interleaved rounds; the best round per contender is shown
 #   BENCH_CONNECTIONS="32 256"
 #   BENCH_LOGINS=200          logins for the login-cost measurement (0 = skip)
 #   BENCH_STREAM=1            1 GiB streaming test (0 = skip); BENCH_STREAM_MIB=1024
@@ -46,5 +46,5 @@ if [ "${BENCH_SESSION_MEMORY:-1}" != "0" ] || [ "${BENCH_CRITERION:-1}" != "0" ]
     cargo bench --no-run --bench session_memory --bench session_store
 fi
 
-log "starting (a full run takes about 5 minutes)"
+log "starting (a full run takes about 12 minutes)"
 exec python3 "$ROOT/bench/bench.py"
