@@ -124,13 +124,16 @@ impl App {
             let client = self.upstream.client_ip(client_addr.ip(), request.headers());
             (request.method().clone(), request.uri().clone(), client)
         });
+        // The routes other than the proxied one are boxed: their futures (provider calls)
+        // are many kilobytes, and every request's future would otherwise be as large as
+        // the largest of them, and be moved and laid out in memory at that size.
         let result = match route {
             Route::Healthz => Ok(pages::text_response(StatusCode::OK, "ok\n")),
-            Route::Readyz => Ok(self.readiness().await),
-            Route::Login => self.login(&request).await,
-            Route::Callback => self.callback(&request).await,
-            Route::Logout => self.logout(request).await,
-            Route::Me => self.me(&request).await,
+            Route::Readyz => Ok(Box::pin(self.readiness()).await),
+            Route::Login => Box::pin(self.login(&request)).await,
+            Route::Callback => Box::pin(self.callback(&request)).await,
+            Route::Logout => Box::pin(self.logout(request)).await,
+            Route::Me => Box::pin(self.me(&request)).await,
             Route::ReservedUnknown => Err(AppError::NotFound),
             Route::Protected => self.protected(request, client_addr, upstream_slot).await,
         };
@@ -192,7 +195,8 @@ impl App {
             return Ok(self.upstream.forward(request, ctx).await?);
         }
         let Some(active) = self.session_phase(request.headers()).await? else {
-            return self.unauthenticated(&request).await;
+            // Boxed, as the refresh below: rare, and their provider calls are large futures.
+            return Box::pin(self.unauthenticated(&request)).await;
         };
         self.policy.authorize(&active.session, request.uri().path())?;
         let headers = &active.session.upstream_headers;
@@ -223,7 +227,7 @@ impl App {
         if !session.needs_refresh(SystemTime::now(), self.config.session.refresh_before_expiry) {
             return Ok(Some(ActiveSession { session }));
         }
-        self.refresh(key).await
+        Box::pin(self.refresh(key)).await
     }
 
     /// Single-flight refresh: the first request refreshes, the others wait and then read

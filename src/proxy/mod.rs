@@ -37,6 +37,7 @@ mod upgrade;
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,7 +270,7 @@ impl Upstream {
                 parts.uri = self.target.origin_form(&parts.uri)?;
                 parts.version = Version::HTTP_11;
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
-                let sent = self.http1.send(ctx.upstream_slot, request);
+                let sent = pin!(self.http1.send(ctx.upstream_slot, request));
                 let mut response = timeout::within(progress.as_deref(), sent, self.response_timeout)
                     .await
                     .ok_or(ProxyError::Timeout)??;
@@ -282,7 +283,8 @@ impl Upstream {
                 parts.uri = self.target.uri_for(&parts.uri, &authority)?;
                 parts.version = Version::HTTP_2;
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
-                timeout::within(progress.as_deref(), client.request(request), self.response_timeout)
+                let sent = pin!(client.request(request));
+                timeout::within(progress.as_deref(), sent, self.response_timeout)
                     .await
                     .ok_or(ProxyError::Timeout)?
                     .map_err(classify)?

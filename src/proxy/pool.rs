@@ -111,8 +111,8 @@ impl Driving {
     }
 
     /// Awaits `future` (of this connection's sender) while driving the connection.
-    async fn drive<F: Future>(&mut self, future: F) -> F::Output {
-        let mut future = pin!(future);
+    /// (`future` is pinned by the caller: see `timeout::within`.)
+    async fn drive<F: Future>(&mut self, mut future: Pin<&mut F>) -> F::Output {
         std::future::poll_fn(|cx| self.poll_fed(future.as_mut(), cx)).await
     }
 
@@ -220,10 +220,11 @@ impl Http1Pool {
                     let idle_for = kept.since.elapsed();
                     (kept.connection, Some(idle_for))
                 }
-                None => (self.connect().await?, None),
+                // Boxed: dialing (TCP, TLS) is a large future, needed once per connection.
+                None => (Box::pin(self.connect()).await?, None),
             };
             let UpstreamConnection { sender, driver } = &mut connection;
-            if let Err(error) = driver.drive(sender.ready()).await {
+            if let Err(error) = driver.drive(pin!(sender.ready())).await {
                 if idle_for.is_some() {
                     continue; // closed while kept: try the next one
                 }
@@ -235,7 +236,7 @@ impl Http1Pool {
             };
             // The driver is polled next thing anyway: handing it the request need not wake it.
             let (sent, _) = driver.inline(|| sender.try_send_request(request));
-            match driver.drive(sent).await {
+            match driver.drive(pin!(sent)).await {
                 Ok(response) => {
                     let keep = Some((connection, slot.clone()));
                     return Ok(response.map(|body| PooledBody { inner: body, keep }));
@@ -249,7 +250,7 @@ impl Http1Pool {
                         request = copy.rebuild();
                         resent = true;
                         // Other kept connections are as old: dial a new one.
-                        let fresh = self.connect().await?;
+                        let fresh = Box::pin(self.connect()).await?;
                         slot.give_back(IdleConnection::new(fresh));
                     }
                     _ => return Err(ProxyError::Request(failed.into_error().into())),

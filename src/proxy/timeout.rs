@@ -47,8 +47,7 @@ impl Progress {
 
     /// Awaits `fut` until it resolves, or `None` once `timeout` has passed without any
     /// progress (body frame sent, or the start).
-    async fn wait<F: Future>(&self, fut: F, timeout: Duration) -> Option<F::Output> {
-        let mut fut = std::pin::pin!(fut);
+    async fn wait<F: Future>(&self, mut fut: Pin<&mut F>, timeout: Duration) -> Option<F::Output> {
         loop {
             let deadline = self.deadline(timeout);
             match tokio::time::timeout_at(deadline, fut.as_mut()).await {
@@ -63,7 +62,15 @@ impl Progress {
 
 /// Awaits the response `fut` of a request whose progress is `progress` (from
 /// [`Progress::of`]), or `None` once `timeout` has passed since that progress.
-pub(super) async fn within<F: Future>(progress: Option<&Progress>, fut: F, timeout: Duration) -> Option<F::Output> {
+///
+/// `fut` is pinned by the caller and only borrowed here (as in [`Progress::wait`]): a
+/// future taken by value would be laid out once more in each future awaiting it, and
+/// the whole request future moved at that size.
+pub(super) async fn within<F: Future>(
+    progress: Option<&Progress>,
+    fut: Pin<&mut F>,
+    timeout: Duration,
+) -> Option<F::Output> {
     match progress {
         Some(progress) => progress.wait(fut, timeout).await,
         None => tokio::time::timeout(timeout, fut).await.ok(),
