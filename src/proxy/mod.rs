@@ -10,6 +10,8 @@
 //! - `target`: the upstream scheme/authority/prefix and the URI rewrite.
 //! - `connector`: TCP/TLS/unix connector under both pools.
 //! - `pool`: HTTP/1.1 connections kept per downstream connection ([`UpstreamSlot`]).
+//! - `driver_waker`: the waker a connection is driven with, so that the request's task
+//!   does not wake itself through it.
 //! - `timeout`: the response timeout measured from the request's last progress.
 //! - `upgrade`: splicing upgraded (WebSocket) connections.
 //!

@@ -21,7 +21,8 @@
 //! A connection's I/O (hyper's connection future, its [`Driver`]) travels with it and
 //! is polled by the task that uses the connection: while a request waits for its
 //! response head, and while the response body is read. A request therefore wakes no
-//! other task and crosses no channel to another one; an exchange that is not finished
+//! other task and crosses no channel to another one, and (polled with a
+//! [`DriverWaker`]) not even its own task: only the sockets do. An exchange that is not finished
 //! when the body has been read (an upload still going on after an early response)
 //! hands the driver to a task of its own, as an upgraded connection's does. A kept
 //! connection is not polled between requests: the upstream closing it is noticed when
