@@ -74,7 +74,9 @@ fn run(config: Config) -> ExitCode {
     for warning in config.policy.warnings(&config.oidc.scopes) {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The main thread accepts connections and runs the background work; the connections
+    // are served by worker threads of their own (`server.workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");

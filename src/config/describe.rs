@@ -185,6 +185,10 @@ impl Config {
             None => writeln!(out, "# metrics_addr unset: no metrics listener")?,
         }
         writeln!(out, "h2c = {}", sv.h2c)?;
+        match sv.workers {
+            Some(workers) => writeln!(out, "workers = {workers}")?,
+            None => writeln!(out, "# workers unset: one per core ({} here)", crate::server::cores())?,
+        }
         writeln!(out, "max_connections = {}", sv.max_connections)?;
         writeln!(out, "max_header_bytes = {}", sv.max_header_bytes)?;
         writeln!(out, "max_headers = {}", sv.max_headers)?;

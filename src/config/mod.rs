@@ -229,6 +229,9 @@ pub struct ServerConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Accept prior-knowledge HTTP/2 (h2c) on a plain listener (default false; TLS always offers h2 by ALPN).
     pub h2c: bool,
+    /// Threads serving connections, each with a runtime of its own (default: one per
+    /// core this process may use).
+    pub workers: Option<usize>,
     /// Connections served at once; more are refused with 503 (default 10 000).
     pub max_connections: usize,
     /// Largest request head accepted, in bytes; larger gets 431 (default 64 KiB).

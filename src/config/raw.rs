@@ -140,6 +140,7 @@ struct RawServer {
     http_redirect_addr: Leaf,
     metrics_addr: Leaf,
     h2c: Leaf,
+    workers: Leaf,
     max_connections: Leaf,
     max_header_bytes: Leaf,
     max_headers: Leaf,

@@ -1186,6 +1186,24 @@ fn transport_defaults_are_safe() {
 }
 
 #[test]
+fn connection_workers_default_to_one_per_core_and_take_a_count() {
+    let config = ok("", &seed_env());
+    assert_eq!(config.server.workers, None);
+    assert!(config.describe().contains("# workers unset: one per core ("));
+    let config = ok("[server]\nworkers = 3\n", &seed_env());
+    assert_eq!(config.server.workers, Some(3));
+    assert!(config.describe().contains("\nworkers = 3\n"));
+    let config = ok("", &with(seed_env(), &[("PORTCULLIS_SERVER_WORKERS", "1")]));
+    assert_eq!(config.server.workers, Some(1));
+    rejects("[server]\nworkers = 0\n", "server.workers", "between 1 and 1024");
+    rejects_env(
+        &[("PORTCULLIS_SERVER_WORKERS", "many")],
+        "PORTCULLIS_SERVER_WORKERS",
+        "whole number",
+    );
+}
+
+#[test]
 fn tls_needs_both_the_certificate_and_the_key() {
     rejects(
         "[server]\ntls_cert_file = \"/etc/cert.pem\"\n",

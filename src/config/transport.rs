@@ -28,6 +28,10 @@ pub fn server(src: &mut Source<'_>, base_url: Option<&Url>) -> ServerConfig {
         http_redirect_addr,
         metrics_addr,
         h2c: src.bool("server.h2c", false),
+        workers: src
+            .raw("server.workers")
+            .is_some()
+            .then(|| to_usize(src.integer("server.workers", 1, (1, 1024)))),
         max_connections: to_usize(src.integer("server.max_connections", 10_000, (1, 1_000_000))),
         max_header_bytes: to_usize(src.size("server.max_header_bytes", 64 * 1024)).max(8192),
         max_headers: to_usize(src.integer("server.max_headers", 100, (16, 1000))),

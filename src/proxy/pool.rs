@@ -8,7 +8,9 @@
 //! slot when its response body has been read to the end ([`PooledBody`]); when the
 //! slot is taken (concurrent HTTP/2 streams on one downstream connection) or the
 //! downstream connection closes, it goes to the shared idle list instead, which a
-//! downstream connection draws from before it dials a new one.
+//! downstream connection draws from before it dials a new one (first from the
+//! connections dialed on its own thread: a connection worker's runtime reports the
+//! readiness of the sockets it registered).
 //!
 //! A kept connection may have been closed by the upstream in the meantime (its
 //! keep-alive timeout: 5 s for Node.js and Apache, 2 s for gunicorn): then the request,
@@ -33,6 +35,7 @@ use std::net::IpAddr;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +64,9 @@ type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 struct UpstreamConnection {
     sender: Sender,
     driver: Driving,
+    /// The thread that dialed it, whose runtime reports its socket's readiness (a
+    /// connection worker's: see `server::workers`).
+    home: ThreadId,
 }
 
 /// A connection's driver, polled by the task using the connection, with the
@@ -182,6 +188,11 @@ impl IdleConnection {
     fn is_closed(&self) -> bool {
         self.connection.sender.is_closed()
     }
+
+    /// Not closed, and not idle so long that the upstream has likely closed it.
+    fn is_usable(&self) -> bool {
+        self.since.elapsed() < IDLE_TIMEOUT && !self.is_closed()
+    }
 }
 
 impl Http1Pool {
@@ -224,7 +235,7 @@ impl Http1Pool {
                 // Boxed: dialing (TCP, TLS) is a large future, needed once per connection.
                 None => (Box::pin(self.connect()).await?, None),
             };
-            let UpstreamConnection { sender, driver } = &mut connection;
+            let UpstreamConnection { sender, driver, .. } = &mut connection;
             if let Err(error) = driver.drive(pin!(sender.ready())).await {
                 if idle_for.is_some() {
                     continue; // closed while kept: try the next one
@@ -276,17 +287,22 @@ impl Http1Pool {
         Ok(UpstreamConnection {
             sender,
             driver: Driving::new(Box::pin(connection.with_upgrades())),
+            home: std::thread::current().id(),
         })
     }
 
+    /// The newest idle connection dialed on this thread, else the newest of all: one
+    /// from another thread works too, but each of its reads and writes is reported by
+    /// that thread's runtime and costs a wake-up across threads.
     fn take_idle(&self) -> Option<IdleConnection> {
         let mut idle = self.lock_idle();
-        while let Some(connection) = idle.pop() {
-            if connection.since.elapsed() < IDLE_TIMEOUT && !connection.is_closed() {
-                return Some(connection);
-            }
-        }
-        None
+        idle.retain(IdleConnection::is_usable);
+        let here = std::thread::current().id();
+        let index = idle
+            .iter()
+            .rposition(|c| c.connection.home == here)
+            .or_else(|| idle.len().checked_sub(1))?;
+        Some(idle.remove(index))
     }
 
     fn put_idle(&self, connection: IdleConnection) {
@@ -295,7 +311,7 @@ impl Http1Pool {
         }
         let mut idle = self.lock_idle();
         // The oldest are the likeliest to have been closed by the upstream.
-        idle.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.is_closed());
+        idle.retain(IdleConnection::is_usable);
         if idle.len() < self.max_idle {
             idle.push(connection);
         }

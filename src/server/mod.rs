@@ -1,11 +1,14 @@
-//! The listeners: accept connections (plain or TLS), serve HTTP/1.1 and HTTP/2
-//! (hyper-util auto), enforce the connection limits, and shut down gracefully: on the
-//! signal stop accepting, let in-flight requests and WebSockets finish within the grace
-//! period, then return.
+//! The listeners: accept connections (plain or TLS), hand each to a connection worker
+//! ([`workers`]), serve HTTP/1.1 and HTTP/2 there, enforce the connection limits, and
+//! shut down gracefully: on the signal stop accepting, let in-flight requests and
+//! WebSockets finish within the grace period, then return.
 
 mod io;
 mod redirect;
 pub mod tls;
+mod workers;
+
+pub use self::workers::cores;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use url::Url;
 
 use self::io::{write_final_response, ClientStream, ConnState};
+use self::workers::Workers;
 use crate::app::App;
 use crate::config::ServerConfig;
 
@@ -124,6 +128,11 @@ pub async fn serve(
     // connection has finished.
     let permits = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     let limit = Arc::new(Semaphore::new(permits as usize));
+    let workers = Workers::start(settings.workers.unwrap_or_else(cores));
+    match &workers {
+        Some(workers) => tracing::debug!(workers = workers.count(), "connection workers started"),
+        None => tracing::warn!("no connection worker could be started; serving connections on the main thread"),
+    }
     let mut shutdown = pin!(shutdown);
     // For systemd's Type=notify: every listener is bound. A no-op without NOTIFY_SOCKET.
     if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -134,9 +143,7 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tokio::spawn(serve_connection(shared.clone(), stopped.clone(), stream, peer, permit));
-                    }
+                    Ok(permit) => hand_over(workers.as_ref(), &shared, &stopped, stream, peer, permit),
                     Err(_) => refuse_connection(&shared, stream, peer),
                 },
                 Err(error) => {
@@ -194,6 +201,33 @@ fn protocol_builders(settings: &ServerConfig) -> (http1::Builder, http2::Builder
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     (http1, http2)
+}
+
+/// Serves an accepted connection on a worker (its socket moves to the worker's
+/// runtime), or on this runtime without workers.
+fn hand_over(
+    workers: Option<&Workers>,
+    shared: &Arc<Shared>,
+    stopped: &watch::Receiver<bool>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let (shared, stopped) = (shared.clone(), stopped.clone());
+    let Some(workers) = workers else {
+        tokio::spawn(serve_connection(shared, stopped, stream, peer, permit));
+        return;
+    };
+    // Deregistered from this runtime here, registered with the worker's there.
+    match stream.into_std() {
+        Ok(stream) => workers.spawn(move || async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_connection(shared, stopped, stream, peer, permit).await,
+                Err(error) => tracing::warn!(%peer, %error, "cannot serve a connection on a worker"),
+            }
+        }),
+        Err(error) => tracing::warn!(%peer, %error, "cannot hand a connection to a worker"),
+    }
 }
 
 /// Over the connection limit: a plain client gets a short 503, a TLS client a closed

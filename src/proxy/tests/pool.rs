@@ -153,6 +153,58 @@ async fn a_closed_downstream_connection_hands_its_upstream_connection_on() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+/// Waits until the idle list holds `count` connections.
+async fn idle_reaches(upstream: &Upstream, count: usize) {
+    let deadline = tokio::time::Instant::now() + LONG;
+    while upstream.http1.idle_count() != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle list never held {count} connections"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A front server for `upstream` on a thread (and runtime) of its own, as a
+/// connection worker is.
+fn front_on_another_thread(upstream: Arc<Upstream>) -> SocketAddr {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            addr_tx.send(front(upstream).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    addr_rx.recv_timeout(LONG).unwrap()
+}
+
+#[tokio::test]
+async fn a_new_downstream_connection_takes_an_idle_connection_dialed_on_its_own_thread_first() {
+    let (front_here, accepted, upstream) = setup(Keep::Alive).await;
+    let front_there = front_on_another_thread(upstream.clone());
+
+    let mut here = downstream(front_here).await;
+    assert_eq!(get_whole(&mut here).await, 1);
+    let mut there = downstream(front_there).await;
+    assert_eq!(get_whole(&mut there).await, 2);
+    drop(here);
+    idle_reaches(&upstream, 1).await;
+    drop(there);
+    idle_reaches(&upstream, 2).await;
+
+    // Connection 2 is the newest idle one, but it was dialed on the other thread.
+    let mut here = downstream(front_here).await;
+    assert_eq!(get_whole(&mut here).await, 1);
+    // With none of its own left, a thread takes another thread's rather than dial.
+    let mut also_here = downstream(front_here).await;
+    assert_eq!(get_whole(&mut also_here).await, 2);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn concurrent_downstream_connections_use_their_own_upstream_connections() {
     let (front, accepted, _upstream) = setup(Keep::Alive).await;
