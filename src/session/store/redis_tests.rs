@@ -1,4 +1,5 @@
-//! TTL arithmetic of the Redis store: idle timeout, cut short by the absolute deadline.
+//! TTL arithmetic of the Redis store (idle timeout, cut short by the absolute deadline),
+//! and its connection managers per thread.
 
 use std::time::{Duration, SystemTime};
 
@@ -45,4 +46,28 @@ fn ttl_milliseconds_round_up_and_are_never_zero() {
     assert_eq!(millis(Duration::from_nanos(1)), 1);
     assert_eq!(millis(Duration::ZERO), 1);
     assert_eq!(unix_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(1234)), 1234);
+}
+
+#[tokio::test]
+async fn each_thread_gets_a_connection_manager_of_its_own_made_once() {
+    // Lazy managers: nothing connects to this address.
+    let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+    let managers = Managers::new(client, ConnectionManagerConfig::new()).unwrap();
+    assert_eq!(managers.count(), 1, "the constructing thread's");
+    managers.here().unwrap();
+    managers.here().unwrap();
+    assert_eq!(managers.count(), 1);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                managers.here().unwrap();
+                managers.here().unwrap();
+            });
+        });
+    });
+    assert_eq!(managers.count(), 2);
 }
