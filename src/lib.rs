@@ -29,6 +29,7 @@ pub mod limit;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
+mod per_thread;
 pub mod policy;
 pub mod proxy;
 pub mod router;

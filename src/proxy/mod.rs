@@ -53,6 +53,7 @@ use ipnet::IpNet;
 use rustls::pki_types::ServerName;
 
 use crate::config::{AccessTokenForwarding, IdentityConfig, UpstreamConfig, UpstreamTarget};
+use crate::per_thread::PerThread;
 use crate::{BoxError, ResponseBody};
 use connector::{ConnectTimeout, TlsSettings, UpstreamConnector};
 pub use forwarded::client_ip;
@@ -137,7 +138,29 @@ pub struct Upstream {
 /// How requests reach the upstream.
 enum Transport {
     Http1,
-    Http2(Box<Client<UpstreamConnector, ProgressBody>>),
+    Http2(Box<Http2Clients>),
+}
+
+type Http2Client = Client<UpstreamConnector, ProgressBody>;
+
+/// The HTTP/2 client, one per thread (see [`crate::per_thread`]): hyper-util drives
+/// each connection in a task on the runtime that dialed it, so each connection worker
+/// gets HTTP/2 connections of its own.
+struct Http2Clients {
+    connector: UpstreamConnector,
+    by_thread: PerThread<Arc<Http2Client>>,
+}
+
+impl Http2Clients {
+    fn here(&self) -> Arc<Http2Client> {
+        self.by_thread.get_or_make(|| {
+            Arc::new(
+                Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .build(self.connector.clone()),
+            )
+        })
+    }
 }
 
 /// Most upstream connections idle in the shared list at once (beyond those kept by
@@ -198,11 +221,10 @@ impl Upstream {
             UpstreamTarget::Unix(path) => UpstreamConnector::unix(path, upstream.connect_timeout),
         };
         let transport = if upstream.http2 {
-            Transport::Http2(Box::new(
-                Client::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .build(connector.clone()),
-            ))
+            Transport::Http2(Box::new(Http2Clients {
+                connector: connector.clone(),
+                by_thread: PerThread::new(),
+            }))
         } else {
             Transport::Http1
         };
@@ -281,10 +303,11 @@ impl Upstream {
                 }
                 response.map(ResponseBody::Upstream)
             }
-            Transport::Http2(client) => {
+            Transport::Http2(clients) => {
                 parts.uri = self.target.uri_for(&parts.uri, &authority)?;
                 parts.version = Version::HTTP_2;
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
+                let client = clients.here();
                 let sent = pin!(client.request(request));
                 timeout::within(progress.as_deref(), sent, self.response_timeout)
                     .await

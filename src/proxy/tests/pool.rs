@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::support::{front, http_target, upstream, ClientBody};
+use super::support::{front, front_on_another_thread, http_target, upstream, ClientBody};
 use crate::proxy::Upstream;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -163,23 +163,6 @@ async fn idle_reaches(upstream: &Upstream, count: usize) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// A front server for `upstream` on a thread (and runtime) of its own, as a
-/// connection worker is.
-fn front_on_another_thread(upstream: Arc<Upstream>) -> SocketAddr {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            addr_tx.send(front(upstream).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    addr_rx.recv_timeout(LONG).unwrap()
 }
 
 #[tokio::test]

@@ -295,6 +295,23 @@ pub async fn front(upstream: Arc<Upstream>) -> SocketAddr {
     front_probed(upstream, None).await
 }
 
+/// A front server for `upstream` on a thread (and runtime) of its own, as a
+/// connection worker is.
+pub fn front_on_another_thread(upstream: Arc<Upstream>) -> SocketAddr {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            addr_tx.send(front(upstream).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    addr_rx.recv_timeout(Duration::from_secs(30)).unwrap()
+}
+
 /// Counts the wakes a connection task gives itself while it is being polled: each
 /// makes the scheduler poll the whole connection once more for nothing. Meaningful on
 /// a current-thread runtime, where no other thread wakes a task during its poll.

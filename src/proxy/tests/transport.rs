@@ -135,6 +135,24 @@ async fn h2c_upstream_receives_http2_with_the_identity() {
     assert_eq!(seen.all("x-forwarded-host"), [front.to_string()]);
 }
 
+#[tokio::test]
+async fn each_thread_speaks_http2_to_the_upstream_over_a_client_of_its_own() {
+    let upstream_addr = h2c_upstream().await;
+    let mut config = upstream_config(http_target(upstream_addr, ""), LONG);
+    config.http2 = true;
+    let upstream = Arc::new(build_upstream(&config, &[]).unwrap());
+    let here = front(upstream.clone()).await;
+    let there = front_on_another_thread(upstream.clone());
+    for front in [here, there, here, there] {
+        let seen = seen_through(get(front, "/")).await;
+        assert_eq!(seen.version, "HTTP/2.0");
+    }
+    let super::super::Transport::Http2(clients) = &upstream.transport else {
+        panic!("an HTTP/2 transport");
+    };
+    assert_eq!(clients.by_thread.count(), 2);
+}
+
 async fn front_for(config: &crate::config::UpstreamConfig) -> SocketAddr {
     front(Arc::new(build_upstream(config, &[]).unwrap())).await
 }

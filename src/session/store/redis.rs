@@ -16,14 +16,13 @@
 //!   opened once per replica: while `GETEX` returns the same bytes, the session opened
 //!   from them is used again ([`super::opened`]).
 //! - **Connection**: one multiplexed, auto-reconnecting `ConnectionManager` per thread
-//!   that uses the store ([`Managers`]), created lazily so portcullis starts while Redis
+//!   that uses the store (see [`crate::per_thread`]), created lazily so portcullis starts while Redis
 //!   is down. Every command is bounded by
 //!   `session.redis_timeout`; a failure is a [`StoreError`] (503), and reachability
 //!   changes are logged once per change, naming the endpoint but never the password.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::thread::ThreadId;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -33,6 +32,7 @@ use super::opened::OpenedSessions;
 use super::seal::Sealer;
 use super::{SessionBackend, StoreError};
 use crate::config::{Config, IdentityConfig, RedisConfig};
+use crate::per_thread::PerThread;
 use crate::policy::Rule;
 use crate::session::{Session, SessionKey};
 
@@ -63,55 +63,38 @@ pub(super) struct Inner {
     opened: OpenedSessions,
 }
 
-/// One connection manager per thread using the store, each made on the thread's first
-/// command. A manager's connection is driven by a task on the runtime it was made on,
-/// so each connection worker (`server::workers`) talks to Redis over a connection of
-/// its own instead of waking another thread for every command and its reply (on one
-/// shared connection the benchmark's p99 with the Redis store was 4x the memory
-/// store's). A handful of threads use the store: the workers and the main thread.
+/// One connection manager per thread using the store ([`PerThread`]), each made on the
+/// thread's first command: each connection worker talks to Redis over a connection of
+/// its own (on one shared connection the benchmark's p99 with the Redis store was 4x
+/// the memory store's).
 struct Managers {
     client: redis::Client,
     config: ConnectionManagerConfig,
     /// Clone per command: commands need `&mut`, clones share one multiplexed connection.
-    by_thread: RwLock<Vec<(ThreadId, ConnectionManager)>>,
+    by_thread: PerThread<ConnectionManager>,
 }
 
 impl Managers {
     /// Checks the settings by making the first manager, for this thread.
     fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self, RedisError> {
-        let first = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
-        Ok(Managers {
+        let managers = Managers {
             client,
             config,
-            by_thread: RwLock::new(vec![(std::thread::current().id(), first)]),
-        })
+            by_thread: PerThread::new(),
+        };
+        managers.here()?;
+        Ok(managers)
     }
 
     /// This thread's manager, made now if it has none yet.
     fn here(&self) -> Result<ConnectionManager, RedisError> {
-        let here = std::thread::current().id();
-        let find = |managers: &[(ThreadId, ConnectionManager)]| {
-            managers
-                .iter()
-                .find(|(thread, _)| *thread == here)
-                .map(|(_, manager)| manager.clone())
-        };
-        // The list only grows, and whatever panicked while holding it left it whole.
-        if let Some(manager) = find(&self.by_thread.read().unwrap_or_else(|p| p.into_inner())) {
-            return Ok(manager);
-        }
-        let mut managers = self.by_thread.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(manager) = find(&managers) {
-            return Ok(manager);
-        }
-        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
-        managers.push((here, manager.clone()));
-        Ok(manager)
+        self.by_thread
+            .get_or_try_make(|| ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()))
     }
 
     #[cfg(test)]
     fn count(&self) -> usize {
-        self.by_thread.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.by_thread.count()
     }
 }
 
