@@ -204,7 +204,7 @@ fn protocol_builders(settings: &ServerConfig) -> (http1::Builder, http2::Builder
 }
 
 /// Serves an accepted connection on a worker (its socket moves to the worker's
-/// runtime), or on this runtime without workers.
+/// runtime), or on this runtime without a live worker.
 fn hand_over(
     workers: Option<&Workers>,
     shared: &Arc<Shared>,
@@ -219,14 +219,19 @@ fn hand_over(
         return;
     };
     // Deregistered from this runtime here, registered with the worker's there.
-    match stream.into_std() {
-        Ok(stream) => workers.spawn(move || async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => serve_connection(shared, stopped, stream, peer, permit).await,
-                Err(error) => tracing::warn!(%peer, %error, "cannot serve a connection on a worker"),
-            }
-        }),
-        Err(error) => tracing::warn!(%peer, %error, "cannot hand a connection to a worker"),
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => return tracing::warn!(%peer, %error, "cannot hand a connection to a worker"),
+    };
+    let connection = move || async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => serve_connection(shared, stopped, stream, peer, permit).await,
+            Err(error) => tracing::warn!(%peer, %error, "cannot register a connection's socket"),
+        }
+    };
+    if let Err(connection) = workers.spawn(connection) {
+        tracing::error!("no connection worker is running; serving on the main thread");
+        tokio::spawn(connection());
     }
 }
 

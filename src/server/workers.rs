@@ -13,7 +13,7 @@
 //! runs on the main thread's runtime.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
@@ -30,8 +30,11 @@ struct Worker {
     runtime: Handle,
     /// Connections this worker serves now.
     connections: Arc<AtomicUsize>,
+    /// False once the worker's thread has ended (it never should before the stop; but a
+    /// worker that died must not go on being handed connections it would drop).
+    alive: Arc<AtomicBool>,
     /// Ends the worker's runtime when sent or dropped.
-    _stop: oneshot::Sender<()>,
+    _stop: Option<oneshot::Sender<()>>,
 }
 
 /// The cores this process may use (CPU affinity and cgroup quota included), at least 1.
@@ -59,27 +62,31 @@ impl Workers {
 
     /// Runs the future `connection` makes on the least busy worker, counted there until
     /// it completes. `connection` is called on that worker's thread, so the socket it
-    /// registers belongs to that worker's runtime.
-    pub(super) fn spawn<F, Fut>(&self, connection: F)
+    /// registers belongs to that worker's runtime. Without a live worker it is handed
+    /// back, to be served elsewhere.
+    pub(super) fn spawn<F, Fut>(&self, connection: F) -> Result<(), F>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let worker = self.least_busy();
+        let Some(worker) = self.least_busy() else {
+            return Err(connection);
+        };
         let counted = ConnectionCount::new(worker.connections.clone());
         worker.runtime.spawn(async move {
             let _counted = counted;
             connection().await;
         });
+        Ok(())
     }
 
-    fn least_busy(&self) -> &Worker {
+    fn least_busy(&self) -> Option<&Worker> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.workers.len();
         (0..n)
             .map(|i| &self.workers[(start + i) % n])
+            .filter(|worker| worker.alive.load(Ordering::Relaxed))
             .min_by_key(|worker| worker.connections.load(Ordering::Relaxed))
-            .unwrap_or(&self.workers[start % n])
     }
 
     #[cfg(test)]
@@ -95,9 +102,13 @@ impl Worker {
     fn start(index: usize) -> Option<Self> {
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
+        let alive = Arc::new(AtomicBool::new(true));
+        let ended = ThreadEnd(alive.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("portcullis-worker-{index}"))
             .spawn(move || {
+                // Dropped however the thread ends, unwinding included.
+                let _ended = ended;
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(error) => {
@@ -120,8 +131,18 @@ impl Worker {
         Some(Worker {
             runtime,
             connections: Arc::new(AtomicUsize::new(0)),
-            _stop: stop,
+            alive,
+            _stop: Some(stop),
         })
+    }
+}
+
+/// Marks a worker dead when its thread ends.
+struct ThreadEnd(Arc<AtomicBool>);
+
+impl Drop for ThreadEnd {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -163,10 +184,11 @@ mod tests {
         for _ in 0..4 {
             let mut released = released.clone();
             let threads_tx = threads_tx.clone();
-            workers.spawn(move || async move {
+            let spawned = workers.spawn(move || async move {
                 let _ = threads_tx.send(std::thread::current().name().map(str::to_owned));
                 let _ = released.wait_for(|r| *r).await;
             });
+            assert!(spawned.is_ok());
         }
         let mut names: Vec<_> = (0..4)
             .map(|_| {
@@ -196,15 +218,18 @@ mod tests {
         let workers = Workers::start(2).expect("workers");
         let (_hold, held) = tokio::sync::watch::channel(false);
         let mut held = held.clone();
-        workers.spawn(move || async move {
-            let _ = held.wait_for(|r| *r).await;
-        });
+        assert!(workers
+            .spawn(move || async move {
+                let _ = held.wait_for(|r| *r).await;
+            })
+            .is_ok());
         wait_until("the connection never started", || {
             workers.connections().iter().sum::<usize>() == 1
         });
         let busy = workers.connections().iter().position(|&c| c == 1).expect("one busy");
         for _ in 0..3 {
-            assert!(!std::ptr::eq(workers.least_busy(), &workers.workers[busy]));
+            let least_busy = workers.least_busy().expect("a live worker");
+            assert!(!std::ptr::eq(least_busy, &workers.workers[busy]));
         }
     }
 
@@ -212,16 +237,45 @@ mod tests {
     fn dropping_the_workers_ends_their_threads_and_the_connections_on_them() {
         let workers = Workers::start(1).expect("workers");
         let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
-        workers.spawn(move || async move {
-            // Dropped with the task when the worker's runtime goes away.
-            let _ended = ended_tx;
-            std::future::pending::<()>().await;
-        });
+        assert!(workers
+            .spawn(move || async move {
+                // Dropped with the task when the worker's runtime goes away.
+                let _ended = ended_tx;
+                std::future::pending::<()>().await;
+            })
+            .is_ok());
         wait_until("the connection never started", || workers.connections() == [1]);
         drop(workers);
         assert_eq!(
             ended_rx.recv_timeout(Duration::from_secs(5)),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
         );
+    }
+
+    #[test]
+    fn a_worker_whose_thread_ended_gets_no_connections_and_without_any_they_are_handed_back() {
+        let mut workers = Workers::start(2).expect("workers");
+        let _ = workers.workers[0]._stop.take().map(|stop| stop.send(()));
+        wait_until("the stopped worker still counts as alive", || {
+            !workers.workers[0].alive.load(Ordering::Relaxed)
+        });
+        let (threads_tx, threads_rx) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            let threads_tx = threads_tx.clone();
+            let spawned = workers.spawn(move || async move {
+                let _ = threads_tx.send(std::thread::current().name().map(str::to_owned));
+            });
+            assert!(spawned.is_ok());
+        }
+        for _ in 0..3 {
+            let thread = threads_rx.recv_timeout(Duration::from_secs(5)).expect("ran");
+            assert_eq!(thread.as_deref(), Some("portcullis-worker-1"));
+        }
+
+        let _ = workers.workers[1]._stop.take().map(|stop| stop.send(()));
+        wait_until("the last worker still counts as alive", || {
+            !workers.workers[1].alive.load(Ordering::Relaxed)
+        });
+        assert!(workers.spawn(|| async {}).is_err());
     }
 }
