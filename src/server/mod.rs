@@ -129,10 +129,7 @@ pub async fn serve(
     let permits = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     let limit = Arc::new(Semaphore::new(permits as usize));
     let workers = Workers::start(settings.workers.unwrap_or_else(cores));
-    match &workers {
-        Some(workers) => tracing::debug!(workers = workers.count(), "connection workers started"),
-        None => tracing::warn!("no connection worker could be started; serving connections on the main thread"),
-    }
+    tracing::debug!(workers = workers.count(), "connection workers started");
     let mut shutdown = pin!(shutdown);
     // For systemd's Type=notify: every listener is bound. A no-op without NOTIFY_SOCKET.
     if let Err(error) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -143,7 +140,7 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match limit.clone().try_acquire_owned() {
-                    Ok(permit) => hand_over(workers.as_ref(), &shared, &stopped, stream, peer, permit),
+                    Ok(permit) => hand_over(&workers, &shared, &stopped, stream, peer, permit),
                     Err(_) => refuse_connection(&shared, stream, peer),
                 },
                 Err(error) => {
@@ -206,7 +203,7 @@ fn protocol_builders(settings: &ServerConfig) -> (http1::Builder, http2::Builder
 /// Serves an accepted connection on a worker (its socket moves to the worker's
 /// runtime), or on this runtime without a live worker.
 fn hand_over(
-    workers: Option<&Workers>,
+    workers: &Workers,
     shared: &Arc<Shared>,
     stopped: &watch::Receiver<bool>,
     stream: TcpStream,
@@ -214,10 +211,6 @@ fn hand_over(
     permit: OwnedSemaphorePermit,
 ) {
     let (shared, stopped) = (shared.clone(), stopped.clone());
-    let Some(workers) = workers else {
-        tokio::spawn(serve_connection(shared, stopped, stream, peer, permit));
-        return;
-    };
     // Deregistered from this runtime here, registered with the worker's there.
     let stream = match stream.into_std() {
         Ok(stream) => stream,

@@ -43,17 +43,13 @@ pub fn cores() -> usize {
 }
 
 impl Workers {
-    /// `count` worker threads (at least one); `None` when not even one could be
-    /// started (the caller then serves connections on its own runtime).
-    pub(super) fn start(count: usize) -> Option<Self> {
-        let workers: Vec<Worker> = (0..count.max(1)).filter_map(Worker::start).collect();
-        if workers.is_empty() {
-            return None;
-        }
-        Some(Workers {
-            workers,
+    /// `count` worker threads (at least one asked for); those that could not be
+    /// started are left out, and with none [`Workers::spawn`] hands every connection back.
+    pub(super) fn start(count: usize) -> Self {
+        Workers {
+            workers: (0..count.max(1)).filter_map(Worker::start).collect(),
             next: AtomicUsize::new(0),
-        })
+        }
     }
 
     pub(super) fn count(&self) -> usize {
@@ -178,7 +174,7 @@ mod tests {
 
     #[test]
     fn connections_spread_over_the_workers_and_run_on_their_threads() {
-        let workers = Workers::start(2).expect("workers");
+        let workers = Workers::start(2);
         let (release, released) = tokio::sync::watch::channel(false);
         let (threads_tx, threads_rx) = std::sync::mpsc::channel();
         for _ in 0..4 {
@@ -215,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_worker_still_serving_a_connection_gets_the_next_ones_last() {
-        let workers = Workers::start(2).expect("workers");
+        let workers = Workers::start(2);
         let (_hold, held) = tokio::sync::watch::channel(false);
         let mut held = held.clone();
         assert!(workers
@@ -235,7 +231,7 @@ mod tests {
 
     #[test]
     fn dropping_the_workers_ends_their_threads_and_the_connections_on_them() {
-        let workers = Workers::start(1).expect("workers");
+        let workers = Workers::start(1);
         let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
         assert!(workers
             .spawn(move || async move {
@@ -254,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_worker_whose_thread_ended_gets_no_connections_and_without_any_they_are_handed_back() {
-        let mut workers = Workers::start(2).expect("workers");
+        let mut workers = Workers::start(2);
         let _ = workers.workers[0]._stop.take().map(|stop| stop.send(()));
         wait_until("the stopped worker still counts as alive", || {
             !workers.workers[0].alive.load(Ordering::Relaxed)
