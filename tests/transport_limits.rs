@@ -197,6 +197,66 @@ async fn a_slowloris_head_gets_408_and_idle_keep_alive_connections_are_closed_si
     .await;
 }
 
+/// Sends `GET path` on `tcp` and reads the whole response (it has a `Content-Length`).
+async fn exchange(tcp: &mut TcpStream, path: &str, cookie: &str) -> (u16, Vec<u8>) {
+    let head =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nCookie: {cookie}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("write a request");
+    let (status, headers) = ws::read_head(tcp).await.expect("a response head");
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("a Content-Length");
+    let mut body = vec![0u8; len];
+    tcp.read_exact(&mut body).await.expect("the body");
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_head_timeout_spares_busy_connections_and_slow_responses() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_HEADER_READ_TIMEOUT", "1s")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session"));
+    let mut tcp = TcpStream::connect(("127.0.0.1", stack.portcullis.app.port))
+        .await
+        .expect("connect");
+
+    // A request every 300 ms for three timeouts' worth, on one connection: the timer
+    // runs from the end of the last response, not from the connection's start.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let (status, _) = exchange(&mut tcp, "/.auth/healthz", &cookie).await;
+        assert_eq!(status, 200, "after {:?} on one connection", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A response that takes 2.5 timeouts is not cut off by the head timeout.
+    let (status, body) = exchange(&mut tcp, "/__slow?ms=2500", &cookie).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("/__slow"),
+        "the upstream's answer"
+    );
+
+    // Then nothing: closed silently a timeout after that response.
+    let idle = Instant::now();
+    let (bytes, closed) = read_until_close(&mut tcp, Duration::from_secs(4)).await;
+    assert!(closed, "the idle connection was not closed within 4 s of a 1 s timeout");
+    assert!(
+        bytes.is_empty(),
+        "an idle connection got bytes: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "closed {waited:?} after the last response, for a 1 s timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_limit_get_a_503_and_are_closed() {
     let stack = Stack::builder()
