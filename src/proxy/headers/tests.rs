@@ -132,6 +132,19 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
 }
 
 #[test]
+fn the_length_filter_lets_every_hop_by_hop_name_through() {
+    let mut lengths: Vec<usize> = HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain([&TE, &UPGRADE])
+        .map(|n| n.as_str().len())
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    assert_eq!(lengths, HOP_BY_HOP_LENGTHS);
+}
+
+#[test]
 fn the_trailer_declaration_is_end_to_end() {
     let mut headers = map(&[("trailer", "x-checksum"), ("accept", "*/*")]);
     remove_hop_by_hop(&mut headers, false);
