@@ -54,7 +54,7 @@ impl HeadClock {
 
     /// The response has been sent: the next head is awaited from now.
     pub(super) fn response_sent(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(BUSY - 1);
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(BUSY);
         self.idle_since_ms.store(ms.min(BUSY - 1), Ordering::Relaxed);
     }
 
