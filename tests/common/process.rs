@@ -132,7 +132,34 @@ impl ChildProcess {
     /// Spawns a node peer that announces readiness with one stdout line
     /// `<marker> <url>`, waits for that line (with a deadline) and returns the URL.
     /// The rest of stdout and all of stderr go to the log.
+    ///
+    /// A peer that is still silent at the deadline is killed and started once more
+    /// (announced on stderr with its log): once, in a clean-clone CI run, the test
+    /// provider printed nothing for 90 s, which no rerun reproduced. A peer that exits,
+    /// or stays silent twice, fails the test.
     pub async fn spawn_announcing(name: &str, mut cmd: Command, marker: &str) -> (ChildProcess, String) {
+        match Self::try_spawn_announcing(name, &mut cmd, marker).await {
+            Ok(started) => started,
+            Err(mut silent) => {
+                eprintln!(
+                    "{name}: did not print {marker} within {READY_TIMEOUT:?}; starting it once more\n{}",
+                    silent.log_tail()
+                );
+                silent.kill().await;
+                match Self::try_spawn_announcing(name, &mut cmd, marker).await {
+                    Ok(started) => started,
+                    Err(mut silent) => silent.fail(&format!("did not print {marker} within {READY_TIMEOUT:?}, twice")),
+                }
+            }
+        }
+    }
+
+    /// One start of [`Self::spawn_announcing`]; `Err` with the process if it stayed silent.
+    async fn try_spawn_announcing(
+        name: &str,
+        cmd: &mut Command,
+        marker: &str,
+    ) -> Result<(ChildProcess, String), ChildProcess> {
         let (dir, log_path, log) = log_file(name);
         let log2 = log.try_clone().expect("clone log file handle");
         cmd.stdin(Stdio::null())
@@ -161,7 +188,7 @@ impl ChildProcess {
         let url = match tokio::time::timeout(READY_TIMEOUT, wait).await {
             Ok(Some(url)) => url,
             Ok(None) => proc.fail(&format!("exited before printing {marker}")),
-            Err(_) => proc.fail(&format!("did not print {marker} within {READY_TIMEOUT:?}")),
+            Err(_) => return Err(proc),
         };
         // Keep draining stdout so the peer never blocks on a full pipe; the task
         // ends when the process does (EOF).
@@ -172,7 +199,7 @@ impl ChildProcess {
             let _ = tokio::io::copy(&mut rest, &mut sink).await;
             let _ = sink.flush().await;
         });
-        (proc, url)
+        Ok((proc, url))
     }
 
     /// Panics with `why`; the log is printed when `self` drops during the unwind.
