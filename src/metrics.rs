@@ -4,9 +4,14 @@
 //! Every update is a relaxed atomic add on a slot fixed at compile time: no lock, no
 //! allocation and no label map on the request path. Labels are closed enums, so a
 //! client cannot create series (no path or host in a label).
+//!
+//! The per-request counters are kept in [`SHARDS`] copies, each on cache lines of its
+//! own, and a thread adds to its own copy: with a single copy, the connection workers
+//! (one per core) would pass the same lines back and forth between their cores on
+//! every request. A scrape adds the copies up.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,11 +106,30 @@ impl Histogram {
     }
 }
 
+/// How many copies of the per-request counters there are. Threads beyond this many
+/// share copies (still correct, only slower).
+const SHARDS: usize = 16;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The copy this thread adds to: threads take the next one in turn.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// One copy of the per-request counters. Aligned so that no two copies share a cache
+/// line (nor the pair of lines this CPU family prefetches together).
+#[derive(Default)]
+#[repr(align(128))]
+struct RequestCounters {
+    requests: [[AtomicU64; STATUS_CLASSES]; RouteKind::ALL.len()],
+    durations: [Histogram; RouteKind::ALL.len()],
+}
+
 /// Every metric portcullis keeps. One per process, shared.
 #[derive(Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; STATUS_CLASSES]; RouteKind::ALL.len()],
-    durations: [Histogram; RouteKind::ALL.len()],
+    shards: [RequestCounters; SHARDS],
     refreshes: [AtomicU64; 3],
     logins_started: AtomicU64,
     logins: [AtomicU64; 2],
@@ -123,8 +147,17 @@ impl Metrics {
     pub fn request(&self, kind: RouteKind, status: StatusCode, elapsed: Duration) {
         let k = kind as usize;
         let class = usize::from(status.as_u16() / 100).clamp(1, STATUS_CLASSES) - 1;
-        self.requests[k][class].fetch_add(1, Ordering::Relaxed);
-        self.durations[k].observe(elapsed);
+        let shard = &self.shards[SHARD.with(|shard| *shard)];
+        shard.requests[k][class].fetch_add(1, Ordering::Relaxed);
+        shard.durations[k].observe(elapsed);
+    }
+
+    /// The sum over all shards of the counter `pick` chooses.
+    fn total(&self, pick: impl Fn(&RequestCounters) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| pick(shard).load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn refresh(&self, outcome: RefreshOutcome) {
@@ -165,13 +198,13 @@ impl Metrics {
             "Requests answered, by route kind and status class.",
         );
         for kind in RouteKind::ALL {
-            for (class, count) in self.requests[kind as usize].iter().enumerate() {
+            for class in 0..STATUS_CLASSES {
                 let _ = writeln!(
                     out,
                     "portcullis_requests_total{{route=\"{}\",status=\"{}xx\"}} {}",
                     kind.label(),
                     class + 1,
-                    get(count)
+                    self.total(|shard| &shard.requests[kind as usize][class])
                 );
             }
         }
@@ -183,10 +216,10 @@ impl Metrics {
             "Time from the request head to the response head, by route kind.",
         );
         for kind in RouteKind::ALL {
-            let histogram = &self.durations[kind as usize];
+            let k = kind as usize;
             let mut cumulative = 0;
-            for (bound, count) in BUCKETS_US.iter().zip(&histogram.buckets) {
-                cumulative += get(count);
+            for (slot, bound) in BUCKETS_US.iter().enumerate() {
+                cumulative += self.total(|shard| &shard.durations[k].buckets[slot]);
                 let le = *bound as f64 / 1e6;
                 let _ = writeln!(
                     out,
@@ -194,9 +227,9 @@ impl Metrics {
                     kind.label()
                 );
             }
-            cumulative += get(&histogram.buckets[BUCKETS_US.len()]);
+            cumulative += self.total(|shard| &shard.durations[k].buckets[BUCKETS_US.len()]);
             let label = kind.label();
-            let sum = get(&histogram.sum_us) as f64 / 1e6;
+            let sum = self.total(|shard| &shard.durations[k].sum_us) as f64 / 1e6;
             let _ = writeln!(
                 out,
                 "portcullis_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {cumulative}"
@@ -396,6 +429,37 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(prefix))
             .unwrap_or_else(|| panic!("no line {prefix} in\n{text}"))
+    }
+
+    #[test]
+    fn requests_counted_on_many_threads_are_added_up() {
+        let metrics = Metrics::default();
+        // More threads than shards: some share one, and nothing may be lost either way.
+        std::thread::scope(|scope| {
+            for _ in 0..SHARDS + 3 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        metrics.request(RouteKind::App, StatusCode::OK, Duration::from_millis(2));
+                    }
+                });
+            }
+        });
+        let text = metrics.render(&gauges());
+        let total = 100 * (SHARDS + 3);
+        assert!(text.contains(&format!(
+            "portcullis_requests_total{{route=\"app\",status=\"2xx\"}} {total}\n"
+        )));
+        assert!(text.contains("portcullis_request_duration_seconds_bucket{route=\"app\",le=\"0.001\"} 0\n"));
+        assert!(text.contains(&format!(
+            "portcullis_request_duration_seconds_bucket{{route=\"app\",le=\"0.0025\"}} {total}\n"
+        )));
+        assert!(text.contains(&format!(
+            "portcullis_request_duration_seconds_count{{route=\"app\"}} {total}\n"
+        )));
+        let sum = (total * 2_000) as f64 / 1e6;
+        assert!(text.contains(&format!(
+            "portcullis_request_duration_seconds_sum{{route=\"app\"}} {sum}\n"
+        )));
     }
 
     #[test]

@@ -304,7 +304,8 @@ impl Upstream {
                 response.map(ResponseBody::Upstream)
             }
             Transport::Http2(clients) => {
-                parts.uri = self.target.uri_for(&parts.uri, &authority)?;
+                let authority = authority.as_ref().unwrap_or(self.target.authority());
+                parts.uri = self.target.uri_for(&parts.uri, authority)?;
                 parts.version = Version::HTTP_2;
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
                 let client = clients.here();
@@ -332,28 +333,29 @@ impl Upstream {
         Ok(response)
     }
 
-    /// The URI authority and the `Host` to send.
+    /// The `Host` to send, and for an HTTP/2 upstream the URI authority.
     ///
     /// With `preserve_host` (the default, like nginx/oauth2-proxy `pass_host_header`)
     /// `Host` is the client's (from the HTTP/2 authority when there was no header);
-    /// without, the target's authority. Over HTTP/1.1 the URI keeps the target's
-    /// authority (it only keys the pool). Over HTTP/2 the URI authority becomes
-    /// `:authority`, which must equal `Host` (RFC 9113 §8.3.1), so it is the host sent.
-    fn upstream_host(&self, client_host: Option<&HeaderValue>) -> Result<(Authority, HeaderValue), ProxyError> {
+    /// without, the target's authority. An HTTP/1.1 request goes out in origin form, so
+    /// it needs no authority (and none is cloned: the target's is shared by every
+    /// request on every core). Over HTTP/2 the URI authority becomes `:authority`,
+    /// which must equal `Host` (RFC 9113 §8.3.1), so it is the host sent.
+    fn upstream_host(&self, client_host: Option<&HeaderValue>) -> Result<(Option<Authority>, HeaderValue), ProxyError> {
         let target = self.target.authority();
         let target_host = || HeaderValue::from_str(target.as_str()).expect("an authority is a valid header value");
         let Some(client_host) = client_host.filter(|_| self.preserve_host) else {
-            return Ok((target.clone(), target_host()));
+            return Ok((self.http2.then(|| target.clone()), target_host()));
         };
         if !self.http2 {
-            return Ok((target.clone(), client_host.clone()));
+            return Ok((None, client_host.clone()));
         }
         let bad = || ProxyError::BadRequest("Host is not a valid authority");
         if client_host.as_bytes().contains(&b'@') {
             return Err(bad());
         }
         let authority = Authority::try_from(client_host.as_bytes()).map_err(|_| bad())?;
-        Ok((authority, client_host.clone()))
+        Ok((Some(authority), client_host.clone()))
     }
 
     /// The request-header phases, in order. Hop-by-hop goes first because

@@ -339,19 +339,22 @@ async fn serve_protocol<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let app = shared.app.clone();
-    let upstream_slot = app.upstream.slot(peer);
+    let upstream_slot = shared.app.upstream.slot(peer);
     // Each service builds its request's future inside the one it returns: that future
     // is large, and one built outside would be moved into it once more per request.
     match protocol {
         Protocol::Http1 => {
             let clock = HeadClock::new();
             let head_timer = HeadTimer::new(clock.clone(), shared.head_timeout);
+            // hyper polls an HTTP/1.1 request's future inside this connection's, so the
+            // future may borrow what the connection holds: no reference count of the
+            // app (shared by every connection on every core) is touched per request.
+            let (app, upstream_slot) = (&*shared.app, &upstream_slot);
             let service = service_fn(move |request| {
                 clock.request_started();
-                let (app, upstream_slot, clock) = (app.clone(), upstream_slot.clone(), clock.clone());
+                let clock = clock.clone();
                 async move {
-                    let response = app.handle(request, peer, &upstream_slot).await;
+                    let response = app.handle(request, peer, upstream_slot).await;
                     Ok::<_, Infallible>(response.map(|body| Sent::new(body, clock)))
                 }
             });
@@ -361,6 +364,7 @@ async fn serve_protocol<I>(
         Protocol::Http2 => {
             let served_any = Arc::new(AtomicBool::new(false));
             let served = served_any.clone();
+            let app = shared.app.clone();
             let service = service_fn(move |request| {
                 served.store(true, Ordering::Relaxed);
                 let (app, upstream_slot) = (app.clone(), upstream_slot.clone());

@@ -116,10 +116,41 @@ fn remote_user_falls_back_to_sub_and_missing_claims_send_no_header() {
 #[test]
 fn claims_with_control_characters_never_become_headers() {
     let session = session(
-        json!({"sub": "abc", "name": "Eve\r\nRemote-User: admin"}),
+        json!({"sub": "abc", "name": "Eve\r\nRemote-User: admin", "email": "eve@example.com"}),
         Duration::from_secs(60),
     );
     assert_eq!(header(&session, "remote-name"), None);
+    // The values around the refused one are intact.
+    assert_eq!(header(&session, "remote-user"), Some("abc"));
+    assert_eq!(header(&session, "remote-email"), Some("eve@example.com"));
+}
+
+#[test]
+fn the_access_token_header_is_prepared_beside_the_identity_and_kept_out_of_debug_output() {
+    let claims = json!({"sub": "abc", "email": "john@example.com"});
+    let claims = claims.as_object().cloned().unwrap_or_default();
+    let mut identity = identity_config();
+    for (forwarding, expected) in [
+        (AccessTokenForwarding::AuthorizationBearer, "Bearer authelia_at_example"),
+        (AccessTokenForwarding::XForwardedAccessToken, "authelia_at_example"),
+    ] {
+        identity.access_token = forwarding;
+        let session = session(json!({}), Duration::from_secs(60));
+        let headers = UpstreamHeaders::build(&identity, &claims, &session.tokens);
+        let token = headers.access_token.as_ref().expect("token header prepared");
+        assert_eq!(token.to_str().ok(), Some(expected));
+        assert!(token.is_sensitive());
+        assert!(!format!("{headers:?}").contains("authelia_at_example"));
+        let values: Vec<_> = headers
+            .identity
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().ok()))
+            .collect();
+        assert_eq!(
+            values,
+            [("remote-user", Some("abc")), ("remote-email", Some("john@example.com"))]
+        );
+    }
 }
 
 #[test]
