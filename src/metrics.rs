@@ -5,7 +5,7 @@
 //! allocation and no label map on the request path. Labels are closed enums, so a
 //! client cannot create series (no path or host in a label).
 //!
-//! The per-request counters are kept in [`SHARDS`] copies, each on cache lines of its
+//! The per-request counters are kept in `SHARDS` copies, each on cache lines of its
 //! own, and a thread adds to its own copy: with a single copy, the connection workers
 //! (one per core) would pass the same lines back and forth between their cores on
 //! every request. A scrape adds the copies up.

@@ -62,7 +62,7 @@ use headers::StripSet;
 use pool::Http1Pool;
 pub use pool::{PooledBody, UpstreamSlot};
 use target::Target;
-use timeout::{Progress, ProgressBody};
+use timeout::{Due, Progress, ProgressBody};
 use upgrade::Tunnels;
 
 /// What the proxy needs to know about the downstream request beyond the request itself.
@@ -294,10 +294,8 @@ impl Upstream {
                 parts.uri = self.target.origin_form(&parts.uri)?;
                 parts.version = Version::HTTP_11;
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
-                let sent = pin!(self.http1.send(ctx.upstream_slot, request));
-                let mut response = timeout::within(progress.as_deref(), sent, self.response_timeout)
-                    .await
-                    .ok_or(ProxyError::Timeout)??;
+                let due = Due::from_now(progress.as_deref(), self.response_timeout);
+                let mut response = self.http1.send(ctx.upstream_slot, request, due).await?;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     response.body_mut().forget_connection();
                 }

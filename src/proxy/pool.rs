@@ -20,12 +20,12 @@
 //! connections idle for [`RACE_IDLE`] or more can meet this, so only their requests
 //! keep a copy of the head for it: a busy connection costs nothing extra.
 //!
-//! A connection's I/O (hyper's connection future, its [`Driver`]) travels with it and
-//! is polled by the task that uses the connection: while a request waits for its
-//! response head, and while the response body is read. A request therefore wakes no
-//! other task and crosses no channel to another one, and (polled with a
-//! [`DriverWaker`]) not even its own task: only the sockets do. An exchange that is not finished
-//! when the body has been read (an upload still going on after an early response)
+//! A connection's I/O (hyper's connection future, its [`Driver`]) and its response
+//! timer ([`ResponseTimer`]) travel with it, and the driver is polled by the task that
+//! uses the connection: while a request waits for its response head, and while the
+//! response body is read. A request therefore wakes no other task and crosses no
+//! channel to another one, and (polled with a [`DriverWaker`]) not even its own task:
+//! only the sockets do. An exchange that is not finished when the body has been read (an upload still going on after an early response)
 //! hands the driver to a task of its own, as an upgraded connection's does. A kept
 //! connection is not polled between requests: the upstream closing it is noticed when
 //! it is next used, which the paragraph above already covers.
@@ -49,7 +49,7 @@ use tower_service::Service;
 use super::connector::UpstreamConnector;
 use super::driver_waker::DriverWaker;
 use super::forwarded::address_value;
-use super::timeout::ProgressBody;
+use super::timeout::{Due, ProgressBody, ResponseTimer};
 use super::ProxyError;
 
 type Sender = http1::SendRequest<ProgressBody>;
@@ -64,6 +64,8 @@ type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 struct UpstreamConnection {
     sender: Sender,
     driver: Driving,
+    /// Bounds the wait for each response on this connection.
+    timer: ResponseTimer,
     /// The thread that dialed it, whose runtime reports its socket's readiness (a
     /// connection worker's: see `server::workers`).
     home: ThreadId,
@@ -217,12 +219,14 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` on the slot's connection, else an idle one, else a new one. The
+    /// Sends `request` on the slot's connection, else an idle one, else a new one, and
+    /// waits for the response head until `due` ([`ProxyError::Timeout`]). The
     /// response's body gives the connection back when it has been read to the end.
     pub(super) async fn send(
         &self,
         slot: &Arc<UpstreamSlot>,
         mut request: Request<ProgressBody>,
+        due: Due<'_>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let mut resent = false;
         loop {
@@ -235,7 +239,9 @@ impl Http1Pool {
                 // Boxed: dialing (TCP, TLS) is a large future, needed once per connection.
                 None => (Box::pin(self.connect()).await?, None),
             };
-            let UpstreamConnection { sender, driver, .. } = &mut connection;
+            let UpstreamConnection {
+                sender, driver, timer, ..
+            } = &mut connection;
             if let Err(error) = driver.drive(pin!(sender.ready())).await {
                 if idle_for.is_some() {
                     continue; // closed while kept: try the next one
@@ -248,7 +254,11 @@ impl Http1Pool {
             };
             // The driver is polled next thing anyway: handing it the request need not wake it.
             let (sent, _) = driver.inline(|| sender.try_send_request(request));
-            match driver.drive(pin!(sent)).await {
+            let answered = timer.within(due, pin!(driver.drive(pin!(sent)))).await;
+            let Some(answered) = answered else {
+                return Err(ProxyError::Timeout);
+            };
+            match answered {
                 Ok(response) => {
                     let keep = Some((connection, slot.clone()));
                     return Ok(response.map(|body| PooledBody { inner: body, keep }));
@@ -287,6 +297,7 @@ impl Http1Pool {
         Ok(UpstreamConnection {
             sender,
             driver: Driving::new(Box::pin(connection.with_upgrades())),
+            timer: ResponseTimer::default(),
             home: std::thread::current().id(),
         })
     }

@@ -2,18 +2,24 @@
 //! its start: every request-body frame pushes the deadline out, so a large upload
 //! (which the upstream usually reads in full before answering) is not cut off, while
 //! an upstream that stops reading the body or never answers is.
+//!
+//! A request to an HTTP/2 upstream gets a timer of its own ([`within`]). An upstream
+//! HTTP/1.1 connection carries one request at a time, so it keeps one timer for all of
+//! them ([`ResponseTimer`]): registering a timer with tokio for every request and
+//! removing it again when the answer comes costs about 1,000 instructions, some 2% of a
+//! proxied request under callgrind (README, Performance).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// When the request last made progress, shared between the body (which moves it)
 /// and [`Progress::wait`] (which reads it).
@@ -56,6 +62,86 @@ impl Progress {
                 Err(_) if self.deadline(timeout) > deadline => continue,
                 Err(_) => return None,
             }
+        }
+    }
+}
+
+/// When a request's response is due: `timeout` after its last progress (body frame
+/// sent, or its start).
+#[derive(Clone, Copy)]
+pub(super) struct Due<'a> {
+    progress: Option<&'a Progress>,
+    start: Instant,
+    timeout: Duration,
+}
+
+impl<'a> Due<'a> {
+    /// For a request starting now, whose progress is `progress` (from [`Progress::of`]).
+    pub(super) fn from_now(progress: Option<&'a Progress>, timeout: Duration) -> Self {
+        Due {
+            progress,
+            start: Instant::now(),
+            timeout,
+        }
+    }
+
+    fn at(&self) -> Instant {
+        match self.progress {
+            Some(progress) => progress.deadline(self.timeout),
+            None => self.start + self.timeout,
+        }
+    }
+}
+
+/// The response timer an upstream HTTP/1.1 connection keeps for the requests it
+/// carries, one after another.
+///
+/// The sleep is moved to a request's deadline only when that is earlier than the one
+/// it is set to (the connection's first request, or an earlier deadline than all
+/// before it). Otherwise it is left where an earlier request set it, and when it fires
+/// there the deadline of the request now waiting is worked out, and the sleep moved
+/// on to it unless it has passed. Later requests have later deadlines, so a connection
+/// in steady use moves its sleep about once per timeout period, and a request costs a
+/// comparison and a poll of the sleep.
+#[derive(Default)]
+pub(super) struct ResponseTimer {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl ResponseTimer {
+    /// Awaits `fut` until it resolves, or `None` once `due` has passed. `fut` is
+    /// pinned by the caller, as in [`within`].
+    pub(super) async fn within<F: Future>(&mut self, due: Due<'_>, mut fut: Pin<&mut F>) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(output) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            self.poll_passed(&due, cx).map(|()| None)
+        })
+        .await
+    }
+
+    /// Ready once `due` has passed; until then the task is woken when it may have.
+    fn poll_passed(&mut self, due: &Due<'_>, cx: &mut Context<'_>) -> Poll<()> {
+        let at = due.at();
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() > at {
+                    sleep.as_mut().reset(at);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        loop {
+            ready!(sleep.as_mut().poll(cx));
+            // It fired: at this request's deadline, or at an earlier one it was left at
+            // (an earlier request's, or this one's before a body frame moved it on).
+            let at = due.at();
+            if at <= Instant::now() {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(at);
         }
     }
 }
@@ -125,5 +211,82 @@ impl Body for ProgressBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.as_ref().map_or(SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+    use std::pin::pin;
+
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// An answer that comes after a tenth of a second (the timer is set up only once a
+    /// request has to wait).
+    async fn answer(value: u32) -> u32 {
+        tokio::time::sleep(SECOND / 10).await;
+        value
+    }
+
+    /// How long `timer` let a request that never gets its answer wait, with `timeout`.
+    async fn waited_for_nothing(timer: &mut ResponseTimer, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let due = Due::from_now(None, timeout);
+        assert!(timer.within(due, pin!(pending::<()>())).await.is_none());
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_in_time_is_returned() {
+        let mut timer = ResponseTimer::default();
+        let answer = async {
+            tokio::time::sleep(SECOND).await;
+            42
+        };
+        assert_eq!(
+            timer.within(Due::from_now(None, 2 * SECOND), pin!(answer)).await,
+            Some(42)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_request_waits_its_own_timeout_after_earlier_ones() {
+        let mut timer = ResponseTimer::default();
+        let quick = Due::from_now(None, 10 * SECOND);
+        assert_eq!(timer.within(quick, pin!(answer(1))).await, Some(1));
+        // The timer is left at the first request's deadline, 10 s out: an earlier
+        // deadline moves it back.
+        assert_eq!(waited_for_nothing(&mut timer, SECOND).await, SECOND);
+        assert_eq!(
+            timer.within(Due::from_now(None, 10 * SECOND), pin!(answer(2))).await,
+            Some(2)
+        );
+        // A later one leaves it, and it fires first, at the earlier request's deadline.
+        tokio::time::sleep(3 * SECOND).await;
+        assert_eq!(waited_for_nothing(&mut timer, 10 * SECOND).await, 10 * SECOND);
+        assert_eq!(waited_for_nothing(&mut timer, 5 * SECOND).await, 5 * SECOND);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn body_progress_moves_the_deadline_on() {
+        let mut timer = ResponseTimer::default();
+        let progress = Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        };
+        let due = Due::from_now(Some(&progress), 2 * SECOND);
+        let uploading = async {
+            for _ in 0..3 {
+                tokio::time::sleep(SECOND + SECOND / 2).await;
+                progress.touch();
+            }
+            pending::<()>().await;
+        };
+        let started = Instant::now();
+        assert!(timer.within(due, pin!(uploading)).await.is_none());
+        // The last frame went at 4.5 s: due 2 s after it.
+        assert_eq!(started.elapsed(), Duration::from_millis(6500));
     }
 }

@@ -34,7 +34,8 @@ enum Keep {
 }
 
 /// An upstream that counts the connections it accepted and answers each request
-/// with its connection's number and a 16 KiB body (64 MiB for `/big`).
+/// with its connection's number and a 16 KiB body (64 MiB for `/big`; after N
+/// milliseconds for `/wait/N`).
 async fn counting_upstream(keep: Keep) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -44,6 +45,10 @@ async fn counting_upstream(keep: Keep) -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((io, _)) = listener.accept().await {
             let number = counter.fetch_add(1, Ordering::SeqCst) + 1;
             let service = service_fn(move |request: Request<Incoming>| async move {
+                if let Some(ms) = request.uri().path().strip_prefix("/wait/") {
+                    let ms = ms.parse().expect("/wait/<milliseconds>");
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
                 let size = if request.uri().path() == "/big" {
                     64 << 20
                 } else {
@@ -455,4 +460,43 @@ async fn the_peer_address_is_rendered_once_per_connection_and_canonical() {
     assert_eq!(slot.peer_value("10.0.0.1".parse().unwrap()), "10.0.0.1");
     // Another address than the connection's (not a path portcullis takes) is rendered anew.
     assert_eq!(slot.peer_value("2001:db8::1".parse().unwrap()), "2001:db8::1");
+}
+
+/// GETs `path` on the downstream connection; the answering upstream connection's
+/// number, or the proxy error the front server reported.
+async fn get_number(sender: &mut client_http1::SendRequest<ClientBody>, path: &str) -> Result<usize, String> {
+    let request = Request::get(path).body(super::support::empty()).unwrap();
+    let response = send_on(sender, request).await;
+    if response.status() != StatusCode::OK {
+        return Err(super::support::proxy_error(&response).to_owned());
+    }
+    let number = connection_number(&response);
+    response.into_body().collect().await.unwrap();
+    Ok(number)
+}
+
+/// A kept connection reuses one response timer for its requests (`timeout::ResponseTimer`),
+/// left at whatever deadline an earlier request set. Each request must still get its own.
+#[tokio::test]
+async fn each_request_on_a_kept_connection_gets_its_own_response_timeout() {
+    let (addr, accepted) = counting_upstream(Keep::Alive).await;
+    let timeout = Duration::from_millis(300);
+    let front = front(upstream(http_target(addr, "/"), timeout)).await;
+    let mut client = downstream(front).await;
+    assert_eq!(get_number(&mut client, "/wait/0").await, Ok(1));
+    // The first request's deadline passes while the connection is idle, and a request
+    // answered within its own timeout is not cut off by that.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(get_number(&mut client, "/wait/200").await, Ok(1));
+    // The timer fires at the previous request's deadline while this one waits: it is
+    // moved on to this one's, which has not passed.
+    assert_eq!(get_number(&mut client, "/wait/200").await, Ok(1));
+    // An answer later than the timeout is still cut off, at the timeout.
+    let started = tokio::time::Instant::now();
+    assert_eq!(get_number(&mut client, "/wait/2000").await, Err("timeout".to_owned()));
+    let waited = started.elapsed();
+    assert!(waited >= timeout && waited < Duration::from_millis(1500), "{waited:?}");
+    // That connection is given up; the next request dials one with a timer of its own.
+    assert_eq!(get_number(&mut client, "/wait/100").await, Ok(2));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
