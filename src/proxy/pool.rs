@@ -25,10 +25,13 @@
 //! uses the connection: while a request waits for its response head, and while the
 //! response body is read. A request therefore wakes no other task and crosses no
 //! channel to another one, and (polled with a [`DriverWaker`]) not even its own task:
-//! only the sockets do. An exchange that is not finished when the body has been read (an upload still going on after an early response)
-//! hands the driver to a task of its own, as an upgraded connection's does. A kept
-//! connection is not polled between requests: the upstream closing it is noticed when
-//! it is next used, which the paragraph above already covers.
+//! only the sockets do. An exchange that is not finished when the body has been read
+//! (an upload still going on after an early response) hands the driver to a task of its
+//! own, as an upgraded connection's does. A kept connection is not polled between
+//! requests: the upstream closing it is noticed when it is next used, which the
+//! paragraph above already covers. Nor is its timer: when it fires between requests it
+//! wakes the task of the request that used it last, once, and the next request moves it
+//! on.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -313,7 +316,12 @@ impl Http1Pool {
             .iter()
             .rposition(|c| c.connection.home == here)
             .or_else(|| idle.len().checked_sub(1))?;
-        Some(idle.remove(index))
+        let mut taken = idle.remove(index);
+        // Its timer belongs to the runtime of the thread that used it last, which may
+        // be another one (and a timer must not outlive its runtime): a new one is
+        // made here when first needed.
+        taken.connection.timer = ResponseTimer::default();
+        Some(taken)
     }
 
     fn put_idle(&self, connection: IdleConnection) {
