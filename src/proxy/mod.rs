@@ -62,7 +62,7 @@ use headers::StripSet;
 use pool::Http1Pool;
 pub use pool::{PooledBody, UpstreamSlot};
 use target::Target;
-use timeout::{Due, Progress, ProgressBody};
+use timeout::{Due, Progress, ProgressBody, ResponseTimer};
 use upgrade::Tunnels;
 
 /// What the proxy needs to know about the downstream request beyond the request itself.
@@ -308,7 +308,10 @@ impl Upstream {
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
                 let client = clients.here();
                 let sent = pin!(client.request(request));
-                timeout::within(progress.as_deref(), sent, self.response_timeout)
+                let due = Due::from_now(progress.as_deref(), self.response_timeout);
+                // Streams share the connection: each request has a timer of its own.
+                ResponseTimer::default()
+                    .within(due, sent)
                     .await
                     .ok_or(ProxyError::Timeout)?
                     .map_err(classify)?

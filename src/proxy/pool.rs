@@ -123,7 +123,7 @@ impl Driving {
     }
 
     /// Awaits `future` (of this connection's sender) while driving the connection.
-    /// (`future` is pinned by the caller: see `timeout::within`.)
+    /// (`future` is pinned by the caller: see `ResponseTimer::within`.)
     async fn drive<F: Future>(&mut self, mut future: Pin<&mut F>) -> F::Output {
         std::future::poll_fn(|cx| self.poll_fed(future.as_mut(), cx)).await
     }

@@ -3,9 +3,9 @@
 //! (which the upstream usually reads in full before answering) is not cut off, while
 //! an upstream that stops reading the body or never answers is.
 //!
-//! A request to an HTTP/2 upstream gets a timer of its own ([`within`]). An upstream
-//! HTTP/1.1 connection carries one request at a time, so it keeps one timer for all of
-//! them ([`ResponseTimer`]): registering a timer with tokio for every request and
+//! A request to an HTTP/2 upstream gets a [`ResponseTimer`] of its own. An upstream
+//! HTTP/1.1 connection carries one request at a time, so it keeps one for all of them:
+//! registering a timer with tokio for every request and
 //! removing it again when the answer comes costs about 1,000 instructions, some 2% of a
 //! proxied request under callgrind (README, Performance).
 
@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 /// When the request last made progress, shared between the body (which moves it)
-/// and [`Progress::wait`] (which reads it).
+/// and [`Due`] (which reads it).
 #[derive(Debug)]
 pub(super) struct Progress {
     start: Instant,
@@ -49,20 +49,6 @@ impl Progress {
 
     fn deadline(&self, timeout: Duration) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
-    }
-
-    /// Awaits `fut` until it resolves, or `None` once `timeout` has passed without any
-    /// progress (body frame sent, or the start).
-    async fn wait<F: Future>(&self, mut fut: Pin<&mut F>, timeout: Duration) -> Option<F::Output> {
-        loop {
-            let deadline = self.deadline(timeout);
-            match tokio::time::timeout_at(deadline, fut.as_mut()).await {
-                Ok(out) => return Some(out),
-                // The body moved on while we slept: wait again from the new deadline.
-                Err(_) if self.deadline(timeout) > deadline => continue,
-                Err(_) => return None,
-            }
-        }
     }
 }
 
@@ -110,7 +96,9 @@ pub(super) struct ResponseTimer {
 
 impl ResponseTimer {
     /// Awaits `fut` until it resolves, or `None` once `due` has passed. `fut` is
-    /// pinned by the caller, as in [`within`].
+    /// pinned by the caller and only borrowed here: a future taken by value would be
+    /// laid out once more in each future awaiting it, and the whole request future
+    /// moved at that size.
     pub(super) async fn within<F: Future>(&mut self, due: Due<'_>, mut fut: Pin<&mut F>) -> Option<F::Output> {
         std::future::poll_fn(|cx| {
             if let Poll::Ready(output) = fut.as_mut().poll(cx) {
@@ -143,23 +131,6 @@ impl ResponseTimer {
             }
             sleep.as_mut().reset(at);
         }
-    }
-}
-
-/// Awaits the response `fut` of a request whose progress is `progress` (from
-/// [`Progress::of`]), or `None` once `timeout` has passed since that progress.
-///
-/// `fut` is pinned by the caller and only borrowed here (as in [`Progress::wait`]): a
-/// future taken by value would be laid out once more in each future awaiting it, and
-/// the whole request future moved at that size.
-pub(super) async fn within<F: Future>(
-    progress: Option<&Progress>,
-    fut: Pin<&mut F>,
-    timeout: Duration,
-) -> Option<F::Output> {
-    match progress {
-        Some(progress) => progress.wait(fut, timeout).await,
-        None => tokio::time::timeout(timeout, fut).await.ok(),
     }
 }
 

@@ -322,3 +322,26 @@ fn ca_file_problems_are_configuration_errors_naming_the_file_not_its_content() {
     let m = message(&tls_config(plain, None, Some("app.internal")));
     assert!(m.contains("tls_server_name"), "{m}");
 }
+
+#[tokio::test]
+async fn an_http2_upstream_that_answers_too_late_is_a_timeout() {
+    let upstream_addr = h2c_upstream().await;
+    let timeout = std::time::Duration::from_millis(300);
+    let mut config = upstream_config(http_target(upstream_addr, ""), timeout);
+    config.http2 = true;
+    let front = front(Arc::new(build_upstream(&config, &[]).unwrap())).await;
+    let started = tokio::time::Instant::now();
+    let response = client()
+        .request(get(front, "/slow").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(proxy_error(&response), "timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= timeout && waited < std::time::Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    // A request answered in time on the same upstream connection is not affected.
+    let seen = seen_through(get(front, "/x")).await;
+    assert_eq!(seen.version, "HTTP/2.0");
+}
