@@ -1,6 +1,6 @@
 //! Bodies stream through portcullis: gigabytes in flat memory, chunked bodies,
-//! trailers, `Expect: 100-continue`, bodiless responses, and upstreams that give up
-//! mid-body.
+//! trailers, `Expect: 100-continue`, bodiless responses, upstreams that give up
+//! mid-body, and upstreams that turn an upload away before reading it.
 
 mod common;
 
@@ -386,4 +386,77 @@ async fn an_upstream_that_closes_mid_body_gives_the_client_an_aborted_body_not_a
         });
         assert!(!error.contains("hangs"), "{path} ({framing}): {error}");
     }
+}
+
+/// An upstream that turns uploads away: to a `POST` it answers `413` as soon as it has
+/// read the head, and closes the connection at once, the body unread (so its kernel
+/// resets the connection as the rest arrives). Anything else gets `200 ok`.
+async fn turning_uploads_away() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with(b"POST ") {
+                    b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain\r\ncontent-length: 19\r\nconnection: close\r\n\r\nupload is too large"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                };
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_the_upstream_turns_away_before_reading_it_gets_the_upstreams_answer() {
+    // Without `Expect: 100-continue` the body follows the head at once; the upstream
+    // answers and resets. Whether portcullis' next write meets the reset before it reads
+    // the answer is a race, hence the rounds.
+    let (url, upstream) = turning_uploads_away().await;
+    let (stack, cookie) = stack_before(&url).await;
+    let port = stack.portcullis.app.port;
+    let upload = 8 * MIB as usize;
+    for round in 0..10 {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let (mut reading, mut writing) = client.split();
+        let send = async {
+            let head = format!(
+                "POST /upload HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncookie: {cookie}\r\ncontent-length: {upload}\r\n\r\n"
+            );
+            if writing.write_all(head.as_bytes()).await.is_ok() {
+                // Cut off once portcullis has answered and closed: that is the point.
+                let _ = writing.write_all(&vec![b'u'; upload]).await;
+            }
+        };
+        let receive = async {
+            let mut response = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = reading.read(&mut chunk).await {
+                response.extend_from_slice(&chunk[..n]);
+            }
+            String::from_utf8_lossy(&response).into_owned()
+        };
+        let ((), response) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(send, receive) })
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the upload or its answer stalled"));
+        assert!(
+            response.starts_with("HTTP/1.1 413 ") && response.ends_with("\r\n\r\nupload is too large"),
+            "round {round}: the client must get the upstream's answer, got: {response}"
+        );
+    }
+    // portcullis is fine afterwards: the next request is answered.
+    let mut send = h1_connect(port).await;
+    let resp = send.send_request(h1::get(port, "/", &cookie)).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    upstream.abort();
 }

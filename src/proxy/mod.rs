@@ -12,6 +12,7 @@
 //! - `pool`: HTTP/1.1 connections kept per downstream connection ([`UpstreamSlot`]).
 //! - `driver_waker`: the waker a connection is driven with, so that the request's task
 //!   does not wake itself through it.
+//! - `early_answer`: an upstream's answer to an upload it stopped reading, kept readable.
 //! - `timeout`: the response timeout measured from the request's last progress.
 //! - `upgrade`: splicing upgraded (WebSocket) connections.
 //!
@@ -28,6 +29,7 @@
 
 mod connector;
 mod driver_waker;
+mod early_answer;
 mod forwarded;
 mod headers;
 mod pool;

@@ -27,7 +27,8 @@
 //! channel to another one, and (polled with a [`DriverWaker`]) not even its own task:
 //! only the sockets do. An exchange that is not finished when the body has been read
 //! (an upload still going on after an early response) hands the driver to a task of its
-//! own, as an upgraded connection's does. A kept connection is not polled between
+//! own, as an upgraded connection's does; unless the upstream stopped reading the upload
+//! and reset the connection ([`super::early_answer`]): then the connection is dropped. A kept connection is not polled between
 //! requests: the upstream closing it is noticed when it is next used, which the
 //! paragraph above already covers. Nor is its timer: when it fires between requests it
 //! wakes the task of the request that used it last, once, and the next request moves it
@@ -51,6 +52,7 @@ use tower_service::Service;
 
 use super::connector::UpstreamConnector;
 use super::driver_waker::DriverWaker;
+use super::early_answer::{EarlyAnswerIo, WriteSide};
 use super::forwarded::address_value;
 use super::timeout::{Due, ProgressBody, ResponseTimer};
 use super::ProxyError;
@@ -72,6 +74,8 @@ struct UpstreamConnection {
     /// The thread that dialed it, whose runtime reports its socket's readiness (a
     /// connection worker's: see `server::workers`).
     home: ThreadId,
+    /// Lost when the upstream stopped reading a request (see [`super::early_answer`]).
+    write_side: WriteSide,
 }
 
 /// A connection's driver, polled by the task using the connection, with the
@@ -291,6 +295,7 @@ impl Http1Pool {
             .call(self.dial.clone())
             .await
             .map_err(super::connect_error)?;
+        let (io, write_side) = EarlyAnswerIo::new(io);
         let (sender, connection) = http1::Builder::new()
             // As on the listener: one buffer per write (see server::protocol_builders).
             .writev(false)
@@ -302,6 +307,7 @@ impl Http1Pool {
             driver: Driving::new(Box::pin(connection.with_upgrades())),
             timer: ResponseTimer::default(),
             home: std::thread::current().id(),
+            write_side,
         })
     }
 
@@ -468,6 +474,12 @@ pub struct PooledBody {
 impl PooledBody {
     fn release(&mut self) {
         if let Some((mut connection, slot)) = self.keep.take() {
+            if connection.write_side.is_lost() {
+                // The upstream stopped reading: the rest of the request has nowhere to
+                // go, and the connection is of no further use. Dropping it drops the
+                // request body, and the client learns from its connection closing.
+                return;
+            }
             if !connection.sender.is_ready() {
                 // The exchange is not over (the request body is still being sent):
                 // it must go on without this task.

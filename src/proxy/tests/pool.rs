@@ -500,3 +500,125 @@ async fn each_request_on_a_kept_connection_gets_its_own_response_timeout() {
     assert_eq!(get_number(&mut client, "/wait/100").await, Ok(2));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// An upstream that turns uploads away: it reads a `POST`'s head, answers (with
+/// `answer`, or nothing) without reading the body, and closes the connection, so its
+/// kernel resets it as the body arrives. A `GET` gets `200 ok` on a kept connection.
+async fn turning_uploads_away(answer: Option<&'static [u8]>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = vec![0; 4096];
+                loop {
+                    let head_end = loop {
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match io.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    if !buffer.starts_with(b"POST ") {
+                        buffer.drain(..head_end);
+                        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        continue;
+                    }
+                    if let Some(answer) = answer {
+                        io.write_all(answer).await.unwrap();
+                    }
+                    return; // dropped with the body unread: a reset
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The size of [`upload_raw`]'s body: far more than the sockets between the client and
+/// portcullis can hold, so that it cannot all be sent unless portcullis reads it.
+const UPLOAD: usize = 256 << 20;
+
+/// Sends a `POST` with an [`UPLOAD`]-byte body on a new connection to `front`, as raw
+/// bytes, and returns everything read back until the connection ends, and how much of
+/// the body was sent before a write failed (if one did).
+async fn upload_raw(front: SocketAddr) -> (Vec<u8>, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut client = TcpStream::connect(front).await.unwrap();
+    let (mut reading, mut writing) = client.split();
+    let send = async {
+        let head = format!("POST /upload HTTP/1.1\r\nhost: app.example\r\ncontent-length: {UPLOAD}\r\n\r\n");
+        let mut sent = 0;
+        if writing.write_all(head.as_bytes()).await.is_ok() {
+            let chunk = vec![b'u'; 1 << 20];
+            while sent < UPLOAD && writing.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+        }
+        sent
+    };
+    let receive = async {
+        let mut response = Vec::new();
+        let mut chunk = [0; 4096];
+        while let Ok(n @ 1..) = reading.read(&mut chunk).await {
+            response.extend_from_slice(&chunk[..n]);
+        }
+        response
+    };
+    let (sent, response) = tokio::time::timeout(LONG, async { tokio::join!(send, receive) })
+        .await
+        .expect("the upload or its response stalled");
+    (response, sent)
+}
+
+#[tokio::test]
+async fn an_upstream_that_turns_an_upload_away_and_resets_the_connection_is_answered_with_its_answer() {
+    // The upstream's kernel resets the connection as the rest of the body arrives; its
+    // answer is in portcullis' socket before the reset. Whether a write hits the reset
+    // before the answer is read is a race: many rounds, each on a new connection.
+    let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 10\r\n\r\ntoo large\n";
+    for close in [false, true] {
+        let answer: &'static [u8] = if close {
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 10\r\nconnection: close\r\n\r\ntoo large\n"
+        } else {
+            answer
+        };
+        let upstream = upstream(http_target(turning_uploads_away(Some(answer)).await, "/"), LONG);
+        let front = front(upstream).await;
+        for round in 0..20 {
+            let (response, sent) = upload_raw(front).await;
+            let text = String::from_utf8_lossy(&response);
+            assert!(
+                text.starts_with("HTTP/1.1 413 ") && text.ends_with("\r\n\r\ntoo large\n"),
+                "close {close}, round {round}: {text}"
+            );
+            // The rest of the upload had nowhere to go: it was not read.
+            assert!(sent < UPLOAD, "close {close}, round {round}: the whole upload was read");
+        }
+        // Its connection is not kept: a request right after is answered on another.
+        let mut sender = downstream(front).await;
+        let response = sender.send_request(Request::get("/").body(super::support::empty()).unwrap());
+        let response = tokio::time::timeout(LONG, response).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "close {close}");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_resets_an_upload_without_an_answer_is_a_bad_gateway() {
+    let upstream = upstream(http_target(turning_uploads_away(None).await, "/"), LONG);
+    let front = front(upstream).await;
+    for round in 0..5 {
+        let (response, _) = upload_raw(front).await;
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.starts_with("HTTP/1.1 502 ") && text.contains("x-proxy-error: request\r\n"),
+            "round {round}: {text}"
+        );
+    }
+}
