@@ -19,6 +19,12 @@
 //! - [`pages`]: every body portcullis writes itself, escaped.
 //! - [`limit`]: rate limiting of calls made to the provider for anonymous clients.
 //! - [`metrics`]: counters and histograms, served to Prometheus on their own listener.
+//!
+//! These docs are for the people working on portcullis, private items included:
+//! `cargo doc --document-private-items` (CI builds them so, warnings denied).
+
+// Module docs link the private modules they describe (resolved with --document-private-items).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod app;
 mod auth;

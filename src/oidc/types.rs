@@ -12,7 +12,7 @@ use crate::config::Secret;
 pub type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// The secrets of one login attempt, kept by the caller (in a sealed cookie) between
-/// [`OidcClient::begin_login`] and [`OidcClient::complete_login`].
+/// [`OidcClient::begin_login`](super::OidcClient::begin_login) and [`OidcClient::complete_login`](super::OidcClient::complete_login).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PendingAuth {
     pub state: String,
