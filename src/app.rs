@@ -1,5 +1,5 @@
 //! The request path, as ordered phases: route → policy (public?) → session → policy
-//! (allowed?) → proxy.
+//! (allowed?) → proxy; the middle three are [`App::admit`].
 //!
 //! [`App`] holds what every request shares (configuration, provider client, session
 //! store, access policy, upstream client) and [`App::handle`] drives one request through
@@ -56,6 +56,15 @@ const ACCESS_LOG: &str = "portcullis::access";
 /// A session that passed the session phase: present, alive, and refreshed if it was due.
 pub(crate) struct ActiveSession {
     pub session: Arc<Session>,
+}
+
+/// What [`App::admit`] decided for a request to the app.
+enum Admission {
+    /// Forward it, with this session's identity (`None`: a public path, no identity).
+    Forward(Option<Arc<Session>>),
+    /// Answered here: sent to log in, or told it must. (Boxed: rare, and the decision
+    /// for every forwarded request would otherwise be as large as a response.)
+    Answered(Box<Response<ResponseBody>>),
 }
 
 impl App {
@@ -135,7 +144,19 @@ impl App {
             Route::Logout => Box::pin(self.logout(request)).await,
             Route::Me => Box::pin(self.me(&request)).await,
             Route::ReservedUnknown => Err(AppError::NotFound),
-            Route::Protected => self.protected(request, client_addr, upstream_slot).await,
+            // The request is handed straight to the proxy: each async function it passes
+            // through by value stores and moves it (some 250 bytes) once more.
+            Route::Protected => match self.admit(&request).await {
+                Ok(Admission::Forward(session)) => {
+                    let ctx = self.forward_context(session.as_deref(), client_addr, upstream_slot);
+                    match self.upstream.forward(request, ctx).await {
+                        Ok(response) => Ok(self.with_subject(response, session)),
+                        Err(error) => Err(error.into()),
+                    }
+                }
+                Ok(Admission::Answered(response)) => Ok(*response),
+                Err(error) => Err(error),
+            },
         };
         let mut response = result.unwrap_or_else(|error| error.into_response(wants_json, &self.router));
         let elapsed = started.elapsed();
@@ -170,7 +191,8 @@ impl App {
         pages::text_response(StatusCode::SERVICE_UNAVAILABLE, problem)
     }
 
-    /// policy → session → policy → proxy for the app's own paths.
+    /// policy → session → policy for the app's own paths: whether to forward the
+    /// request (with the session's identity, or none on a public path) or answer it here.
     ///
     /// The public-path decision comes first, before the session phase, so that a public
     /// request costs no cookie parsing and no store lookup (and works while the store
@@ -178,40 +200,49 @@ impl App {
     /// valid session: identity headers on a public path would make the upstream's answer
     /// depend on who asked, while the path promises it does not. The access rule comes
     /// after the session phase, because it judges the session.
-    async fn protected(
-        &self,
-        request: Request<Incoming>,
-        client_addr: SocketAddr,
-        upstream_slot: &Arc<UpstreamSlot>,
-    ) -> Result<Response<ResponseBody>, AppError> {
+    async fn admit(&self, request: &Request<Incoming>) -> Result<Admission, AppError> {
         if self.policy.decide(request.uri()) == Decision::Public {
-            let ctx = ForwardContext {
-                client_addr,
-                client_scheme: self.public_scheme,
-                identity: &[],
-                access_token: None,
-                upstream_slot,
-            };
-            return Ok(self.upstream.forward(request, ctx).await?);
+            return Ok(Admission::Forward(None));
         }
         let Some(active) = self.session_phase(request.headers()).await? else {
             // Boxed, as the refresh below: rare, and their provider calls are large futures.
-            return Box::pin(self.unauthenticated(&request)).await;
+            let answer = Box::pin(self.unauthenticated(request)).await?;
+            return Ok(Admission::Answered(Box::new(answer)));
         };
         self.policy.authorize(&active.session, request.uri().path())?;
-        let headers = &active.session.upstream_headers;
-        let ctx = ForwardContext {
+        Ok(Admission::Forward(Some(active.session)))
+    }
+
+    /// What the proxy is told besides the request: the session's identity headers
+    /// (prepared at login), or none.
+    fn forward_context<'a>(
+        &'a self,
+        session: Option<&'a Session>,
+        client_addr: SocketAddr,
+        upstream_slot: &'a Arc<UpstreamSlot>,
+    ) -> ForwardContext<'a> {
+        let headers = session.map(|session| &session.upstream_headers);
+        ForwardContext {
             client_addr,
             client_scheme: self.public_scheme,
-            identity: &headers.identity,
-            access_token: headers.access_token.as_ref(),
+            identity: headers.map_or(&[], |headers| &headers.identity),
+            access_token: headers.and_then(|headers| headers.access_token.as_ref()),
             upstream_slot,
-        };
-        let mut response = self.upstream.forward(request, ctx).await?;
-        if tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) && self.config.log.access_log {
-            response.extensions_mut().insert(AccessSubject(active.session.clone()));
         }
-        Ok(response)
+    }
+
+    /// Tags a forwarded response with its session's subject for the access log line.
+    fn with_subject(
+        &self,
+        mut response: Response<ResponseBody>,
+        session: Option<Arc<Session>>,
+    ) -> Response<ResponseBody> {
+        if let Some(session) = session {
+            if tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) && self.config.log.access_log {
+                response.extensions_mut().insert(AccessSubject(session));
+            }
+        }
+        response
     }
 
     /// Loads the session named by the cookie and refreshes its tokens when due.
