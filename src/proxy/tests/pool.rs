@@ -249,6 +249,31 @@ async fn a_response_abandoned_mid_body_does_not_leave_its_connection_for_reuse()
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
+/// Reads from `io` into `buffer` until it holds a whole request head; the head's
+/// length, or `None` when the connection ends first.
+async fn read_head(io: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0; 4096];
+    loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(at + 4);
+        }
+        match io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The `Content-Length` of a request head (0 without one).
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// An upstream that answers each request as soon as it has read the head, and only
 /// then reads (and discards) the request body, keeping the connection. Counts the
 /// connections it accepted and the request bodies it read to the end.
@@ -267,20 +292,10 @@ async fn answering_before_reading_the_body() -> (SocketAddr, Arc<AtomicUsize>, A
                 let mut buffer = Vec::new();
                 let mut chunk = vec![0; 64 << 10];
                 loop {
-                    let head_end = loop {
-                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        match io.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(head_end) = read_head(&mut io, &mut buffer).await else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|line| line.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
+                    let length = content_length(&buffer[..head_end]);
                     io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
                         .await
                         .unwrap();
@@ -367,21 +382,10 @@ async fn closing_under_second_request() -> (SocketAddr, Arc<AtomicUsize>, Arc<At
                 let mut buf = Vec::new();
                 for served in 0.. {
                     // Read one head (and its Content-Length body) or give up on EOF.
-                    let head_end = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match io.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(head_end) = read_head(&mut io, &mut buf).await else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
+                    let length = content_length(&buf[..head_end]);
                     while buf.len() < head_end + length {
                         let mut chunk = [0u8; 4096];
                         match io.read(&mut chunk).await {
@@ -505,23 +509,16 @@ async fn each_request_on_a_kept_connection_gets_its_own_response_timeout() {
 /// `answer`, or nothing) without reading the body, and closes the connection, so its
 /// kernel resets it as the body arrives. A `GET` gets `200 ok` on a kept connection.
 async fn turning_uploads_away(answer: Option<&'static [u8]>) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut io, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
-                let mut chunk = vec![0; 4096];
                 loop {
-                    let head_end = loop {
-                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        match io.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                        }
+                    let Some(head_end) = read_head(&mut io, &mut buffer).await else {
+                        return;
                     };
                     if !buffer.starts_with(b"POST ") {
                         buffer.drain(..head_end);
