@@ -68,6 +68,22 @@ fn bench_store(c: &mut Criterion) {
         });
     });
 
+    // A few sessions, each in use: answered by the calling thread's memo (`store::near`)
+    // most of the time, as on a proxy serving a page and its assets.
+    group.bench_function("lookup_hit_in_use", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for i in 0..iters {
+                    let cookie = &cookies[(i % 16) as usize];
+                    let found = store.get(&common::key_from_cookie(cookie)).await.unwrap();
+                    std::hint::black_box(found.is_some());
+                }
+                started.elapsed()
+            })
+        });
+    });
+
     group.bench_function("lookup_miss", |b| {
         b.iter_custom(|iters| {
             runtime.block_on(async {

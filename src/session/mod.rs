@@ -216,6 +216,21 @@ impl Session {
         self.access = rule.evaluate(&claims);
     }
 
+    /// A copy sharing no memory with this one, its header values cut from a buffer of
+    /// their own: what one thread keeps for itself (`store::near`), so that its requests
+    /// touch no reference count that another thread's requests write too.
+    pub(crate) fn unshared_copy(&self) -> Self {
+        Session {
+            subject: self.subject.clone(),
+            userinfo: self.userinfo.clone(),
+            tokens: self.tokens.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            upstream_headers: self.upstream_headers.unshared_copy(),
+            access: self.access,
+        }
+    }
+
     /// Approximate heap size, for the store's memory bound: the bytes held plus a
     /// per-allocation overhead.
     pub fn approximate_size(&self) -> usize {
@@ -297,6 +312,31 @@ impl UpstreamHeaders {
         UpstreamHeaders {
             identity: headers,
             access_token,
+        }
+    }
+}
+
+impl UpstreamHeaders {
+    /// The same headers, their values copied into one new buffer.
+    fn unshared_copy(&self) -> Self {
+        let values = self.identity.iter().map(|(_, value)| value).chain(&self.access_token);
+        let text = Bytes::from(values.flat_map(HeaderValue::as_bytes).copied().collect::<Vec<u8>>());
+        let mut start = 0;
+        let mut cut = |value: &HeaderValue| {
+            let end = start + value.len();
+            // Bytes of a valid value are a valid value; the fallback only keeps this total.
+            let mut copy = HeaderValue::from_maybe_shared(text.slice(start..end)).unwrap_or_else(|_| value.clone());
+            copy.set_sensitive(value.is_sensitive());
+            start = end;
+            copy
+        };
+        UpstreamHeaders {
+            identity: self
+                .identity
+                .iter()
+                .map(|(name, value)| (name.clone(), cut(value)))
+                .collect(),
+            access_token: self.access_token.as_ref().map(cut),
         }
     }
 }

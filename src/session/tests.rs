@@ -357,3 +357,63 @@ fn the_store_dispatch_adds_almost_nothing_to_the_memory_lookup_future() {
         "SessionStore::get future is {through_enum} B, MemoryStore::get {direct} B"
     );
 }
+
+/// The per-thread memo (`store::near`) must not outlive a logout or a refresh done on
+/// another thread: once `remove` or `insert` has returned there, this thread sees it.
+#[tokio::test]
+async fn memory_store_lookups_see_removals_and_replacements_made_on_other_threads_at_once() {
+    let store = MemoryStore::new(&session_config());
+    let key = SessionId::generate().key();
+    let user = |session: &Session| session.upstream_headers.identity[0].1.clone();
+    let first = Arc::new(session(json!({"preferred_username": "john"}), Duration::from_secs(60)));
+    store.insert(key, first).await.unwrap();
+    let remembered = store.get(&key).await.unwrap().unwrap();
+    let again = store.get(&key).await.unwrap().unwrap();
+    assert!(
+        Arc::ptr_eq(&remembered, &again),
+        "the second lookup is this thread's memo"
+    );
+
+    let on_another_thread = |change: &'static str| {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                match change {
+                    "refresh" => {
+                        let refreshed =
+                            session(json!({"preferred_username": "john.refreshed"}), Duration::from_secs(60));
+                        store.insert(key, Arc::new(refreshed)).await.unwrap();
+                    }
+                    _ => store.remove(&key).await.unwrap(),
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    };
+    on_another_thread("refresh");
+    assert_eq!(user(&store.get(&key).await.unwrap().unwrap()), "john.refreshed");
+    on_another_thread("logout");
+    assert!(store.get(&key).await.unwrap().is_none());
+}
+
+/// A session used only through the memo still counts as used for the idle timeout: the
+/// memo asks the store again after a tenth of a short idle timeout.
+#[tokio::test]
+async fn memory_store_keeps_sessions_in_use_through_the_memo_and_drops_them_when_idle() {
+    let mut config = session_config();
+    config.idle_timeout = Duration::from_millis(300);
+    let store = MemoryStore::new(&config);
+    let key = SessionId::generate().key();
+    store
+        .insert(key, Arc::new(session(json!({"sub": "abc"}), Duration::from_secs(60))))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        assert!(store.get(&key).await.unwrap().is_some(), "in use, so not idle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(store.get(&key).await.unwrap().is_none());
+}

@@ -1,6 +1,8 @@
 //! The in-memory store: sessions in this process (moka), bounded by weight
 //! (approximate bytes), expired by idleness and by each session's absolute deadline.
 //! The default, and the hot path of a single replica: nothing here may get slower.
+//! A lookup asks this thread's memo ([`super::near`]) first and moka only when it has
+//! no answer: moka's lookup writes to memory that all cores share.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use moka::future::Cache;
 use moka::Expiry;
 
+use super::near::NearCache;
 use super::{SessionBackend, StoreError};
 use crate::config::SessionConfig;
 use crate::session::{Session, SessionKey};
@@ -17,6 +20,7 @@ use crate::session::{Session, SessionKey};
 #[derive(Clone)]
 pub struct MemoryStore {
     pub(crate) cache: Cache<SessionKey, Arc<Session>>,
+    near: NearCache,
 }
 
 /// Expires each entry at its session's absolute deadline; moka's time-to-idle handles idleness.
@@ -57,7 +61,10 @@ impl MemoryStore {
             .time_to_idle(config.idle_timeout)
             .expire_after(AbsoluteDeadline)
             .build();
-        MemoryStore { cache }
+        MemoryStore {
+            cache,
+            near: NearCache::new(config.idle_timeout),
+        }
     }
 
     /// Number of sessions held (approximate, as moka counts lazily).
@@ -72,20 +79,29 @@ impl MemoryStore {
 
 impl SessionBackend for MemoryStore {
     async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
-        Ok(self
-            .cache
-            .get(key)
-            .await
-            .filter(|session| !session.is_expired(SystemTime::now())))
+        let now = SystemTime::now();
+        if let Some(session) = self.near.lookup(key, now) {
+            if !session.is_expired(now) {
+                return Ok(Some(session));
+            }
+        }
+        // Read before moka is asked: see `near` on why no removal can be missed.
+        let generation = self.near.generation();
+        Ok(match self.cache.get(key).await {
+            Some(session) if !session.is_expired(now) => Some(self.near.remember(*key, &session, generation, now)),
+            _ => None,
+        })
     }
 
     async fn insert(&self, key: SessionKey, session: Arc<Session>) -> Result<(), StoreError> {
         self.cache.insert(key, session).await;
+        self.near.invalidate();
         Ok(())
     }
 
     async fn remove(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.cache.invalidate(key).await;
+        self.near.invalidate();
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Where sessions live: [`SessionStore`] is the configured backend, one variant per file.
 //!
-//! - [`memory`]: this process's memory (moka), the default and the single-replica hot path.
+//! - [`memory`]: this process's memory (moka), the default and the single-replica hot path,
+//!   with a per-thread memo in front ([`near`]).
 //! - [`redis`]: Redis, shared by several replicas; values sealed by [`seal`] and expired
 //!   by Redis TTLs; single-flight refresh across replicas through [`redis_lock`].
 //!
@@ -10,6 +11,7 @@
 //! a reachability check) is an inherent method here whose memory arm does nothing.
 
 mod memory;
+mod near;
 mod opened;
 pub mod redis;
 mod redis_lock;
