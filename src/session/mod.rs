@@ -314,9 +314,7 @@ impl UpstreamHeaders {
             access_token,
         }
     }
-}
 
-impl UpstreamHeaders {
     /// The same headers, their values copied into one new buffer.
     fn unshared_copy(&self) -> Self {
         let values = self.identity.iter().map(|(_, value)| value).chain(&self.access_token);
