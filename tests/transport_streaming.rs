@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::h1::{self, h1_connect};
-use common::upstream::{pattern, PatternBody, RawUpstream, RustUpstream, TestBody};
+use common::upstream::{pattern, read_request_head, PatternBody, RawUpstream, RustUpstream, TestBody};
 use common::*;
 use http::Request;
 use http_body_util::BodyExt;
@@ -397,14 +397,9 @@ async fn turning_uploads_away() -> (String, tokio::task::JoinHandle<()>) {
     let task = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let Some(head) = read_request_head(&mut stream).await else {
+                    return;
+                };
                 let answer: &[u8] = if head.starts_with(b"POST ") {
                     b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: text/plain\r\ncontent-length: 19\r\nconnection: close\r\n\r\nupload is too large"
                 } else {

@@ -28,11 +28,11 @@
 //! only the sockets do. An exchange that is not finished when the body has been read
 //! (an upload still going on after an early response) hands the driver to a task of its
 //! own, as an upgraded connection's does; unless the upstream stopped reading the upload
-//! and reset the connection ([`super::early_answer`]): then the connection is dropped. A kept connection is not polled between
-//! requests: the upstream closing it is noticed when it is next used, which the
-//! paragraph above already covers. Nor is its timer: when it fires between requests it
-//! wakes the task of the request that used it last, once, and the next request moves it
-//! on.
+//! and reset the connection ([`super::early_answer`]): then the connection is dropped. A
+//! kept connection is not polled between requests: the upstream closing it is noticed
+//! when it is next used, which the paragraph above already covers. Nor is its timer:
+//! when it fires between requests it wakes the task of the request that used it last,
+//! once, and the next request moves it on.
 
 use std::future::Future;
 use std::net::IpAddr;

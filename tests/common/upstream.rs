@@ -418,14 +418,9 @@ impl RawUpstream {
                 let routes = routes.clone();
                 let hits = hits2.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
+                    let Some(buf) = read_request_head(&mut stream).await else {
+                        return;
+                    };
                     hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let head = String::from_utf8_lossy(&buf);
                     let path = head
@@ -455,4 +450,19 @@ impl RawUpstream {
             task,
         }
     }
+}
+
+/// Reads from `stream` until the end of a request head (`\r\n\r\n`) has arrived and
+/// returns what was read (the head, maybe the start of a body); `None` if the
+/// connection ended or failed first.
+pub async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
 }
