@@ -86,6 +86,10 @@ pub(super) fn validate(
     let verifier =
         CoreIdTokenVerifier::new_public_client(ClientId::new(expect.client_id.to_owned()), issuer, keys.clone())
             .set_allowed_algs(expect.algs.iter().cloned())
+            // Every audience besides this client is untrusted (OIDC Core §3.1.3.7 step 3).
+            // The crate's default already says so; stated here so a change of that default
+            // cannot let a token meant for several parties through.
+            .set_other_audience_verifier_fn(|_| false)
             .set_time_fn(move || Utc::now() - skew)
             .set_issue_time_verifier_fn(move |iat| {
                 if iat > Utc::now() + skew {
@@ -106,13 +110,13 @@ pub(super) fn validate(
     };
     let claims = token.claims(&verifier, nonce_check).map_err(classify)?;
 
-    // azp (OIDC Core §3.1.3.7 steps 4–5). `openidconnect` leaves it to us; it already
-    // refuses audiences other than ours, so several audiences never get this far, but the
-    // rule stays here in case that default changes.
-    match claims.authorized_party() {
-        Some(azp) if azp.as_str() != expect.client_id => return Err(Failure::Invalid("azp is another client".into())),
-        None if claims.audiences().len() > 1 => return Err(Failure::Invalid("several audiences but no azp".into())),
-        _ => {}
+    // azp (OIDC Core §3.1.3.7 step 5); `openidconnect` leaves it to us. Step 4 (several
+    // audiences need an azp) cannot arise: the verifier above refuses any audience but ours.
+    if claims
+        .authorized_party()
+        .is_some_and(|azp| azp.as_str() != expect.client_id)
+    {
+        return Err(Failure::Invalid("azp is another client".into()));
     }
 
     if let (Some(expected_hash), Some(access_token)) = (claims.access_token_hash(), expect.access_token) {

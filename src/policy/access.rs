@@ -83,11 +83,6 @@ impl Rule {
         }
     }
 
-    /// True when the rule refuses nobody who can sign in.
-    pub fn admits_everyone(&self) -> bool {
-        self.groups.is_empty() && self.email_domains.is_empty()
-    }
-
     /// The verdict on a session with these claims (ID token overlaid with userinfo).
     pub fn evaluate(&self, claims: &Claims) -> Access {
         match self.refusal(claims) {
@@ -198,9 +193,32 @@ mod tests {
     #[test]
     fn an_empty_rule_admits_everyone_even_without_claims() {
         let rule = rule(&[], &[]);
-        assert!(rule.admits_everyone());
         assert_eq!(rule.evaluate(&john()), Access::Granted);
         assert_eq!(rule.evaluate(&Claims::new()), Access::Granted);
+    }
+
+    #[test]
+    fn a_refusal_keeps_subject_path_and_reason_for_the_log_line() {
+        let forbidden = Forbidden::new("5b0e7b0c", "/admin", Refusal::NoAllowedGroup);
+        assert_eq!(
+            forbidden.to_string(),
+            "access denied by policy: in none of policy.allowed_groups"
+        );
+        assert_eq!(
+            (forbidden.subject(), forbidden.path(), forbidden.reason()),
+            ("5b0e7b0c", "/admin", Refusal::NoAllowedGroup)
+        );
+        let reasons = [
+            Refusal::NotEvaluated,
+            Refusal::NoAllowedGroup,
+            Refusal::NoEmail,
+            Refusal::EmailDomainNotAllowed,
+            Refusal::EmailNotVerified,
+        ]
+        .map(|r| r.to_string());
+        let distinct: std::collections::HashSet<&String> = reasons.iter().collect();
+        assert_eq!(distinct.len(), reasons.len(), "{reasons:?}");
+        assert!(reasons.iter().all(|r| r.len() > 10), "{reasons:?}");
     }
 
     #[test]

@@ -8,11 +8,7 @@
 /// `%2F`/`%5C` before deciding; every such form is refused, as are control characters
 /// (header splitting) and anything that is not an absolute path.
 pub fn local_return_path(target: &str) -> Option<&str> {
-    let bytes = target.as_bytes();
-    if bytes.first() != Some(&b'/') || target.len() > 4096 {
-        return None;
-    }
-    if bytes.iter().any(|b| b.is_ascii_control() || *b == b'\\' || *b == b' ') {
+    if target.as_bytes().first() != Some(&b'/') || target.len() > 4096 {
         return None;
     }
     // Decode percent-escapes repeatedly, so `%252F` cannot smuggle a slash past a single decode.
@@ -24,6 +20,8 @@ pub fn local_return_path(target: &str) -> Option<&str> {
         }
         decoded = next;
     }
+    // Decoding keeps every byte that was not part of an escape, so this also refuses raw
+    // control characters and backslashes. A raw space fails the parse below.
     let decoded_bytes = decoded.as_bytes();
     if decoded_bytes.iter().any(|b| b.is_ascii_control() || *b == b'\\') {
         return None;
@@ -54,6 +52,13 @@ mod tests {
     }
 
     #[test]
+    fn targets_longer_than_4_kib_are_refused() {
+        let longest = format!("/{}", "a".repeat(4095));
+        assert_eq!(local_return_path(&longest), Some(longest.as_str()));
+        assert_eq!(local_return_path(&format!("{longest}a")), None);
+    }
+
+    #[test]
     fn other_origins_and_tricks_are_refused() {
         for target in [
             "//evil.example",
@@ -71,7 +76,13 @@ mod tests {
             "/path\r\nSet-Cookie: x=y",
             "/%0d%0aSet-Cookie:x",
             "/\tevil",
+            "/a b",
+            "/%00",
             "javascript:alert(1)",
+            // Valid request targets, but not absolute paths.
+            "?next=/admin",
+            "#top",
+            "*",
         ] {
             assert_eq!(local_return_path(target), None, "{target:?}");
         }

@@ -47,6 +47,18 @@ fn a_sealed_login_opens_with_the_same_state() {
 }
 
 #[test]
+fn a_pending_login_debugs_where_it_returns_to_but_not_its_secrets() {
+    let text = format!("{:?}", pending(&"s".repeat(43), 1_790_000_000));
+    assert!(
+        text.contains("/reports?year=2026") && text.contains("1790000000"),
+        "{text}"
+    );
+    for secret in ["sss", "nnn", "vvv"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+}
+
+#[test]
 fn the_sealed_cookie_reveals_nothing_and_has_safe_attributes() {
     let codec = CookieCodec::new(&session_config());
     let set = codec.seal_login(&pending(&"s".repeat(43), now_secs())).unwrap();
@@ -114,6 +126,18 @@ fn a_login_cookie_does_not_open_under_another_state() {
 }
 
 #[test]
+fn a_login_opens_until_the_end_of_its_last_second() {
+    let codec = CookieCodec::new(&session_config()); // login_timeout 600 s
+    let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000);
+    let state = "t".repeat(43);
+    for (age, opens) in [(600, true), (601, false)] {
+        let set = codec.seal_login(&pending(&state, 1_790_000_000 - age)).unwrap();
+        let opened = codec.open_login(&cookie_header(&[set]), &state, now);
+        assert_eq!(opened.is_some(), opens, "age {age} s");
+    }
+}
+
+#[test]
 fn an_expired_login_does_not_open() {
     let codec = CookieCodec::new(&session_config());
     let state = "e".repeat(43);
@@ -146,6 +170,40 @@ fn pruning_keeps_at_most_the_configured_number_of_pending_logins() {
         ]
     );
     assert!(cleared.iter().all(|v| v.to_str().unwrap().contains("Max-Age=0")));
+}
+
+#[test]
+fn pruning_drops_expired_and_unreadable_logins_even_below_the_limit() {
+    let codec = CookieCodec::new(&session_config()); // max 3
+    let now = now_secs();
+    let expired = codec.seal_login(&pending(&"x".repeat(43), now - 601)).unwrap();
+    let live = codec.seal_login(&pending(&"y".repeat(43), now - 5)).unwrap();
+    let mut headers = cookie_header(&[expired, live]);
+    let forged = format!("{}zzzz=bm90LXNlYWxlZA", codec.login_prefix);
+    let joined = format!("{}; {forged}", headers[COOKIE].to_str().unwrap());
+    headers.insert(COOKIE, HeaderValue::from_str(&joined).unwrap());
+    let cleared: Vec<_> = codec
+        .prune_logins(&headers, SystemTime::now())
+        .iter()
+        .map(|v| v.to_str().unwrap().split('=').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        cleared,
+        [
+            codec.login_cookie_name(&"x".repeat(43)),
+            format!("{}zzzz", codec.login_prefix)
+        ]
+    );
+}
+
+#[test]
+fn a_login_cookie_is_named_after_the_safe_start_of_its_state() {
+    let codec = CookieCodec::new(&session_config());
+    // base64url states keep `-` and `_`; anything a cookie name cannot hold is dropped.
+    assert_eq!(
+        codec.login_cookie_name("Ab-9_z;= ,\"x/y.0123456789"),
+        format!("{}Ab-9_zxy01234567", codec.login_prefix)
+    );
 }
 
 #[test]

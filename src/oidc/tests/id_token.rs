@@ -125,11 +125,24 @@ fn wrong_audience_is_rejected() {
 }
 
 #[test]
-fn several_audiences_without_azp_are_rejected() {
+fn several_audiences_are_rejected_with_or_without_azp() {
     let mut c = claims();
     c["aud"] = json!([CLIENT_ID, "another-client"]);
+    assert_invalid(&sign_rs256(&c, &key(1), "key-1"), "multi aud with azp = us");
     c.as_object_mut().expect("object").remove("azp");
     assert_invalid(&sign_rs256(&c, &key(1), "key-1"), "multi aud without azp");
+}
+
+#[test]
+fn azp_is_optional_with_this_client_as_the_only_audience() {
+    // OIDC Core requires azp only with several audiences (Authelia sends it anyway).
+    for aud in [json!(CLIENT_ID), json!([CLIENT_ID])] {
+        let mut c = claims();
+        c["aud"] = aud;
+        c.as_object_mut().expect("object").remove("azp");
+        let valid = check(&sign_rs256(&c, &key(1), "key-1")).expect("a single audience needs no azp");
+        assert_eq!(valid.subject, c["sub"].as_str().expect("sub"));
+    }
 }
 
 #[test]

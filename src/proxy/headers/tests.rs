@@ -112,6 +112,31 @@ fn identity_values_are_set_exactly_once_after_stripping() {
 }
 
 #[test]
+fn identity_values_replace_unstripped_client_values_and_keep_a_name_listed_twice() {
+    // Without the strip (a caller bug), every name is still cleared before it is set;
+    // a name listed twice keeps both of our values.
+    let mut headers = map(&[("remote-user", "mallory"), ("remote-groups", "admins")]);
+    let ours = [
+        (
+            HeaderName::from_static("remote-user"),
+            HeaderValue::from_static("alice"),
+        ),
+        (
+            HeaderName::from_static("remote-groups"),
+            HeaderValue::from_static("dev"),
+        ),
+        (
+            HeaderName::from_static("remote-user"),
+            HeaderValue::from_static("alice@example.com"),
+        ),
+    ];
+    set_identity(&mut headers, &ours, None);
+    assert_eq!(all(&headers, "remote-user"), ["alice", "alice@example.com"]);
+    assert_eq!(all(&headers, "remote-groups"), ["dev"]);
+    assert_eq!(headers.len(), 3);
+}
+
+#[test]
 fn hop_by_hop_and_connection_named_headers_are_removed() {
     let mut headers = map(&[
         ("connection", "keep-alive, X-Secret , close"),
@@ -127,6 +152,14 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
         ("proxy-authenticate", "Basic"),
         ("accept", "*/*"),
     ]);
+    remove_hop_by_hop(&mut headers, false);
+    assert_eq!(names(&headers), ["accept"]);
+}
+
+#[test]
+fn a_lone_upgrade_header_is_removed_outside_an_upgrade() {
+    // No `Connection` names it: `Upgrade` is connection-specific anyway (RFC 9110 §7.6.1).
+    let mut headers = map(&[("upgrade", "websocket"), ("accept", "*/*")]);
     remove_hop_by_hop(&mut headers, false);
     assert_eq!(names(&headers), ["accept"]);
 }
