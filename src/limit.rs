@@ -63,4 +63,14 @@ mod tests {
         let later = start + Duration::from_millis(500);
         assert_eq!((0..20).filter(|_| limiter.try_acquire_at(later)).count(), 5);
     }
+
+    #[test]
+    fn the_clock_driven_entry_point_spends_the_same_bucket() {
+        // One token per second: back-to-back calls cannot earn a third.
+        let limiter = RateLimiter::new(1, 2);
+        assert_eq!(
+            (0..3).map(|_| limiter.try_acquire()).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+    }
 }

@@ -77,5 +77,8 @@ mod tests {
         let public = paths(&["/a/../b", "/c;d", "/e%2ff/"]);
         assert!(public.is_empty());
         assert!(paths(&[]).is_empty());
+        // One usable entry of either kind is enough to look at the path at all.
+        assert!(!paths(&["/a/../b", "/robots.txt"]).is_empty());
+        assert!(!paths(&["/c;d", "/static/"]).is_empty());
     }
 }
