@@ -389,6 +389,11 @@ pub(crate) fn redirect(location: &str) -> Result<Response<ResponseBody>, AppErro
     Ok(response)
 }
 
-pub(crate) fn is_get_or_head(method: &Method) -> bool {
-    method == Method::GET || method == Method::HEAD
+/// Refuses every method but GET and HEAD, naming those two in the 405's `Allow`.
+pub(crate) fn require_get_or_head(method: &Method) -> Result<(), AppError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(AppError::MethodNotAllowed { allow: "GET, HEAD" })
+    }
 }

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use crate::app::{is_get_or_head, redirect, App};
+use crate::app::{redirect, require_get_or_head, App};
 use crate::error::AppError;
 use crate::metrics::LoginOutcome;
 use crate::oidc::{CallbackParams, TokenTypeHint};
@@ -58,9 +58,7 @@ async fn form_return_target(request: Request<Incoming>) -> Option<String> {
 impl App {
     /// `/.auth/login?rd=/path`: start a login that returns to `rd`.
     pub(crate) async fn login(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
-        if !is_get_or_head(request.method()) {
-            return Err(AppError::MethodNotAllowed);
-        }
+        require_get_or_head(request.method())?;
         let return_to = return_target(request).unwrap_or_else(|| "/".to_owned());
         self.start_login(request.headers(), &return_to).await
     }
@@ -102,9 +100,7 @@ impl App {
     /// The redirect URI: check the response against the pending login, exchange the code,
     /// validate the tokens, create a session with a new id, and return to where the user was.
     pub(crate) async fn callback(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
-        if !is_get_or_head(request.method()) {
-            return Err(AppError::MethodNotAllowed);
-        }
+        require_get_or_head(request.method())?;
         let params = CallbackParams::from_query(request.uri().query().unwrap_or(""));
         let state = params.state.clone().ok_or(AppError::CallbackWithoutState)?;
         let clear_login = self.cookies.clear_login(&state);
@@ -165,7 +161,9 @@ impl App {
     /// so the provider's own session is untouched.
     pub(crate) async fn logout(&self, request: Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
         if !matches!(*request.method(), Method::GET | Method::HEAD | Method::POST) {
-            return Err(AppError::MethodNotAllowed);
+            return Err(AppError::MethodNotAllowed {
+                allow: "GET, HEAD, POST",
+            });
         }
         if let Some(id) = self.cookies.session_id(request.headers()) {
             let key = id.key();
@@ -205,9 +203,7 @@ impl App {
 
     /// `/.auth/me`: the tokens, claims, scopes and fresh userinfo of the session.
     pub(crate) async fn me(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
-        if !is_get_or_head(request.method()) {
-            return Err(AppError::MethodNotAllowed);
-        }
+        require_get_or_head(request.method())?;
         let Some(active) = self.session_phase(request.headers()).await? else {
             return self.unauthenticated(request).await;
         };

@@ -7,7 +7,7 @@
 //! refusal (403) is the client's too, but logged at info with the subject and the path:
 //! it is an access decision an operator wants to see.
 
-use http::header::RETRY_AFTER;
+use http::header::{ALLOW, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::oidc::OidcError;
@@ -40,8 +40,10 @@ pub enum AppError {
     /// More logins started per second than configured; protects the provider.
     #[error("login rate limit reached")]
     LoginRateLimited,
+    /// One of portcullis' own routes asked with a method it does not serve; `allow`
+    /// lists those it does, for the `Allow` header a 405 must carry (RFC 9110, 15.5.6).
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     /// A reserved path that does not exist.
     #[error("not found")]
     NotFound,
@@ -98,7 +100,7 @@ impl AppError {
             AppError::CallbackWithoutState => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "This address is only used to finish a sign-in, and the request carries no sign-in to finish.", Fault::Downstream),
             AppError::LoginNotFound => r(S::BAD_REQUEST, "login_expired", "Sign-in expired", "This sign-in has expired, was already completed, or was started in another browser. Please sign in again.", Fault::Downstream),
             AppError::LoginRateLimited => r(S::SERVICE_UNAVAILABLE, "login_rate_limited", "Too many sign-ins", "Too many sign-ins are being started right now. Try again in a moment.", Fault::Downstream),
-            AppError::MethodNotAllowed => r(S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", "This address does not accept that method.", Fault::Downstream),
+            AppError::MethodNotAllowed { .. } => r(S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", "This address does not accept that method.", Fault::Downstream),
             AppError::Internal(_) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "Something went wrong in the proxy.", Fault::Internal),
             AppError::NotFound => r(S::NOT_FOUND, "not_found", "Not found", "There is nothing at this address.", Fault::Downstream),
         }
@@ -156,6 +158,9 @@ impl AppError {
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if let AppError::MethodNotAllowed { allow } = self {
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        }
         response
     }
 }
@@ -202,4 +207,85 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RoutePaths;
+    use http::header::CONTENT_TYPE;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+
+    fn router() -> Router {
+        Router::new(&RoutePaths {
+            callback: "/callback".into(),
+            prefix: "/.auth".into(),
+        })
+    }
+
+    async fn json_of(error: AppError) -> (Response<ResponseBody>, Value) {
+        let (parts, body) = error.into_response(true, &router()).into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            Response::from_parts(parts, pages::empty_body()),
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_405_names_the_methods_the_route_serves() {
+        let (response, body) = json_of(AppError::MethodNotAllowed {
+            allow: "GET, HEAD, POST",
+        })
+        .await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "GET, HEAD, POST");
+        assert_eq!(body["error"], "method_not_allowed");
+        let (other, _) = json_of(AppError::NotFound).await;
+        assert_eq!(other.headers().get(ALLOW), None);
+    }
+
+    #[tokio::test]
+    async fn a_503_says_when_to_retry_and_other_statuses_do_not() {
+        for error in [
+            AppError::LoginRateLimited,
+            AppError::Store(StoreError::Timeout(std::time::Duration::from_millis(250))),
+            AppError::Oidc(OidcError::NotReady),
+        ] {
+            let (response, _) = json_of(error).await;
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[RETRY_AFTER], "5");
+        }
+        let (response, _) = json_of(AppError::Proxy(ProxyError::Timeout)).await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers().get(RETRY_AFTER), None);
+    }
+
+    #[tokio::test]
+    async fn the_way_forward_is_offered_where_there_is_one() {
+        let (_, expired) = json_of(AppError::LoginNotFound).await;
+        assert_eq!(expired["login_url"], "/.auth/login");
+        assert_eq!(expired.get("logout_url"), None);
+        let (_, missing) = json_of(AppError::NotFound).await;
+        assert_eq!(missing.get("login_url"), None);
+        assert_eq!(missing.get("logout_url"), None);
+    }
+
+    #[tokio::test]
+    async fn causes_reach_the_log_line_but_never_the_response() {
+        let cause = "connect to 10.0.0.7:8080: refused";
+        let error = AppError::Proxy(ProxyError::Connect(cause.into()));
+        assert!(error_chain(&error).contains(cause));
+        let (response, body) = json_of(error).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert!(!body.to_string().contains("10.0.0.7"), "{body}");
+
+        let internal = AppError::Internal("sealing the login cookie failed");
+        let page = internal.into_response(false, &router());
+        assert_eq!(page.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(page.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+        let html = page.into_body().collect().await.unwrap().to_bytes();
+        assert!(!String::from_utf8_lossy(&html).contains("sealing"));
+    }
 }

@@ -6,6 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use cookie::SameSite;
+use reqwest::header::ACCEPT;
+use reqwest::Method;
 use serde_json::Value;
 
 use common::*;
@@ -426,4 +428,117 @@ async fn post_login_redirects_never_leave_the_app() {
     let client = stack.client.fresh();
     let trace = client.login(&stack.url("//evil.example/path"), "john", PASSWORD).await;
     assert_walk_stays_on_app(&trace, &app, &stack.idp);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn portcullis_routes_answer_other_methods_with_405_and_allow_and_do_nothing() {
+    let stack = Stack::start().await;
+    stack.login("john", "/").await;
+    stack.idp.reset_stats().await;
+    let c = &stack.client;
+    for (method, path, allow) in [
+        (Method::POST, "/.auth/login?rd=/x", "GET, HEAD"),
+        (Method::PUT, "/callback?state=s&code=c", "GET, HEAD"),
+        (Method::POST, "/.auth/me", "GET, HEAD"),
+        (Method::DELETE, "/.auth/logout", "GET, HEAD, POST"),
+    ] {
+        let resp = c
+            .send(
+                c.request(method.clone(), &stack.url(path))
+                    .header(ACCEPT, "application/json"),
+            )
+            .await;
+        assert_status(&resp, 405);
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+        assert_eq!(resp.json()["error"], "method_not_allowed", "{method} {path}");
+        assert_no_session_issued(&resp);
+    }
+    assert_eq!(
+        stack.idp.stats().await,
+        IdpStats::default(),
+        "a refused request reached the provider"
+    );
+    // The DELETE did not sign out.
+    assert_status(&c.api_get(&stack.url("/.auth/me")).await, 200);
+
+    // HEAD is GET without the body.
+    let head = c.send(c.request(Method::HEAD, &stack.url("/.auth/me"))).await;
+    assert_status(&head, 200);
+    assert!(head.body.is_empty(), "{}", head.body);
+    let head = c.send(c.request(Method::HEAD, &stack.url("/.auth/login?rd=/x"))).await;
+    assert_redirects_to_provider(&head, &stack.idp);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_token_goes_where_configured_and_the_dump_page_can_hide_it() {
+    for (setting, header, prefix) in [
+        ("authorization", "authorization", "Bearer "),
+        ("x-forwarded-access-token", "x-forwarded-access-token", ""),
+    ] {
+        let stack = Stack::builder()
+            .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+            .env("PORTCULLIS_IDENTITY_ACCESS_TOKEN", setting)
+            .env("PORTCULLIS_PAGES_SHOW_TOKENS", "false")
+            .start()
+            .await;
+        stack.login("john", "/").await;
+        let c = &stack.client;
+
+        // A value the client sends itself is replaced, never passed on beside ours.
+        let forged = format!("{prefix}forged");
+        let seen = c
+            .send(
+                c.get(&stack.url("/api"))
+                    .header(ACCEPT, "application/json")
+                    .header(header, &forged),
+            )
+            .await
+            .echo();
+        let values = seen.values(header);
+        assert_eq!(values.len(), 1, "{setting}: {values:?}");
+        let token = values[0]
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{setting}: {:?}", values[0]));
+        assert_ne!(token, "forged", "{setting}");
+        assert_eq!(
+            stack.idp.userinfo_status(token).await,
+            200,
+            "{setting}: the forwarded token is not the session's"
+        );
+
+        let me = c.me_json(&stack.base_url()).await;
+        for field in ["accessToken", "refreshToken", "idToken"] {
+            assert!(me[field].is_null(), "{setting}: {field} shown: {me:#}");
+        }
+        assert_eq!(me["tokensHidden"], true, "{me:#}");
+        assert_eq!(me["claims"]["preferred_username"], "john", "{me:#}");
+        let page = c.navigate(&stack.url("/.auth/me")).await;
+        assert_mentions(&page, "hidden by configuration");
+        assert!(!page.body.contains(token), "{setting}: the page shows the access token");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_access_token_forwarding_the_clients_own_authorization_passes_through() {
+    let stack = Stack::start().await;
+    stack.login("john", "/").await;
+    let c = &stack.client;
+    let seen = c
+        .send(
+            c.get(&stack.url("/api"))
+                .header(ACCEPT, "application/json")
+                .header("authorization", "Basic YXBwOmtleQ==")
+                .header("x-forwarded-access-token", "forged"),
+        )
+        .await
+        .echo();
+    assert_eq!(seen.values("authorization"), ["Basic YXBwOmtleQ=="]);
+    assert!(
+        seen.values("x-forwarded-access-token").is_empty(),
+        "{:?}",
+        seen.raw_headers
+    );
+    let me = c.me_json(&stack.base_url()).await;
+    assert!(me["accessToken"].is_string(), "tokens are shown by default: {me:#}");
+    assert_eq!(me.get("tokensHidden"), None);
 }

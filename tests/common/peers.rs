@@ -145,6 +145,19 @@ impl Idp {
         );
     }
 
+    /// Whether the provider still honours `access_token`: the status of its userinfo
+    /// endpoint asked with it (200, or 401 once the token is revoked or expired).
+    pub async fn userinfo_status(&self, access_token: &str) -> u16 {
+        self.http
+            .get(self.url("/api/oidc/userinfo"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .expect("GET userinfo")
+            .status()
+            .as_u16()
+    }
+
     /// Stops the provider (its port is free afterwards).
     pub async fn stop(mut self) {
         self.proc.kill().await;
