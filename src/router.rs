@@ -98,6 +98,13 @@ mod tests {
     }
 
     #[test]
+    fn login_and_logout_paths_are_under_the_prefix() {
+        let router = router();
+        assert_eq!(router.login_path(), "/.auth/login");
+        assert_eq!(router.logout_path(), "/.auth/logout");
+    }
+
+    #[test]
     fn everything_else_is_protected() {
         let router = router();
         for path in ["/", "/callbackx", "/.authx", "/app/.auth/me", "/callback/"] {

@@ -340,7 +340,8 @@ impl UpstreamHeaders {
 }
 
 /// The header form of a claim: strings as they are, arrays joined with `,` (Authelia's
-/// `Remote-Groups` convention), numbers and booleans in JSON form. Empty values are absent.
+/// `Remote-Groups` convention, empty items left out), numbers and booleans in JSON form.
+/// Empty values are absent.
 fn claim_header_value(value: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
     let text = match value {
@@ -348,7 +349,8 @@ fn claim_header_value(value: &serde_json::Value) -> Option<String> {
         Value::Array(items) => items
             .iter()
             .filter_map(|item| match item {
-                Value::String(s) => Some(s.clone()),
+                // An empty item would read as an empty group to an upstream splitting on `,`.
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             })

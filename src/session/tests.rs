@@ -86,6 +86,19 @@ fn session_ids_round_trip_through_the_cookie_and_hash_to_a_different_key() {
 }
 
 #[test]
+fn the_store_key_is_the_ids_sha256_in_lowercase_hex_and_neither_debug_form_reveals_the_id() {
+    let id = SessionId(std::array::from_fn(|i| i as u8));
+    let hex = "630dcd2966c4336691125448bbb25b4ff412a49c732db2c8abc1b8581bd710dd";
+    assert_eq!(id.key().to_hex(), hex);
+    let mut appended = String::from("portcullis:");
+    id.key().push_hex(&mut appended);
+    assert_eq!(appended, format!("portcullis:{hex}"));
+
+    assert_eq!(format!("{id:?}"), "SessionId([redacted])");
+    assert_eq!(format!("{:?}", id.key()), "SessionKey(630dcd2966c4…)");
+}
+
+#[test]
 fn malformed_session_cookie_values_are_not_ids() {
     for value in ["", "short", &"A".repeat(44), &"!".repeat(43), "../../etc/passwd"] {
         assert!(SessionId::parse(value).is_none(), "{value:?}");
@@ -111,6 +124,28 @@ fn remote_user_falls_back_to_sub_and_missing_claims_send_no_header() {
     assert_eq!(header(&session, "remote-user"), Some("abc"));
     assert_eq!(header(&session, "remote-email"), None);
     assert_eq!(header(&session, "remote-groups"), None);
+}
+
+#[test]
+fn claims_of_every_json_type_have_a_header_form_or_none() {
+    let typed = session(
+        json!({"sub": "abc", "preferred_username": {"nested": "object"}, "name": true,
+               "email": 42, "groups": ["admins", 7, true, null, {"x": 1}, ""]}),
+        Duration::from_secs(60),
+    );
+    // An object has no header form: the next claim in the list is used.
+    assert_eq!(header(&typed, "remote-user"), Some("abc"));
+    assert_eq!(header(&typed, "remote-name"), Some("true"));
+    assert_eq!(header(&typed, "remote-email"), Some("42"));
+    // Strings and numbers of an array, in order; the rest (and empty strings) left out.
+    assert_eq!(header(&typed, "remote-groups"), Some("admins,7"));
+
+    let empty = session(
+        json!({"sub": "abc", "name": "", "groups": ["", ""]}),
+        Duration::from_secs(60),
+    );
+    assert_eq!(header(&empty, "remote-name"), None);
+    assert_eq!(header(&empty, "remote-groups"), None);
 }
 
 #[test]
@@ -150,6 +185,70 @@ fn the_access_token_header_is_prepared_beside_the_identity_and_kept_out_of_debug
             values,
             [("remote-user", Some("abc")), ("remote-email", Some("john@example.com"))]
         );
+    }
+}
+
+#[test]
+fn a_session_expires_at_its_deadline_not_a_moment_before() {
+    let session = session(json!({"sub": "abc"}), Duration::from_secs(60));
+    assert!(!session.is_expired(session.expires_at - Duration::from_nanos(1)));
+    assert!(session.is_expired(session.expires_at));
+    assert!(session.is_expired(session.expires_at + Duration::from_secs(1)));
+}
+
+#[test]
+fn the_size_estimate_counts_every_byte_held_once_plus_a_bounded_overhead() {
+    let mut template = session(
+        json!({"preferred_username": "john", "name": "John", "email": "john@example.com", "groups": ["a", "b"]}),
+        Duration::from_secs(60),
+    );
+    template.tokens.id_token = Some(Secret::new("header.payload.signature"));
+    let held = |s: &Session| {
+        let tokens = &s.tokens;
+        let optional = |t: &Option<Secret>| t.as_ref().map_or(0, |t| t.expose().len());
+        std::mem::size_of::<Session>()
+            + s.subject.len()
+            + s.userinfo.as_deref().map_or(0, str::len)
+            + tokens.access_token.expose().len()
+            + optional(&tokens.refresh_token)
+            + optional(&tokens.id_token)
+            + tokens.token_type.len()
+            + tokens.scopes.len()
+            + s.upstream_headers.identity.iter().map(|(_, v)| v.len()).sum::<usize>()
+    };
+    let size = template.approximate_size();
+    assert!(size > held(&template), "{size} <= {}", held(&template));
+    assert!(size < held(&template) + 1024, "{size}: overhead beyond 1 KiB");
+
+    let more = "x".repeat(1000);
+    fn longer(token: &Secret, more: &str) -> Secret {
+        Secret::new(format!("{}{more}", token.expose()))
+    }
+    let grow: [(&str, fn(&mut Session, &str)); 8] = [
+        ("subject", |s, more| s.subject.push_str(more)),
+        ("userinfo", |s, more| {
+            s.userinfo = Some(format!("{}{more}", s.userinfo.as_deref().unwrap_or("")).into())
+        }),
+        ("access token", |s, more| {
+            s.tokens.access_token = longer(&s.tokens.access_token, more)
+        }),
+        ("refresh token", |s, more| {
+            s.tokens.refresh_token = s.tokens.refresh_token.as_ref().map(|t| longer(t, more))
+        }),
+        ("ID token", |s, more| {
+            s.tokens.id_token = s.tokens.id_token.as_ref().map(|t| longer(t, more))
+        }),
+        ("token type", |s, more| s.tokens.token_type.push_str(more)),
+        ("scopes", |s, more| s.tokens.scopes.push_str(more)),
+        ("header value", |s, more| {
+            let value = HeaderValue::from_str(&format!("john{more}")).unwrap();
+            s.upstream_headers.identity[0].1 = value;
+        }),
+    ];
+    for (what, grow) in grow {
+        let mut bigger = template.clone();
+        grow(&mut bigger, &more);
+        assert_eq!(bigger.approximate_size() as isize - size as isize, 1000, "{what}");
     }
 }
 
