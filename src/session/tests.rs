@@ -266,14 +266,23 @@ fn refresh_is_due_only_with_a_refresh_token_near_expiry() {
 #[tokio::test]
 async fn memory_store_returns_what_was_inserted_and_forgets_removed_sessions() {
     let store = MemoryStore::new(&session_config());
+    assert!(store.is_empty());
     let key = SessionId::generate().key();
-    store
-        .insert(key, Arc::new(session(json!({"sub": "abc"}), Duration::from_secs(60))))
-        .await
-        .unwrap();
+    let other = SessionId::generate().key();
+    for key in [key, other] {
+        store
+            .insert(key, Arc::new(session(json!({"sub": "abc"}), Duration::from_secs(60))))
+            .await
+            .unwrap();
+    }
+    store.cache.run_pending_tasks().await;
+    assert_eq!((store.len(), store.is_empty()), (2, false));
     assert_eq!(store.get(&key).await.unwrap().unwrap().subject, "0b2f6f4e-sub");
     store.remove(&key).await.unwrap();
     assert!(store.get(&key).await.unwrap().is_none());
+    assert!(store.get(&other).await.unwrap().is_some());
+    store.cache.run_pending_tasks().await;
+    assert_eq!(store.len(), 1);
 }
 
 #[tokio::test]
@@ -286,6 +295,28 @@ async fn memory_store_drops_sessions_past_their_absolute_deadline() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert!(store.get(&key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn memory_store_entries_carry_their_sessions_deadline_not_only_the_idle_timeout() {
+    // Asked of moka directly: `get` checks the deadline itself as well.
+    let store = MemoryStore::new(&session_config());
+    let short = || Arc::new(session(json!({"sub": "abc"}), Duration::from_millis(50)));
+    let created = SessionId::generate().key();
+    store.insert(created, short()).await.unwrap();
+    // A replaced session gets the deadline of its replacement.
+    let replaced = SessionId::generate().key();
+    let long = Arc::new(session(json!({"sub": "abc"}), Duration::from_secs(3600)));
+    store.insert(replaced, long).await.unwrap();
+    store.insert(replaced, short()).await.unwrap();
+    assert!(store.cache.contains_key(&created) && store.cache.contains_key(&replaced));
+
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(!store.cache.contains_key(&created), "kept past its deadline");
+    assert!(
+        !store.cache.contains_key(&replaced),
+        "kept past its replacement's deadline"
+    );
 }
 
 #[tokio::test]
