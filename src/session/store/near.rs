@@ -234,6 +234,18 @@ mod tests {
     }
 
     #[test]
+    fn keys_in_different_slots_are_remembered_side_by_side() {
+        let near = NearCache::new(Duration::from_secs(3600));
+        let keys: Vec<SessionKey> = (0..SLOTS).map(|i| SessionKey([i as u8; 32])).collect();
+        for key in &keys {
+            near.remember(*key, &Arc::new(test_session("john")), near.generation(), now());
+        }
+        for key in &keys {
+            assert!(near.lookup(key, now()).is_some(), "{key:?} forgotten");
+        }
+    }
+
+    #[test]
     fn keys_sharing_a_slot_replace_each_other() {
         let near = NearCache::new(Duration::from_secs(3600));
         let first = SessionId::generate().key();

@@ -127,5 +127,11 @@ mod tests {
             "{}",
             opened.cache.weighted_size()
         );
+        // Weighed by their bytes, not more: about ten of them fit.
+        assert!(
+            (8..=10).contains(&opened.cache.entry_count()),
+            "{}",
+            opened.cache.entry_count()
+        );
     }
 }
