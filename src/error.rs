@@ -273,6 +273,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_spent_or_expired_code_is_the_users_to_retry() {
+        let rejected = |endpoint, error: &str| {
+            AppError::Oidc(OidcError::ProviderRejected {
+                endpoint,
+                error: error.into(),
+                description: None,
+            })
+        };
+        let (response, body) = json_of(rejected("token", "invalid_grant")).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (&body["error"], &body["login_url"]),
+            (&"login_failed".into(), &"/.auth/login".into())
+        );
+        // The provider refusing this client is the operator's to fix, not the user's.
+        for (endpoint, error) in [("token", "invalid_client"), ("pushed authorization", "invalid_grant")] {
+            let (response, body) = json_of(rejected(endpoint, error)).await;
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{endpoint} {error}");
+            assert_eq!(body["error"], "idp_rejected", "{endpoint} {error}");
+        }
+    }
+
+    #[tokio::test]
     async fn causes_reach_the_log_line_but_never_the_response() {
         let cause = "connect to 10.0.0.7:8080: refused";
         let error = AppError::Proxy(ProxyError::Connect(cause.into()));

@@ -102,8 +102,9 @@ async fn a_replayed_callback_gets_a_clear_page_not_a_crash() {
         thief.put_cookie(&app, name, value);
     }
     let stolen = thief.navigate(callback.as_str()).await;
-    assert_client_error(&stolen);
+    assert_status(&stolen, 400);
     assert_html_page(&stolen);
+    assert_mentions(&stolen, "already used or has expired");
     assert_no_session_issued(&stolen);
     assert_eq!(thief.cookie(&app, SESSION_COOKIE), None);
 }
