@@ -224,7 +224,8 @@ fn the_size_estimate_counts_every_byte_held_once_plus_a_bounded_overhead() {
     fn longer(token: &Secret, more: &str) -> Secret {
         Secret::new(format!("{}{more}", token.expose()))
     }
-    let grow: [(&str, fn(&mut Session, &str)); 8] = [
+    type Grow = fn(&mut Session, &str);
+    let grow: [(&str, Grow); 8] = [
         ("subject", |s, more| s.subject.push_str(more)),
         ("userinfo", |s, more| {
             s.userinfo = Some(format!("{}{more}", s.userinfo.as_deref().unwrap_or("")).into())
