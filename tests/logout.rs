@@ -215,6 +215,21 @@ async fn a_posted_rd_counts_only_in_a_form_of_reasonable_size_but_the_logout_alw
         resp.summary()
     );
 
+    // A link (GET) is not a form, whatever it carries.
+    stack.login("john", "/").await;
+    let resp = stack
+        .client
+        .send(
+            stack
+                .client
+                .get(&stack.url("/.auth/logout"))
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body("rd=%2Fbye"),
+        )
+        .await;
+    assert_status(&resp, 200);
+    assert_mentions(&resp, "Signed out");
+
     // Not a form, or a form larger than a sign-out form can be: the rd is not read.
     let padding = "x".repeat(5000);
     for (content_type, body) in [
