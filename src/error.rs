@@ -212,17 +212,10 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RoutePaths;
+    use crate::router::tests::router;
     use http::header::CONTENT_TYPE;
     use http_body_util::BodyExt;
     use serde_json::Value;
-
-    fn router() -> Router {
-        Router::new(&RoutePaths {
-            callback: "/callback".into(),
-            prefix: "/.auth".into(),
-        })
-    }
 
     async fn json_of(error: AppError) -> (Response<ResponseBody>, Value) {
         let (parts, body) = error.into_response(true, &router()).into_parts();

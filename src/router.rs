@@ -68,10 +68,10 @@ impl Router {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn router() -> Router {
+    pub(crate) fn router() -> Router {
         Router::new(&RoutePaths {
             callback: "/callback".into(),
             prefix: "/.auth".into(),

@@ -6,6 +6,18 @@ mod common;
 use common::*;
 use reqwest::header::CONTENT_TYPE;
 
+/// Posts the sign-out form `fields` as a browser would.
+async fn post_logout(stack: &Stack, fields: &[(&str, &str)]) -> Resp {
+    let origin = stack.base_url().origin().ascii_serialization();
+    let form = stack
+        .client
+        .post(&stack.url("/.auth/logout"))
+        .header("accept", ACCEPT_HTML)
+        .header("origin", origin)
+        .form(fields);
+    stack.client.send(form).await
+}
+
 /// The session is gone for this browser and on the server.
 async fn assert_logged_out(stack: &Stack, old_cookie: &str) {
     let app = stack.base_url();
@@ -52,18 +64,7 @@ async fn logout_by_form_post_clears_the_session() {
     stack.login("john", "/").await;
     let cookie = stack.session_cookie().expect("session");
 
-    let origin = stack.base_url().origin().ascii_serialization();
-    let resp = stack
-        .client
-        .send(
-            stack
-                .client
-                .post(&stack.url("/.auth/logout"))
-                .header("accept", ACCEPT_HTML)
-                .header("origin", origin)
-                .form(&[("rd", "/")]),
-        )
-        .await;
+    let resp = post_logout(&stack, &[("rd", "/")]).await;
     assert!(
         resp.status.as_u16() < 400,
         "logout by POST failed: {}\n{}",
@@ -108,16 +109,7 @@ async fn logout_revokes_the_refresh_token_and_a_posted_form_names_where_to_go() 
     assert!(stack.client.me_json(&stack.base_url()).await["refreshToken"].is_string());
     stack.idp.reset_stats().await;
 
-    let resp = stack
-        .client
-        .send(
-            stack
-                .client
-                .post(&stack.url("/.auth/logout"))
-                .header("accept", ACCEPT_HTML)
-                .form(&[("rd", "/goodbye?from=form")]),
-        )
-        .await;
+    let resp = post_logout(&stack, &[("rd", "/goodbye?from=form")]).await;
     assert!(resp.is_redirect(), "{}\n{}", resp.summary(), resp.body);
     assert_eq!(resp.location().map(String::from), Some(stack.url("/goodbye?from=form")));
     assert_eq!(
@@ -129,15 +121,7 @@ async fn logout_revokes_the_refresh_token_and_a_posted_form_names_where_to_go() 
 
     // A posted rd that leaves the app is ignored: the signed-out page instead.
     stack.login("john", "/").await;
-    let resp = stack
-        .client
-        .send(
-            stack
-                .client
-                .post(&stack.url("/.auth/logout"))
-                .form(&[("rd", "//evil.example/x")]),
-        )
-        .await;
+    let resp = post_logout(&stack, &[("rd", "//evil.example/x")]).await;
     assert_status(&resp, 200);
     assert!(resp.body.contains("Signed out"), "{}", resp.body);
 }
