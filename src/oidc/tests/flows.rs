@@ -589,3 +589,56 @@ async fn redirects_from_the_provider_are_not_followed() {
     );
     assert!(p.requests("/elsewhere").is_empty(), "redirect followed");
 }
+
+#[tokio::test]
+async fn provider_answers_are_read_up_to_one_mebibyte_and_no_further() {
+    const LIMIT: usize = 1024 * 1024;
+    let p = TestProvider::start().await;
+    let client = ready_client(&p, |_| {}).await;
+    // A userinfo document of exactly `len` bytes.
+    let sized = |len: usize| {
+        let empty = json!({"sub": SUB, "pad": ""}).to_string();
+        let body = json!({"sub": SUB, "pad": "x".repeat(len - empty.len())}).to_string();
+        assert_eq!(body.len(), len);
+        Canned {
+            status: 200,
+            content_type: "application/json",
+            body,
+        }
+    };
+    p.set(USERINFO, sized(LIMIT));
+    assert_eq!(
+        client.userinfo(&Secret::new(AT), SUB).await.expect("at the limit")["sub"],
+        json!(SUB)
+    );
+    p.set(USERINFO, sized(LIMIT + 1));
+    let e = client.userinfo(&Secret::new(AT), SUB).await.expect_err("one byte over");
+    assert!(
+        matches!(&e, OidcError::InvalidResponse { endpoint: "userinfo", detail } if detail.contains("larger than 1048576 bytes")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_discovery_is_an_outage_only_when_the_provider_answers_5xx() {
+    const DISCOVERY: &str = "/.well-known/openid-configuration";
+    let p = TestProvider::start().await;
+    let http = crate::oidc::http::build_client(Duration::from_secs(5)).expect("client");
+    let page = |status| Canned {
+        status,
+        content_type: "text/html",
+        body: "<h1>not here</h1>".into(),
+    };
+    p.set(DISCOVERY, page(503));
+    match crate::oidc::discovery::discover(&http, &p.issuer).await {
+        Err(OidcError::ProviderUnreachable(why)) => assert!(why.contains("HTTP 503"), "{why}"),
+        other => panic!("a 503 is an outage, got {:?}", other.map(|_| ())),
+    }
+    p.set(DISCOVERY, page(404));
+    match crate::oidc::discovery::discover(&http, &p.issuer).await {
+        Err(OidcError::InvalidResponse {
+            endpoint: "discovery", ..
+        }) => {}
+        other => panic!("a 404 is a wrong issuer, got {:?}", other.map(|_| ())),
+    }
+}

@@ -1,4 +1,5 @@
-//! Pure parts: callback parameters and checks, Basic auth, PAR responses, discovery metadata.
+//! Pure parts: callback parameters and checks, Basic auth, PAR responses, discovery metadata,
+//! error chains, provider text and token responses.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -337,4 +338,69 @@ fn discovery_backoff_doubles_from_one_second_up_to_the_maximum() {
         seen.push(d.as_secs());
     }
     assert_eq!(seen, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+}
+
+/// An error with a chain of sources, for `error_chain`.
+#[derive(Debug)]
+struct Layer(&'static str, Option<Box<Layer>>);
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Layer {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.1.as_deref().map(|l| l as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[test]
+fn an_error_chain_is_one_line_without_repeats() {
+    let layer = |text, source: Option<Layer>| Layer(text, source.map(Box::new));
+    let chain = layer(
+        "error sending request",
+        Some(layer("connection refused", Some(layer("refused", None)))),
+    );
+    assert_eq!(
+        crate::oidc::discovery::error_chain(&chain),
+        "error sending request: connection refused"
+    );
+    assert_eq!(crate::oidc::discovery::error_chain(&layer("alone", None)), "alone");
+}
+
+#[test]
+fn provider_text_is_cut_at_300_bytes_on_a_character_boundary() {
+    use crate::oidc::http::sanitize;
+    let exactly = "a".repeat(300);
+    assert_eq!(sanitize(&exactly, &[]), exactly);
+    assert_eq!(sanitize(&"a".repeat(301), &[]), format!("{exactly}…"));
+    // Byte 300 falls inside the last `é` (bytes 299 and 300): the cut moves back to 299.
+    let straddling = format!("a{}", "é".repeat(150));
+    assert_eq!(straddling.len(), 301);
+    assert_eq!(sanitize(&straddling, &[]), format!("a{}…", "é".repeat(149)));
+}
+
+#[test]
+fn a_blank_scope_in_a_token_response_stands_for_the_requested_scopes() {
+    use crate::oidc::tokens::TokenResponse;
+    let response = |scope: Option<&str>| TokenResponse {
+        access_token: "at".into(),
+        token_type: "bearer".into(),
+        expires_in: None,
+        refresh_token: None,
+        id_token: None,
+        scope: scope.map(str::to_owned),
+    };
+    let requested = ["openid".to_owned(), "email".to_owned()];
+    for blank in [None, Some(""), Some(" \t ")] {
+        assert_eq!(response(blank).into_token_set(None, &requested).scopes, "openid email");
+    }
+    assert_eq!(
+        response(Some(" openid  groups "))
+            .into_token_set(None, &requested)
+            .scopes,
+        "openid groups"
+    );
 }
