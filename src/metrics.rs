@@ -536,4 +536,57 @@ mod tests {
         assert!(text.contains("portcullis_ready 1\n"));
         assert!(text.contains("portcullis_uptime_seconds 42\n"));
     }
+
+    #[tokio::test]
+    async fn the_listener_answers_get_and_head_of_metrics_and_404_for_anything_else_until_stopped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let metrics = Metrics::new();
+        metrics.login_started();
+        let (stop, stopped) = watch::channel(false);
+        let served = tokio::spawn(serve(
+            listener,
+            metrics,
+            Arc::new(|| -> GaugesFuture { Box::pin(async { gauges() }) }),
+            stopped,
+        ));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+
+        let scrape = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(scrape.status(), 200);
+        assert_eq!(
+            scrape.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = scrape.text().await.unwrap();
+        assert!(text.contains("portcullis_logins_started_total 1\n"), "{text}");
+        assert!(text.contains("portcullis_sessions 3\n"), "{text}");
+        let head = client.head(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+
+        for (method, path) in [
+            (Method::POST, "/metrics"),
+            (Method::GET, "/"),
+            (Method::GET, "/metrics/"),
+            (Method::GET, "/.auth/me"),
+        ] {
+            let other = client
+                .request(method.clone(), format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(other.status(), 404, "{method} {path}");
+            let text = other.text().await.unwrap();
+            assert!(!text.contains("portcullis_"), "{method} {path}: {text}");
+        }
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the listener stops when asked")
+            .unwrap();
+    }
 }

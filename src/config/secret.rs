@@ -47,4 +47,19 @@ mod tests {
         assert!(!format!("{secret}").contains("hunter2"));
         assert_eq!(secret.expose(), "hunter2-very-secret");
     }
+
+    #[test]
+    fn debug_and_display_say_that_a_value_is_hidden() {
+        // An empty rendering would read as "no secret configured" in `portcullis check`.
+        let secret = Secret::new("hunter2-very-secret");
+        assert_eq!(format!("{secret:?}"), "Secret([redacted])");
+        assert_eq!(format!("{secret}"), "[redacted]");
+    }
+
+    #[test]
+    fn only_the_empty_string_is_empty() {
+        assert!(Secret::new("").is_empty());
+        assert!(!Secret::new(" ").is_empty());
+        assert!(!Secret::new("x").is_empty());
+    }
 }

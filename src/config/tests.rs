@@ -300,11 +300,21 @@ fn base_url_must_be_absolute_http_without_query_or_fragment() {
         "APP_BASE_URL",
         "fragment",
     );
-    rejects_env(
-        &[("APP_BASE_URL", "https://u:p@example.com")],
-        "APP_BASE_URL",
-        "password",
-    );
+    for with_credentials in [
+        "https://u:p@example.com",
+        "https://u@example.com",
+        "https://:p@example.com",
+    ] {
+        rejects_env(&[("APP_BASE_URL", with_credentials)], "APP_BASE_URL", "password");
+    }
+}
+
+#[test]
+fn a_required_setting_of_the_wrong_type_is_one_problem_not_also_missing() {
+    let found = problems("base_url = 443", &without(seed_env(), &["APP_BASE_URL"]));
+    let about_base_url: Vec<_> = found.iter().filter(|p| p.key == "base_url").collect();
+    assert_eq!(about_base_url.len(), 1, "{found:#?}");
+    assert!(about_base_url[0].message.contains("must be a string"), "{found:#?}");
 }
 
 #[test]

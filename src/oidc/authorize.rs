@@ -60,6 +60,12 @@ pub(super) fn par_endpoint(mode: ParMode, advertised: Option<&Url>) -> Result<Op
     }
 }
 
+/// Whether the provider will refuse every login this client starts: it requires PAR
+/// (`require_pushed_authorization_requests`) and `par = never` forbids it.
+pub(super) fn provider_refuses_unpushed_logins(mode: ParMode, provider_requires_par: bool) -> bool {
+    provider_requires_par && mode == ParMode::Never
+}
+
 /// `authorization_endpoint` with `pairs` appended to whatever query it already has.
 pub(super) fn authorize_url<'a>(endpoint: &Url, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Url {
     let mut url = endpoint.clone();

@@ -90,9 +90,10 @@ impl OidcClient {
 
     async fn discover_once(&self) -> Result<(), OidcError> {
         let (provider, keys) = discovery::discover(&self.inner.http, &self.inner.issuer).await?;
-        if provider.extra.require_pushed_authorization_requests
-            && self.inner.config.par == crate::config::ParMode::Never
-        {
+        if authorize::provider_refuses_unpushed_logins(
+            self.inner.config.par,
+            provider.extra.require_pushed_authorization_requests,
+        ) {
             tracing::warn!("the provider requires PAR but par = never: logins will be refused");
         }
         self.inner.jwks.set(keys);

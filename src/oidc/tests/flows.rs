@@ -102,9 +102,14 @@ async fn discovery_retries_until_the_provider_answers() {
         async move { client.run_discovery().await }
     });
     // Let the first attempt fail, then heal the provider; the 1 s backoff retries.
-    while p.requests("/.well-known/openid-configuration").is_empty() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let first_attempt = async {
+        while p.requests("/.well-known/openid-configuration").is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), first_attempt)
+        .await
+        .expect("discovery asks the provider");
     assert!(!client.is_ready());
     p.patch_discovery("unused", json!(1));
     p.set(

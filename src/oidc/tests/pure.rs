@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::config::ParMode;
-use crate::oidc::authorize::{authorize_url, par_endpoint, par_response};
+use crate::oidc::authorize::{authorize_url, par_endpoint, par_response, provider_refuses_unpushed_logins};
 use crate::oidc::callback::check_callback;
 use crate::oidc::discovery::{Metadata, Provider};
 use crate::oidc::http::{basic_auth, Reply};
@@ -233,6 +233,20 @@ fn par_mode_decides_whether_to_push() {
         Err(OidcError::ParUnsupported)
     ));
     assert_eq!(par_endpoint(ParMode::Never, Some(&ep)).expect("ok"), None);
+}
+
+#[test]
+fn only_par_never_against_a_provider_that_requires_par_is_refused_at_every_login() {
+    assert!(provider_refuses_unpushed_logins(ParMode::Never, true));
+    for (mode, requires) in [
+        (ParMode::Never, false),
+        (ParMode::Auto, true),
+        (ParMode::Auto, false),
+        (ParMode::Always, true),
+        (ParMode::Always, false),
+    ] {
+        assert!(!provider_refuses_unpushed_logins(mode, requires), "{mode:?} {requires}");
+    }
 }
 
 #[test]
