@@ -412,11 +412,15 @@ fn upstream_url_forms() {
         &with(seed_env(), &[("UPSTREAM_URL", "https://app.internal:8443/base")]),
     );
     assert!(matches!(&https.upstream.target, UpstreamTarget::Http(u) if u.path() == "/base"));
-    rejects_env(
-        &[("UPSTREAM_URL", "unix:run/app.sock")],
-        "UPSTREAM_URL",
-        "absolute socket path",
-    );
+    for not_a_socket_path in ["unix:run/app.sock", "unix:/", "unix:", "unix:///"] {
+        rejects_env(
+            &[("UPSTREAM_URL", not_a_socket_path)],
+            "UPSTREAM_URL",
+            "absolute socket path",
+        );
+    }
+    let shortest = ok("", &with(seed_env(), &[("UPSTREAM_URL", "unix:/s")]));
+    assert!(matches!(&shortest.upstream.target, UpstreamTarget::Unix(p) if p.to_str() == Some("/s")));
     rejects_env(
         &[("UPSTREAM_URL", "ftp://files")],
         "UPSTREAM_URL",
@@ -528,6 +532,22 @@ fn environment_file_variant_beats_the_file_value() {
     );
     let config = ok("[oidc]\nclient_secret = \"file-value\"", &env);
     assert_eq!(config.oidc.client_secret.expose(), "env-file-secret");
+}
+
+#[test]
+fn environment_value_beats_the_file_variant_in_the_file() {
+    let client = secret_file("file-variant-secret");
+    let toml = format!("[oidc]\nclient_secret_file = {:?}", path_of(&client));
+    let config = ok(&toml, &seed_env());
+    assert_eq!(config.oidc.client_secret.expose(), CLIENT_SECRET);
+}
+
+#[test]
+fn a_blank_client_secret_is_one_problem_not_also_missing() {
+    let found = problems("", &with(seed_env(), &[("OIDC_CLIENT_SECRET", "  ")]));
+    let about_secret: Vec<_> = found.iter().filter(|p| p.key == "OIDC_CLIENT_SECRET").collect();
+    assert_eq!(about_secret.len(), 1, "{found:#?}");
+    assert!(about_secret[0].message.contains("must not be empty"), "{found:#?}");
 }
 
 #[test]
@@ -775,11 +795,13 @@ fn portcullis_variables_reach_every_section() {
         "PORTCULLIS_OIDC_PAR",
         "\"auto\", \"always\", \"never\"",
     );
-    rejects_env(
-        &[("PORTCULLIS_LOG_LEVEL", "=[[")],
-        "PORTCULLIS_LOG_LEVEL",
-        "tracing filter",
-    );
+    for level in ["=[[", "  "] {
+        rejects_env(
+            &[("PORTCULLIS_LOG_LEVEL", level)],
+            "PORTCULLIS_LOG_LEVEL",
+            "tracing filter",
+        );
+    }
 }
 
 // ---- scopes ------------------------------------------------------------------------
@@ -799,6 +821,14 @@ fn scopes_from_env_are_space_separated_and_need_openid() {
     rejects("[oidc]\nscopes = [\"profile\"]", "oidc.scopes", "must include `openid`");
     rejects("[oidc]\nscopes = []", "oidc.scopes", "must include `openid`");
     rejects("[oidc]\nscopes = [\"openid\", \"a\\\"b\"]", "oidc.scopes", "characters");
+    rejects("[oidc]\nscopes = [\"openid\", \"a\\\\b\"]", "oidc.scopes", "characters");
+    rejects("[oidc]\nscopes = [\"openid\", \"\"]", "oidc.scopes", "characters");
+    // Every byte RFC 6749 allows in a scope: `!`, `#` to `[`, `]` to `~`.
+    let config = ok(
+        "",
+        &with(seed_env(), &[("OIDC_SCOPES", "openid ! #09:AZ[ ]az~ api:Read.v2")]),
+    );
+    assert_eq!(config.oidc.scopes, ["openid", "!", "#09:AZ[", "]az~", "api:Read.v2"]);
 }
 
 // ---- routes ------------------------------------------------------------------------
