@@ -214,6 +214,13 @@ async fn begin_login_pushes_every_parameter_and_redirects_with_request_uri_only(
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
     );
+
+    // The login's secrets stay out of its `Debug` form; the redirect URL is no secret.
+    let shown = format!("{login:?}");
+    assert!(shown.contains("pending: PendingAuth([redacted])"), "{shown}");
+    for secret in [&login.pending.state, &login.pending.nonce, &login.pending.pkce_verifier] {
+        assert!(!shown.contains(secret.as_str()), "{shown}");
+    }
 }
 
 #[tokio::test]
