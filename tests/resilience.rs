@@ -1,11 +1,15 @@
-//! When things go away: the provider down at start or later, the upstream down,
-//! sessions ended by idleness or age (logout: tests/logout.rs).
+//! When things go away: the provider down at start or later, the upstream down, a
+//! client while its request is with the upstream, sessions ended by idleness or age
+//! (logout: tests/logout.rs).
 
 mod common;
 
 use std::time::Duration;
 
+use common::upstream::read_request_head;
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_provider_down_at_start_is_waited_for_and_logins_work_once_it_is_up() {
@@ -129,4 +133,90 @@ async fn a_session_in_use_still_ends_at_its_maximum_lifetime() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_login_required_json(&stack.client.api_get(&stack.url("/busy")).await);
+}
+
+/// An upstream that never answers `GET /never` (anything else gets `200 ok`). It
+/// reports each such request's arrival on the first
+/// channel, then on the second how long its connection stayed open after that (`None`:
+/// longer than 10 s).
+async fn never_answering_upstream() -> (
+    String,
+    mpsc::UnboundedReceiver<()>,
+    mpsc::UnboundedReceiver<Option<Duration>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (arrival, arrivals) = mpsc::unbounded_channel();
+    let (closing, closings) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (arrival, closing) = (arrival.clone(), closing.clone());
+            tokio::spawn(async move {
+                let Some(head) = read_request_head(&mut stream).await else {
+                    return;
+                };
+                if !head.starts_with(b"GET /never ") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
+                    return;
+                }
+                let arrived = tokio::time::Instant::now();
+                let _ = arrival.send(());
+                let mut rest = [0u8; 1024];
+                let closed = tokio::time::timeout(Duration::from_secs(10), async {
+                    while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+                })
+                .await;
+                let _ = closing.send(closed.ok().map(|()| arrived.elapsed()));
+            });
+        }
+    });
+    (url, arrivals, closings)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_while_its_request_is_upstream_has_the_upstream_request_cancelled() {
+    let (upstream, mut arrivals, mut closings) = never_answering_upstream().await;
+    let stack = Stack::builder().upstream(&upstream).start().await;
+    stack.login("john", "/").await;
+    let cookie = stack.session_cookie().expect("session cookie");
+    let port = stack.portcullis.app.port;
+
+    // A client that closes its connection, and one that only shuts down its sending side
+    // (nginx, with its default `proxy_ignore_client_abort off`, takes both as gone: 499).
+    for half_close in [false, true] {
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let request =
+            format!("GET /never HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: portcullis_session={cookie}\r\n\r\n");
+        client.write_all(request.as_bytes()).await.expect("send the request");
+        tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+            .await
+            .expect("the request reaches the upstream");
+        if half_close {
+            client.shutdown().await.expect("half-close");
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "a half-closed client's connection ends without an answer: {read:?}, {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+        } else {
+            drop(client);
+        }
+        let open_for = tokio::time::timeout(Duration::from_secs(15), closings.recv())
+            .await
+            .expect("the upstream reports its connection's end")
+            .expect("report");
+        let open_for = open_for.unwrap_or_else(|| {
+            panic!("half_close={half_close}: the upstream connection stayed open 10 s after the client left")
+        });
+        assert!(
+            open_for < Duration::from_secs(2),
+            "half_close={half_close}: the upstream connection closed only after {open_for:?}"
+        );
+    }
 }
