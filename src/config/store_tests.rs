@@ -274,6 +274,28 @@ fn the_example_documents_the_store_defaults() {
 #[test]
 fn a_ca_file_is_read_for_rediss_only_and_must_hold_certificates() {
     let store = ("PORTCULLIS_SESSION_STORE", "redis");
+    let certified = rcgen::generate_simple_self_signed(vec!["redis.test".to_owned()]).expect("certificate");
+    let mut ca_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut ca_file, certified.cert.pem().as_bytes()).expect("write");
+    let ca_path = ca_file.path().display().to_string();
+    let config = redis(
+        "",
+        &[
+            store,
+            ("PORTCULLIS_SESSION_REDIS_URL", "rediss://redis.test"),
+            ("PORTCULLIS_SESSION_REDIS_CA_FILE", &ca_path),
+        ],
+    );
+    let ca = config.ca.expect("the CA is kept");
+    assert_eq!(ca.pem, certified.cert.pem().as_bytes());
+    // Its Debug form names the file, not the certificates.
+    let shown = format!("{ca:?}");
+    assert!(
+        shown.starts_with("RedisCa { path: ") && shown.contains(&ca_path),
+        "{shown}"
+    );
+    assert!(!shown.contains("BEGIN"), "{shown}");
+
     let mut empty = tempfile::NamedTempFile::new().expect("temp file");
     std::io::Write::write_all(&mut empty, b"not a certificate\n").expect("write");
     let empty_path = empty.path().display().to_string();

@@ -983,6 +983,9 @@ fn a_rule_on_a_claim_the_scopes_do_not_ask_for_is_warned_about() {
     assert!(config.describe().contains("# warning: policy.allowed_groups is set"));
     let config = ok("", &with(seed_env(), &[("PORTCULLIS_POLICY_ALLOWED_GROUPS", "admins")]));
     assert!(config.policy.warnings(&config.oidc.scopes).is_empty());
+    // Scopes without `groups` and `email` are no concern when no rule reads those claims.
+    let config = ok("", &with(seed_env(), &[("OIDC_SCOPES", "openid profile")]));
+    assert!(config.policy.warnings(&config.oidc.scopes).is_empty());
 }
 
 #[test]
@@ -1013,6 +1016,29 @@ fn allowed_groups_and_email_domains_are_checked() {
             &format!("[policy]\nallowed_email_domains = [\"{domain}\"]"),
             "policy.allowed_email_domains[0]",
             fragment,
+        );
+    }
+    // A host name: at most 253 characters, labels of at most 63.
+    let name = |last_label: usize| {
+        format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(last_label)
+        )
+    };
+    let longest = name(61);
+    let config = ok(
+        &format!("[policy]\nallowed_email_domains = [\"{longest}\"]"),
+        &seed_env(),
+    );
+    assert_eq!(config.policy.allowed_email_domains, [longest]);
+    for too_long in [name(62), format!("{}.example", "a".repeat(64))] {
+        rejects(
+            &format!("[policy]\nallowed_email_domains = [\"{too_long}\"]"),
+            "policy.allowed_email_domains[0]",
+            "domain name",
         );
     }
     rejects(
@@ -1134,19 +1160,24 @@ fn duration_parser() {
     for (text, millis) in cases {
         assert_eq!(parse_duration(text), Ok(Duration::from_millis(millis)), "{text}");
     }
-    for bad in [
-        "",
-        "s",
-        "10x",
-        "1.5h",
-        "-3s",
-        "10 s",
-        "h1",
-        "1h 30m",
-        "99999999999999999999s",
-        "18446744073709551615d",
+    for (bad, says) in [
+        ("", "is empty"),
+        ("s", "expected a duration"),
+        ("10x", "unknown unit"),
+        ("1.5h", "needs a unit"),
+        ("-3s", "expected a duration"),
+        ("10 s", "needs a unit"),
+        ("1h30", "needs a unit"),
+        ("h1", "expected a duration"),
+        ("1h 30m", "expected a duration"),
+        ("99999999999999999999", "is too large"),
+        ("99999999999999999999s", "is too large"),
+        ("18446744073709551615d", "is too large"),
     ] {
-        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        match parse_duration(bad) {
+            Ok(parsed) => panic!("{bad:?} accepted as {parsed:?}"),
+            Err(message) => assert!(message.contains(says), "{bad:?}: {message}"),
+        }
     }
 }
 
@@ -1162,10 +1193,35 @@ fn duration_format_round_trips() {
 
 #[test]
 fn size_parser() {
-    assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-    assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
-    assert_eq!(parse_size("4 KiB"), Ok(4096));
-    assert_eq!(parse_size("12345"), Ok(12345));
+    for (text, bytes) in [
+        ("12345", 12345),
+        ("7B", 7),
+        ("2KB", 2_000),
+        ("2kB", 2_000),
+        ("3MB", 3_000_000),
+        ("1GB", 1_000_000_000),
+        ("4 KiB", 4096),
+        ("256MiB", 256 << 20),
+        ("5GiB", 5 << 30),
+        ("18446744073GB", 18_446_744_073_000_000_000),
+        ("17179869183GiB", 17_179_869_183 << 30),
+    ] {
+        assert_eq!(parse_size(text), Ok(bytes), "{text}");
+    }
+    for (bytes, text) in [
+        (0, "0"),
+        (1000, "1000"),
+        (1536, "1536"),
+        (5 << 10, "5KiB"),
+        (1536 << 10, "1536KiB"),
+        (256 << 20, "256MiB"),
+        (3 << 30, "3GiB"),
+    ] {
+        assert_eq!(duration::format_size(bytes), text);
+        assert_eq!(parse_size(text), Ok(bytes), "{text}");
+    }
+    assert!(parse_size("18446744074GB").is_err());
+    assert!(parse_size("17179869184GiB").is_err());
     assert!(parse_size("12 parsecs").is_err());
     assert!(parse_size("MiB").is_err());
     assert!(parse_size("99999999999GiB").is_err());
