@@ -1,7 +1,7 @@
 //! The configuration: a TOML file and environment variables, both written by people.
 //! Whatever they hold, loading ends in a configuration or a list of problems (never a
-//! panic), and neither the problems nor the configuration's `Debug` form shows the
-//! secrets given in the environment.
+//! panic) shown one line each, and neither the problems nor the configuration's `Debug`
+//! form shows the secrets given in the environment.
 //!
 //! Input: TOML text, then after a 0xFF byte `NAME=value` lines of environment on top of
 //! the seed app's variables.
@@ -27,7 +27,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let shown = match load_str(&toml, "fuzz.toml", &env) {
         Ok(config) => format!("{config:?}"),
-        Err(error) => format!("{error}"),
+        Err(error) => {
+            let shown = format!("{error}");
+            // A heading, then one line per problem, whatever the keys and messages hold.
+            assert_eq!(shown.lines().count(), error.problems.len() + 1, "{shown}");
+            shown
+        }
     };
     // The fuzzer learns the secrets from comparisons and may write one where a key or
     // another value goes; only where the input does not hold it is showing it a leak.

@@ -35,9 +35,23 @@ impl ConfigProblem {
 }
 
 impl fmt::Display for ConfigProblem {
+    /// One line: control characters (a quoted TOML key may hold a newline) are escaped.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        write_one_line(f, &self.key)?;
+        f.write_str(": ")?;
+        write_one_line(f, &self.message)
     }
+}
+
+fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 /// Every problem found, in the order the settings are read.

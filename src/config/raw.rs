@@ -170,7 +170,14 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<(Table, Vec<ConfigProble
                 format!(" at line {line}, column {column}")
             })
             .unwrap_or_default();
-        ConfigProblem::new(origin, format!("is not valid TOML{at}: {}", error.message().trim()))
+        // toml's messages can run over several lines; a problem is one line.
+        let message: Vec<&str> = error
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        ConfigProblem::new(origin, format!("is not valid TOML{at}: {}", message.join("; ")))
     })?;
 
     let mut scratch = table;

@@ -3,19 +3,22 @@
 use super::source::Source;
 use super::RoutePaths;
 
-/// A route path: absolute, no empty, `.` or `..` segment, nothing a URL would escape.
+/// A route path: absolute, not the root, no empty, `.` or `..` segment, nothing a URL
+/// would escape.
 fn route_path_problem(path: &str) -> Option<&'static str> {
-    if !path.starts_with('/') {
+    let Some(segments) = path.strip_prefix('/') else {
         return Some("must start with `/`");
+    };
+    if segments.is_empty() {
+        return Some("must not be the root: the app's own page at / would never be reached");
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c);
     if !path.chars().all(allowed) {
         return Some("may contain only letters, digits and -._~!$&'()*+,;=:@/");
     }
-    if path.len() > 1
-        && path[1..]
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    if segments
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
     {
         return Some("must not contain empty, `.` or `..` segments");
     }

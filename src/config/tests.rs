@@ -233,6 +233,20 @@ fn error_display_lists_one_line_per_problem() {
     assert!(lines[2].starts_with("  - UPSTREAM_URL: is required"));
 }
 
+#[test]
+fn a_key_with_control_characters_is_still_one_line() {
+    let error = match load_str("\"a\\nb\" = 1\n[oidc]\n\"x\\ty\" = 2\n", "test.toml", &seed_env()) {
+        Err(error) => error,
+        Ok(_) => panic!("accepted"),
+    };
+    assert_eq!(error.problems[0].key, "a\nb");
+    let shown = error.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(lines[1].starts_with("  - a\\nb: unknown key"), "{shown}");
+    assert!(lines[2].starts_with("  - oidc.x\\ty: unknown key"), "{shown}");
+}
+
 // ---- file shape --------------------------------------------------------------------
 
 #[test]
@@ -270,6 +284,14 @@ fn syntax_error_names_file_and_line() {
     let found = problems("[oidc]\nissuer = \"https://x\n", &seed_env());
     assert_eq!(found.len(), 1);
     assert_problem(&found, "test.toml", "line 2");
+    // Columns count characters from 1, also after multi-byte ones; toml's message of
+    // several lines becomes one.
+    let found = problems("# ünïcödé\n[oidc]\nscopes = [\"openid\" \"email\"]\n", &seed_env());
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0].message,
+        "is not valid TOML at line 3, column 20: invalid array; expected `]`"
+    );
 }
 
 #[test]
@@ -658,7 +680,16 @@ fn describe_reads_back_as_the_same_configuration() {
         header = "X-User"
         claims = ["email", "sub"]
     "#;
-    let first = ok(toml, &seed_env()).describe();
+    let config = ok(toml, &seed_env());
+    assert_eq!(
+        config.identity.access_token,
+        AccessTokenForwarding::XForwardedAccessToken
+    );
+    assert!(config
+        .identity
+        .strip_headers
+        .contains(&http::HeaderName::from_static("x-forwarded-access-token")));
+    let first = config.describe();
     let second = ok(&first, &seed_env()).describe();
     assert_eq!(first, second);
 }
@@ -839,6 +870,14 @@ fn route_paths_are_checked() {
     rejects("[routes]\ncallback = \"/a b\"", "routes.callback", "only letters");
     rejects("[routes]\ncallback = \"/a//b\"", "routes.callback", "segments");
     rejects("[routes]\ncallback = \"/a/../b\"", "routes.callback", "segments");
+    rejects("[routes]\ncallback = \"/a/\"", "routes.callback", "segments");
+    rejects("[routes]\ncallback = \"/\"", "routes.callback", "root");
+    rejects("[routes]\ncallback = \"\"", "routes.callback", "start with `/`");
+    let config = ok("[routes]\ncallback = \"/c\"\nprefix = \"/a\"", &seed_env());
+    assert_eq!(
+        (config.routes.callback.as_str(), config.routes.prefix.as_str()),
+        ("/c", "/a")
+    );
     rejects(
         "[routes]\nprefix = \"/.auth/\"",
         "routes.prefix",
