@@ -773,6 +773,9 @@ fn session_limits() {
         "session.max_lifetime",
         "idle_timeout",
     );
+    // Equal is fine: a session then ends after that long whether it is used or not.
+    let config = ok("[session]\nidle_timeout = \"2h\"\nmax_lifetime = \"2h\"", &seed_env());
+    assert_eq!(config.session.max_lifetime, config.session.idle_timeout);
     rejects_env(
         &[("PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND", "0")],
         "PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND",
