@@ -551,6 +551,7 @@ mod tests {
             stopped,
         ));
         let client = reqwest::Client::builder()
+            .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();

@@ -334,9 +334,8 @@ fn base_url_must_be_absolute_http_without_query_or_fragment() {
 #[test]
 fn a_required_setting_of_the_wrong_type_is_one_problem_not_also_missing() {
     let found = problems("base_url = 443", &without(seed_env(), &["APP_BASE_URL"]));
-    let about_base_url: Vec<_> = found.iter().filter(|p| p.key == "base_url").collect();
-    assert_eq!(about_base_url.len(), 1, "{found:#?}");
-    assert!(about_base_url[0].message.contains("must be a string"), "{found:#?}");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_problem(&found, "base_url", "must be a string");
 }
 
 #[test]
@@ -836,6 +835,8 @@ fn portcullis_variables_reach_every_section() {
             "tracing filter",
         );
     }
+    // tracing takes an empty filter for "nothing"; here it is a mistake.
+    rejects("[log]\nlevel = \"\"", "log.level", "tracing filter");
 }
 
 // ---- scopes ------------------------------------------------------------------------
