@@ -67,6 +67,19 @@ pub enum StartError {
     Serve(#[from] server::ServeError),
 }
 
+/// Builds everything start-up builds from the configuration, without listening or
+/// contacting anyone: the OpenID Connect, upstream (TLS roots) and session-store (Redis
+/// URL, CA) clients, and the listener's certificate and key. `portcullis check` runs it,
+/// so that a configuration it calls valid also starts. Needs a tokio runtime, as `run`.
+pub fn preflight(config: Config) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    app::App::new(config.clone())?;
+    if let Some(files) = &config.server.tls {
+        server::load_certificate(files)?;
+    }
+    Ok(())
+}
+
 /// Runs portcullis on an already bound listener until `shutdown` completes and the
 /// connections have drained. Provider discovery runs in the background: portcullis
 /// serves (and reports not-ready) while the provider is unreachable.

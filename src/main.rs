@@ -46,11 +46,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check => match config::load(&sources) {
-            Ok(config) => {
-                println!("{}", config.describe());
-                println!("configuration is valid");
-                ExitCode::SUCCESS
-            }
+            Ok(config) => check(config),
             Err(error) => {
                 eprintln!("{error}");
                 ExitCode::from(EXIT_CONFIG)
@@ -63,6 +59,30 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+    }
+}
+
+/// `portcullis check`: the configuration is valid, and everything start-up builds from
+/// it (clients, TLS roots, the listener's certificate) builds.
+fn check(config: Config) -> ExitCode {
+    let settings = config.describe();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async { portcullis::preflight(config) }) {
+        Ok(()) => {
+            println!("{settings}");
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The command line of the real binary: `check`, `generate-secret`, `--version`, and a
-//! refusal to start on an invalid configuration, with one line per problem.
+//! The command line of the real binary: `check` (which also loads the files the
+//! configuration names), `generate-secret`, `--version`, and a refusal to start on an
+//! invalid configuration, with one line per problem.
 
 use std::process::{Command, Output};
 
@@ -91,6 +92,65 @@ fn an_unknown_key_in_the_file_is_named() {
         text(&out.stderr).contains("session.cookie_secure: unknown key"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// `check` builds what start-up builds from the files the configuration names, so a
+/// configuration it calls valid also starts.
+#[test]
+fn check_loads_the_listeners_certificate_and_the_upstreams_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("path").to_owned();
+    let write = |name: &str, content: &str| std::fs::write(dir.path().join(name), content).expect("write");
+    let certified = rcgen::generate_simple_self_signed(vec!["express.example.com".to_owned()]).expect("cert");
+    let other = rcgen::generate_simple_self_signed(vec!["express.example.com".to_owned()]).expect("cert");
+    write("cert.pem", &certified.cert.pem());
+    write("key.pem", &certified.signing_key.serialize_pem());
+    write("other-key.pem", &other.signing_key.serialize_pem());
+    let (cert, key, other_key, missing) = (
+        path("cert.pem"),
+        path("key.pem"),
+        path("other-key.pem"),
+        path("none.pem"),
+    );
+    let with_tls = |cert: &str, key: &str| {
+        let mut env = seed_env();
+        env.push(("PORTCULLIS_SERVER_TLS_CERT_FILE", cert));
+        env.push(("PORTCULLIS_SERVER_TLS_KEY_FILE", key));
+        portcullis(&["check"], &env)
+    };
+
+    let out = with_tls(&cert, &key);
+    assert!(out.status.success(), "check failed: {}", text(&out.stderr));
+    assert!(text(&out.stdout).ends_with("configuration is valid\n"));
+
+    for (out, expected) in [
+        (with_tls(&missing, &key), format!("cannot read {missing}")),
+        (with_tls(&cert, &missing), format!("cannot read {missing}")),
+        (with_tls(&key, &key), format!("{key} holds no PEM certificate")),
+        (
+            with_tls(&cert, &other_key),
+            format!("the private key in {other_key} is not usable"),
+        ),
+    ] {
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(stderr.contains(&expected), "{expected} not in {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(out.stdout.is_empty(), "nothing is called valid: {}", text(&out.stdout));
+        assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    }
+
+    let mut env = seed_env();
+    env.retain(|(key, _)| *key != "UPSTREAM_URL");
+    env.push(("UPSTREAM_URL", "https://127.0.0.1:3443"));
+    env.push(("PORTCULLIS_UPSTREAM_CA_FILE", &missing));
+    let out = portcullis(&["check"], &env);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("PORTCULLIS_UPSTREAM_CA_FILE: cannot read {missing}")),
+        "{stderr}"
     );
 }
 

@@ -134,7 +134,7 @@ impl Config {
         writeln!(out, "show_address_on_error = {}", u.show_address_on_error)?;
         writeln!(out, "preserve_host = {}", u.preserve_host)?;
         match &u.ca_file {
-            Some(path) => writeln!(out, "ca_file = {}", q(&path.display().to_string()))?,
+            Some(ca) => writeln!(out, "ca_file = {}", q(&ca.path.display().to_string()))?,
             None => writeln!(out, "# ca_file unset: system roots only")?,
         }
         match &u.tls_server_name {

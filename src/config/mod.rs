@@ -4,6 +4,7 @@
 //! code sees a raw string where a typed value belongs. Secrets live in [`Secret`],
 //! whose `Debug` and `Display` never show the value.
 
+mod ca;
 mod describe;
 mod duration;
 mod identity;
@@ -21,6 +22,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use ca::CaFile;
 pub use duration::{format_duration, parse_duration, parse_size};
 pub use load::{load, load_str, ConfigError, ConfigProblem, Sources};
 pub use secret::Secret;
@@ -71,8 +73,8 @@ pub struct UpstreamConfig {
     pub show_address_on_error: bool,
     /// Send the client's `Host` upstream (default true); false sends the upstream's authority.
     pub preserve_host: bool,
-    /// Extra PEM CA certificates trusted for an https upstream, beside the system roots.
-    pub ca_file: Option<PathBuf>,
+    /// Extra CA certificates trusted for an https upstream, beside the system roots.
+    pub ca_file: Option<CaFile>,
     /// Name sent as SNI and checked in the upstream's certificate (default the URL's host).
     pub tls_server_name: Option<String>,
     /// Speak HTTP/2 to the upstream (gRPC); default HTTP/1.1.

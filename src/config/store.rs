@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::ca::{read_ca, CaFile};
 use super::source::{env_name, Source};
 use super::validate::secret;
 use super::Secret;
@@ -45,22 +46,7 @@ pub struct RedisConfig {
     /// Bound on connecting and on every command; beyond it the request gets 503 (default 2 s).
     pub timeout: Duration,
     /// CA certificates trusted for `rediss://` instead of the system roots (default none).
-    pub ca: Option<RedisCa>,
-}
-
-/// A PEM file of CA certificates, read and checked at startup.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisCa {
-    pub path: PathBuf,
-    pub pem: Vec<u8>,
-}
-
-impl std::fmt::Debug for RedisCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCa")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+    pub ca: Option<CaFile>,
 }
 
 pub const DEFAULT_KEY_PREFIX: &str = "portcullis:";
@@ -136,25 +122,6 @@ pub fn store(src: &mut Source<'_>, secret_is_ephemeral: bool) -> SessionStoreCon
         timeout,
         ca,
     })
-}
-
-/// Reads a PEM file that must hold at least one certificate and nothing unreadable.
-fn read_ca(src: &mut Source<'_>, key: &str, path: PathBuf) -> Option<RedisCa> {
-    let pem = match std::fs::read(&path) {
-        Ok(pem) => pem,
-        Err(error) => {
-            src.problem(key, format!("cannot read {}: {error}", path.display()));
-            return None;
-        }
-    };
-    let certificates: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
-    match certificates {
-        Ok(certificates) if !certificates.is_empty() => Some(RedisCa { path, pem }),
-        _ => {
-            src.problem(key, format!("{} holds no readable PEM certificate", path.display()));
-            None
-        }
-    }
 }
 
 fn key_prefix(src: &mut Source<'_>) -> String {

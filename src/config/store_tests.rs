@@ -291,7 +291,7 @@ fn a_ca_file_is_read_for_rediss_only_and_must_hold_certificates() {
     // Its Debug form names the file, not the certificates.
     let shown = format!("{ca:?}");
     assert!(
-        shown.starts_with("RedisCa { path: ") && shown.contains(&ca_path),
+        shown.starts_with("CaFile { path: ") && shown.contains(&ca_path),
         "{shown}"
     );
     assert!(!shown.contains("BEGIN"), "{shown}");

@@ -1417,3 +1417,56 @@ fn upstream_tls_settings_need_an_https_upstream() {
     );
     assert_eq!(config.upstream.tls_server_name.as_deref(), Some("app.internal"));
 }
+
+/// The upstream's CA file is read while loading, so `portcullis check` reports it.
+#[test]
+fn the_upstream_ca_file_is_read_and_checked_with_the_configuration() {
+    let https = without(seed_env(), &["UPSTREAM_URL"]);
+    let file = |content: &[u8]| {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, content).expect("write");
+        file
+    };
+    let toml = |path: &std::path::Path| {
+        format!(
+            "upstream_url = \"https://10.0.0.5:8443\"\n[upstream]\nca_file = \"{}\"\n",
+            path.display()
+        )
+    };
+
+    let pem = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()])
+        .expect("certificate")
+        .cert
+        .pem();
+    let good = file(pem.as_bytes());
+    let config = ok(&toml(good.path()), &https);
+    let ca = config.upstream.ca_file.expect("the CA file is kept");
+    assert_eq!((ca.path.as_path(), ca.pem.as_slice()), (good.path(), pem.as_bytes()));
+    assert_eq!(ca.certificates().len(), 1);
+
+    let missing = good.path().with_extension("missing");
+    let found = problems(&toml(&missing), &https);
+    assert_problem(
+        &found,
+        "upstream.ca_file",
+        &format!("cannot read {}", missing.display()),
+    );
+
+    // Problems name the file, never its content.
+    let garbage = file(b"-----BEGIN CERTIFICATE-----\nSECRET-LOOKING-CONTENT\n");
+    let found = problems(&toml(garbage.path()), &https);
+    assert_problem(&found, "upstream.ca_file", "holds no readable PEM certificate");
+    assert!(!format!("{found:?}").contains("SECRET-LOOKING"), "{found:?}");
+
+    let key_only = file(rcgen::KeyPair::generate().expect("key").serialize_pem().as_bytes());
+    let found = problems(&toml(key_only.path()), &https);
+    assert_problem(&found, "upstream.ca_file", "holds no readable PEM certificate");
+
+    // Not read at all for a plain upstream: the only problem is that it does not apply.
+    let found = problems(
+        &format!("[upstream]\nca_file = \"{}\"\n", missing.display()),
+        &seed_env(),
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_problem(&found, "upstream.ca_file", "only applies to an https upstream_url");
+}

@@ -96,7 +96,8 @@ fn trusted_proxies(src: &mut Source<'_>) -> Vec<ipnet::IpNet> {
 /// The upstream transport settings, read beside `upstream_url`.
 pub struct UpstreamTransport {
     pub preserve_host: bool,
-    pub ca_file: Option<PathBuf>,
+    /// The key that set `upstream.ca_file`, and its path: read once the URL shows https.
+    pub ca_file: Option<(String, String)>,
     pub tls_server_name: Option<String>,
     pub http2: bool,
 }
@@ -111,7 +112,7 @@ pub fn upstream_transport(src: &mut Source<'_>) -> UpstreamTransport {
     });
     UpstreamTransport {
         preserve_host: src.bool("upstream.preserve_host", true),
-        ca_file: src.string("upstream.ca_file").map(|(_, path)| PathBuf::from(path)),
+        ca_file: src.string("upstream.ca_file"),
         tls_server_name,
         http2: src.bool("upstream.http2", false),
     }

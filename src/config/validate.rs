@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use url::{Host, Url};
 
+use super::ca::read_ca;
 use super::identity::identity;
 use super::policy::policy;
 use super::routes::routes;
@@ -335,13 +336,17 @@ fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
             src.problem(key, "only applies to an https upstream_url");
         }
     }
+    let ca_file = match transport.ca_file {
+        Some((key, path)) if is_https => read_ca(src, &key, PathBuf::from(path.trim())),
+        _ => None,
+    };
     Some(UpstreamConfig {
         target,
         connect_timeout,
         response_timeout,
         show_address_on_error,
         preserve_host: transport.preserve_host,
-        ca_file: transport.ca_file,
+        ca_file,
         tls_server_name: transport.tls_server_name,
         http2: transport.http2,
     })

@@ -16,13 +16,13 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
 use tokio::net::{TcpStream, UnixStream};
 use tower_service::Service;
 
 use super::ProxyError;
+use crate::config::CaFile;
 use crate::BoxError;
 
 /// Connects to the one configured upstream. Cheap to clone (the pool clones it).
@@ -48,8 +48,8 @@ pub(super) struct ConnectTimeout;
 
 /// How an `https` upstream is verified and spoken to.
 pub(super) struct TlsSettings<'a> {
-    /// Extra PEM CA certificates trusted beside the system roots.
-    pub ca_file: Option<&'a Path>,
+    /// Extra CA certificates trusted beside the system roots.
+    pub ca_file: Option<&'a CaFile>,
     /// The name sent as SNI and checked in the certificate.
     pub server_name: ServerName<'static>,
     /// Offer only `h2` in ALPN (else no ALPN: HTTP/1.1).
@@ -103,48 +103,34 @@ fn tls_config(roots: RootCertStore) -> Result<rustls::ClientConfig, ProxyError> 
 }
 
 /// The system CA certificates (else, with a warning, the bundled webpki roots), plus
-/// every certificate in `ca_file`.
-fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, ProxyError> {
-    let mut roots = RootCertStore::empty();
+/// every certificate of the configured CA file.
+fn root_store(ca_file: Option<&CaFile>) -> Result<RootCertStore, ProxyError> {
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
         tracing::warn!(%error, "could not load some system CA certificates");
     }
-    let (added, _unusable) = roots.add_parsable_certificates(native.certs);
+    trusted_roots(native.certs, ca_file.map(CaFile::certificates).unwrap_or_default())
+}
+
+/// The roots trusted for an `https` upstream: the system's usable certificates (the
+/// bundled webpki roots only when there are none, never both), plus `extra`.
+fn trusted_roots(
+    system: Vec<CertificateDer<'static>>,
+    extra: Vec<CertificateDer<'static>>,
+) -> Result<RootCertStore, ProxyError> {
+    let mut roots = RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(system);
     if added == 0 {
         tracing::warn!("no usable system CA certificates; verifying the upstream against the bundled webpki roots");
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
-    if let Some(path) = ca_file {
-        let extra = load_ca_file(path)?;
-        for cert in extra {
-            roots.add(cert).map_err(|e| {
-                ProxyError::Config(format!(
-                    "upstream CA file {}: unusable certificate: {e}",
-                    path.display()
-                ))
-            })?;
-        }
+    for cert in extra {
+        // The configuration checked every one of them; this is only a second line.
+        roots
+            .add(cert)
+            .map_err(|e| ProxyError::Config(format!("upstream.ca_file: unusable certificate: {e}")))?;
     }
     Ok(roots)
-}
-
-/// The certificates of a PEM file. Errors name the file, never its content (the
-/// PEM error types may quote lines of it).
-fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProxyError> {
-    let problem = |what: &str| ProxyError::Config(format!("upstream CA file {}: {what}", path.display()));
-    let read_error = |e: pem::Error| match e {
-        pem::Error::Io(io) => problem(&format!("cannot read it: {io}")),
-        _ => problem("not valid PEM"),
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(read_error)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read_error)?;
-    if certs.is_empty() {
-        return Err(problem("holds no CERTIFICATE section"));
-    }
-    Ok(certs)
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
@@ -256,6 +242,52 @@ impl Write for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Http(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             UpstreamIo::Unix(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_ca() -> CertificateDer<'static> {
+        rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()])
+            .expect("certificate")
+            .cert
+            .der()
+            .clone()
+    }
+
+    #[test]
+    fn the_system_roots_are_trusted_and_the_bundled_ones_only_without_them() {
+        let roots = trusted_roots(vec![new_ca(), new_ca()], Vec::new()).expect("roots");
+        assert_eq!(roots.len(), 2, "the bundled roots are not added to the system's");
+
+        let bundled = webpki_roots::TLS_SERVER_ROOTS.len();
+        assert!(bundled > 100);
+        assert_eq!(trusted_roots(Vec::new(), Vec::new()).expect("roots").len(), bundled);
+        let unusable = CertificateDer::from(vec![0x30, 0x00]);
+        let roots = trusted_roots(vec![unusable], Vec::new()).expect("roots");
+        assert_eq!(roots.len(), bundled, "no usable system root: the bundled ones");
+    }
+
+    #[test]
+    fn the_ca_files_certificates_are_trusted_beside_the_others() {
+        let roots = trusted_roots(vec![new_ca()], vec![new_ca(), new_ca()]).expect("roots");
+        assert_eq!(roots.len(), 3);
+        let roots = trusted_roots(Vec::new(), vec![new_ca()]).expect("roots");
+        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len() + 1);
+    }
+
+    #[test]
+    fn an_unusable_certificate_in_the_ca_file_is_a_configuration_error() {
+        let unusable = CertificateDer::from(vec![0x30, 0x00]);
+        match trusted_roots(vec![new_ca()], vec![unusable]) {
+            Err(ProxyError::Config(message)) => assert!(message.starts_with("upstream.ca_file: "), "{message}"),
+            other => panic!(
+                "expected a configuration error, got {:?}",
+                other.map(|roots| roots.len())
+            ),
         }
     }
 }

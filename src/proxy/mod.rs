@@ -186,7 +186,7 @@ impl Upstream {
     /// Builds the pooled client and precomputes everything per-request work needs
     /// (the folded strip set, the target URI parts). When the upstream is `https`,
     /// loads the system CA certificates (falling back to the bundled webpki roots with
-    /// a warning when there are none) and `ca_file`, and fixes the TLS server name
+    /// a warning when there are none), adds `ca_file`'s, and fixes the TLS server name
     /// (`tls_server_name`, else the URL's host). `ca_file` or `tls_server_name` on a
     /// non-https upstream is a [`ProxyError::Config`]. `trusted_proxies` are the peers
     /// whose `X-Forwarded-*` are believed. Needs no runtime; `forward` needs tokio.
@@ -211,7 +211,7 @@ impl Upstream {
             UpstreamTarget::Http(url) => {
                 let tls = if target.is_https() {
                     Some(TlsSettings {
-                        ca_file: upstream.ca_file.as_deref(),
+                        ca_file: upstream.ca_file.as_ref(),
                         server_name: server_name(url, upstream.tls_server_name.as_deref())?,
                         http2: upstream.http2,
                     })

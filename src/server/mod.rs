@@ -32,7 +32,7 @@ use self::head_timeout::{HeadClock, HeadTimer, Sent};
 use self::io::{write_final_response, ClientStream, ConnState};
 use self::workers::Workers;
 use crate::app::App;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TlsFiles};
 
 /// How often the certificate files are checked for changes.
 const CERT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -72,6 +72,14 @@ struct Shared {
     head_timeout: Duration,
 }
 
+/// Loads the listener's certificate and key (a key that does not match is refused) and
+/// builds the TLS configuration that serves them, reloaded when the files change.
+pub fn load_certificate(files: &TlsFiles) -> Result<(Arc<tls::ReloadingCert>, Arc<rustls::ServerConfig>), ServeError> {
+    let cert = tls::ReloadingCert::load(files)?;
+    let config = tls::server_config(cert.clone(), true)?;
+    Ok((cert, config))
+}
+
 /// Serves `listener` until `shutdown` completes, then drains for at most the grace period.
 pub async fn serve(
     listener: TcpListener,
@@ -83,8 +91,8 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let tls = match &settings.tls {
         Some(files) => {
-            let cert = tls::ReloadingCert::load(files)?;
-            let acceptor = TlsAcceptor::from(tls::server_config(cert.clone(), true)?);
+            let (cert, config) = load_certificate(files)?;
+            let acceptor = TlsAcceptor::from(config);
             tokio::spawn(cert.watch(CERT_POLL_INTERVAL, stopped.clone()));
             Some(acceptor)
         }
