@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use rustls_pemfile::Item;
 use tokio::sync::watch;
 
 use crate::config::TlsFiles;
@@ -143,22 +144,15 @@ fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
     let cert_path = files.cert.display().to_string();
     let key_path = files.key.display().to_string();
     let cert_pem = read(&files.cert)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { path: cert_path });
     }
     let key_pem = read(&files.key)?;
-    let key = rustls_pemfile::read_all(&mut key_pem.as_slice())
-        .filter_map(Result::ok)
-        .find_map(|item| match item {
-            Item::Pkcs8Key(key) => Some(key.into()),
-            Item::Pkcs1Key(key) => Some(key.into()),
-            Item::Sec1Key(key) => Some(key.into()),
-            _ => None,
-        })
-        .ok_or(TlsError::NoKey { path: key_path.clone() })?;
+    // The first PKCS#8, PKCS#1 or SEC1 key in the file.
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey { path: key_path.clone() })?;
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|error| TlsError::BadKey {
         path: key_path.clone(),
         reason: error.to_string(),
@@ -169,4 +163,68 @@ fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
         reason: error.to_string(),
     })?;
     Ok(certified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `cert.pem` and `key.pem` (their content given) into a fresh directory.
+    fn files(cert: &str, key: &str) -> (tempfile::TempDir, TlsFiles) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = TlsFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        std::fs::write(&files.cert, cert).expect("write");
+        std::fs::write(&files.key, key).expect("write");
+        (dir, files)
+    }
+
+    fn certified() -> (String, String) {
+        let certified = rcgen::generate_simple_self_signed(vec!["app.test".to_owned()]).expect("certificate");
+        (certified.cert.pem(), certified.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_load_also_from_one_combined_file() {
+        let (cert, key) = certified();
+        let (_dir, separate) = files(&cert, &key);
+        assert_eq!(load_certified_key(&separate).expect("loads").cert.len(), 1);
+        // Certificate first, key after it, in both files: the key file's key is found.
+        let combined = format!("{cert}{key}");
+        let (_dir, combined) = files(&combined, &combined);
+        assert!(load_certified_key(&combined).is_ok());
+    }
+
+    #[test]
+    fn files_without_a_certificate_or_a_key_or_with_a_foreign_key_are_refused() {
+        let (cert, key) = certified();
+        let (_, other_key) = certified();
+        let refusal = |cert: &str, key: &str| {
+            let (_dir, files) = files(cert, key);
+            let Err(error) = load_certified_key(&files) else {
+                panic!("accepted")
+            };
+            error
+                .to_string()
+                .replace(&files.cert.display().to_string(), "CERT")
+                .replace(&files.key.display().to_string(), "KEY")
+        };
+        assert_eq!(refusal(&key, &key), "CERT holds no PEM certificate");
+        assert_eq!(
+            refusal(&cert, &cert),
+            "KEY holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"
+        );
+        assert_eq!(
+            refusal(&cert, ""),
+            "KEY holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"
+        );
+        let foreign = refusal(&cert, &other_key);
+        assert!(
+            foreign.starts_with("the private key in KEY is not usable: "),
+            "{foreign}"
+        );
+        assert!(!foreign.contains("PRIVATE KEY"), "{foreign}");
+    }
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -151,14 +152,7 @@ impl TestPki {
 impl ServerCert {
     /// A rustls server configuration presenting this certificate, offering `alpn`.
     pub fn server_config(&self, alpn: &[&[u8]]) -> rustls::ServerConfig {
-        let key = rustls::pki_types::PrivateKeyDer::try_from(
-            rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
-                .expect("parse key PEM")
-                .expect("a key in the PEM")
-                .secret_der()
-                .to_vec(),
-        )
-        .expect("private key");
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("a key in the PEM");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
