@@ -165,7 +165,7 @@ impl UpstreamConnection {
 }
 
 /// How long a connection may sit in the shared idle list (hyper-util's default too).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A connection idle this long may be closed by the upstream while a request is on its
 /// way; its bodiless idempotent requests can be sent again (see the module comment).
@@ -345,6 +345,12 @@ impl Http1Pool {
     fn lock_idle(&self) -> MutexGuard<'_, Vec<IdleConnection>> {
         // The list stays consistent whatever panicked while holding it.
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The same pool with another bound on its idle list.
+    #[cfg(test)]
+    pub(super) fn with_max_idle(&self, max_idle: usize) -> Arc<Self> {
+        Http1Pool::new(self.connector.clone(), self.dial.clone(), max_idle)
     }
 
     #[cfg(test)]

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::support::{front, front_on_another_thread, http_target, upstream, ClientBody};
+use crate::proxy::pool::IDLE_TIMEOUT;
 use crate::proxy::Upstream;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -168,6 +169,32 @@ async fn idle_reaches(upstream: &Upstream, count: usize) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_used_until_the_idle_timeout_and_then_closed() {
+    let (front, accepted, upstream) = setup(Keep::Alive).await;
+    let mut first = downstream(front).await;
+    assert_eq!(get_whole(&mut first).await, 1);
+    drop(first);
+    idle_reaches(&upstream, 1).await;
+    let idle_for = |duration: Duration| async move {
+        tokio::time::pause();
+        tokio::time::advance(duration).await;
+        tokio::time::resume();
+    };
+
+    idle_for(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+    let mut second = downstream(front).await;
+    assert_eq!(get_whole(&mut second).await, 1, "still young enough");
+    drop(second);
+    idle_reaches(&upstream, 1).await;
+
+    idle_for(IDLE_TIMEOUT).await;
+    let mut third = downstream(front).await;
+    assert_eq!(get_whole(&mut third).await, 2, "too old: a new connection");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(upstream.http1.idle_count(), 0, "the old connection is closed, not kept");
 }
 
 #[tokio::test]
@@ -364,11 +391,20 @@ async fn an_upload_answered_before_it_was_read_still_finishes_and_the_connection
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
-/// An upstream whose keep-alive ends badly: it answers the first request on each
-/// connection, and closes the connection under the second one after reading it, as an
-/// upstream does whose keep-alive timeout fires just as a request arrives. Counts the
-/// connections and every request head it read.
-async fn closing_under_second_request() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+/// What a scripted upstream does with a request it has read.
+#[derive(Clone, Copy)]
+enum Act {
+    Answer,
+    /// Close the connection without an answer.
+    Close,
+    /// Answer bytes that are no HTTP response.
+    Garble,
+}
+
+/// An upstream that reads each request (head and `Content-Length` body) and then does
+/// what `script(connection number, index of the request on it)` says. Counts the
+/// connections and every request it read.
+async fn scripted_upstream(script: fn(usize, usize) -> Act) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -395,10 +431,13 @@ async fn closing_under_second_request() -> (SocketAddr, Arc<AtomicUsize>, Arc<At
                     }
                     buf.drain(..head_end + length);
                     requests.fetch_add(1, Ordering::SeqCst);
-                    if served == 1 {
-                        return; // closes the connection without an answer
-                    }
-                    let answer = format!("HTTP/1.1 200 OK\r\nx-connection: {number}\r\ncontent-length: 2\r\n\r\nok");
+                    let answer = match script(number, served) {
+                        Act::Close => return,
+                        Act::Garble => "HTTQ/9 nonsense\r\n\r\n".to_owned(),
+                        Act::Answer => {
+                            format!("HTTP/1.1 200 OK\r\nx-connection: {number}\r\ncontent-length: 2\r\n\r\nok")
+                        }
+                    };
                     if io.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
@@ -407,6 +446,24 @@ async fn closing_under_second_request() -> (SocketAddr, Arc<AtomicUsize>, Arc<At
         }
     });
     (addr, connections, requests)
+}
+
+/// An upstream whose keep-alive ends badly: it answers the first request on each
+/// connection, and closes the connection under the second one after reading it, as an
+/// upstream does whose keep-alive timeout fires just as a request arrives.
+async fn closing_under_second_request() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    scripted_upstream(|_, served| if served == 1 { Act::Close } else { Act::Answer }).await
+}
+
+/// Sends a GET, reads its answer, waits `pause` and sends a second GET on the same
+/// downstream connection, whose answer is returned.
+async fn second_get_after(front: SocketAddr, pause: Duration) -> Response<Incoming> {
+    let mut client = downstream(front).await;
+    let first = send_on(&mut client, Request::get("/").body(super::support::empty()).unwrap()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    first.into_body().collect().await.unwrap();
+    tokio::time::sleep(pause).await;
+    send_on(&mut client, Request::get("/").body(super::support::empty()).unwrap()).await
 }
 
 async fn send_on(
@@ -454,6 +511,69 @@ async fn a_post_crossed_by_the_upstreams_keep_alive_close_is_not_sent_twice() {
         2,
         "the POST reached the upstream exactly once"
     );
+}
+
+#[tokio::test]
+async fn a_get_is_sent_again_once_at_most() {
+    // The new connection closes under the request too: that is an answer (502).
+    let (addr, connections, requests) = scripted_upstream(|number, served| {
+        if number == 1 && served == 0 {
+            Act::Answer
+        } else {
+            Act::Close
+        }
+    })
+    .await;
+    let front = front(upstream(http_target(addr, "/"), LONG)).await;
+    let second = second_get_after(front, Duration::from_millis(700)).await;
+    assert_eq!(super::support::proxy_error(&second), "request");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_get_crossed_by_a_close_on_a_busy_connection_is_not_sent_again() {
+    // Only a connection idle for a while can meet the upstream's keep-alive timeout; on
+    // a busy one the close is the upstream's doing, and its answer (none) stands.
+    let (addr, connections, requests) = closing_under_second_request().await;
+    let front = front(upstream(http_target(addr, "/"), LONG)).await;
+    let second = second_get_after(front, Duration::ZERO).await;
+    assert_eq!(super::support::proxy_error(&second), "request");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_get_answered_with_garbage_on_an_idle_connection_is_not_sent_again() {
+    let (addr, connections, requests) =
+        scripted_upstream(|_, served| if served == 1 { Act::Garble } else { Act::Answer }).await;
+    let front = front(upstream(http_target(addr, "/"), LONG)).await;
+    let second = second_get_after(front, Duration::from_millis(700)).await;
+    assert_eq!(super::support::proxy_error(&second), "request");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_idle_list_keeps_at_most_its_bound() {
+    let (addr, accepted) = counting_upstream(Keep::Alive).await;
+    let mut built =
+        super::support::build_upstream(&super::support::upstream_config(http_target(addr, "/"), LONG), &[]).unwrap();
+    built.http1 = built.http1.with_max_idle(2);
+    let upstream = Arc::new(built);
+    let front = front(upstream.clone()).await;
+    // Three downstream connections in turn, each keeping the connection it dialed.
+    let mut clients = Vec::new();
+    for number in 1..=3 {
+        let mut client = downstream(front).await;
+        assert_eq!(get_whole(&mut client).await, number);
+        clients.push(client);
+    }
+    drop(clients);
+    idle_reaches(&upstream, 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.http1.idle_count(), 2, "the third one is closed");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
