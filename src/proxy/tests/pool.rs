@@ -36,7 +36,9 @@ enum Keep {
 
 /// An upstream that counts the connections it accepted and answers each request
 /// with its connection's number and a 16 KiB body (64 MiB for `/big`; after N
-/// milliseconds for `/wait/N`).
+/// milliseconds for `/wait/N`; no body for `/no-content` (204), `/not-modified` (304)
+/// and `/zero` (`Content-Length: 0`); for `/chunked` three chunks, 20 ms apart, without
+/// a length).
 async fn counting_upstream(keep: Keep) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -55,7 +57,24 @@ async fn counting_upstream(keep: Keep) -> (SocketAddr, Arc<AtomicUsize>) {
                 } else {
                     16 << 10
                 };
-                let mut response = Response::new(Full::new(Bytes::from(vec![b'x'; size])));
+                let (status, body) = match request.uri().path() {
+                    "/no-content" => (StatusCode::NO_CONTENT, super::support::empty()),
+                    "/not-modified" => (StatusCode::NOT_MODIFIED, super::support::empty()),
+                    "/zero" => (StatusCode::OK, super::support::full("")),
+                    "/chunked" => {
+                        let (chunks, body) = super::support::channel_body(1);
+                        tokio::spawn(async move {
+                            for chunk in ["one ", "two ", "three"] {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                let _ = chunks.send(Bytes::from_static(chunk.as_bytes())).await;
+                            }
+                        });
+                        (StatusCode::OK, body)
+                    }
+                    _ => (StatusCode::OK, Full::new(Bytes::from(vec![b'x'; size])).boxed()),
+                };
+                let mut response = Response::new(body);
+                *response.status_mut() = status;
                 response.headers_mut().insert("x-connection", HeaderValue::from(number));
                 if let Keep::CloseAfterEach = keep {
                     response
@@ -137,6 +156,66 @@ async fn a_request_on_a_kept_connection_does_not_wake_its_own_task() {
         get_whole(&mut client).await;
     }
     assert_eq!(probe.take(), 0, "wakes the connection task gave itself in 5 requests");
+}
+
+/// Sends `method path` on the downstream connection and reads the whole answer; returns
+/// its status, the upstream connection number and the body.
+async fn exchange(
+    sender: &mut client_http1::SendRequest<ClientBody>,
+    method: http::Method,
+    path: &str,
+) -> (StatusCode, usize, Bytes) {
+    sender.ready().await.unwrap();
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "app.example")
+        .body(super::support::empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (status, number) = (response.status(), connection_number(&response));
+    (status, number, response.into_body().collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn a_connection_is_kept_after_answers_without_a_body_and_after_a_chunked_one() {
+    // hyper never polls a body that says it is empty (HEAD, 204, 304, length 0): the
+    // connection is kept all the same. A chunked body ends with the end of its stream.
+    let (front, accepted, _upstream) = setup(Keep::Alive).await;
+    let mut client = downstream(front).await;
+    for (method, path, status, body) in [
+        (http::Method::HEAD, "/", StatusCode::OK, ""),
+        (http::Method::GET, "/no-content", StatusCode::NO_CONTENT, ""),
+        (http::Method::GET, "/not-modified", StatusCode::NOT_MODIFIED, ""),
+        (http::Method::GET, "/zero", StatusCode::OK, ""),
+        (http::Method::GET, "/chunked", StatusCode::OK, "one two three"),
+        (http::Method::GET, "/chunked", StatusCode::OK, "one two three"),
+    ] {
+        let answer = exchange(&mut client, method.clone(), path).await;
+        assert_eq!(answer, (status, 1, Bytes::from(body)), "{method} {path}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_arrives_slowly_does_not_wake_its_own_task() {
+    // Between the chunks nothing is ready and the driver did not wake itself: the task
+    // waits for the socket, not for a wake it gave itself.
+    let (addr, _accepted) = counting_upstream(Keep::Alive).await;
+    let probe = Arc::new(super::support::SelfWakes::default());
+    let front = super::support::front_probed(upstream(http_target(addr, "/"), LONG), Some(probe.clone())).await;
+    let mut client = downstream(front).await;
+    get_whole(&mut client).await; // connects: not what is measured
+    probe.take();
+    for _ in 0..3 {
+        let (_, _, body) = exchange(&mut client, http::Method::GET, "/chunked").await;
+        assert_eq!(body, "one two three");
+    }
+    assert_eq!(
+        probe.take(),
+        0,
+        "wakes the connection task gave itself in 3 slow bodies"
+    );
 }
 
 #[tokio::test]
