@@ -210,6 +210,15 @@ mod tests {
     }
 
     #[test]
+    fn as_many_workers_start_as_asked_and_at_least_one() {
+        assert_eq!(Workers::start(3).count(), 3);
+        assert_eq!(Workers::start(0).count(), 1);
+        let cores = cores();
+        assert!(cores >= 1);
+        assert_eq!(Some(cores), std::thread::available_parallelism().ok().map(usize::from));
+    }
+
+    #[test]
     fn a_worker_still_serving_a_connection_gets_the_next_ones_last() {
         let workers = Workers::start(2);
         let (_hold, held) = tokio::sync::watch::channel(false);
