@@ -48,6 +48,10 @@ async fn a_session_made_through_one_replica_works_through_the_other() {
     for (name, replica) in [("A", &r.a), ("B", &r.b)] {
         let log = replica.log_text();
         assert!(
+            log.contains("session store: Redis"),
+            "replica {name} did not name its store:\n{log}"
+        );
+        assert!(
             !log.contains(PASSWORD),
             "replica {name} logged the Redis password:\n{log}"
         );
@@ -132,6 +136,7 @@ async fn twenty_concurrent_requests_over_two_replicas_share_one_refresh() {
     let r = Replicas::builder()
         .idp(|o| o.access_token_ttl = Some(ACCESS_TTL))
         .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .env("PORTCULLIS_IDENTITY_ACCESS_TOKEN", "x-forwarded-access-token")
         .start()
         .await;
     let cookie = r.login_through_a("john", "/").await;
@@ -148,11 +153,13 @@ async fn twenty_concurrent_requests_over_two_replicas_share_one_refresh() {
         let url = replica.url(&format!("/data/{i}"));
         requests.spawn(async move { (i, client.api_get(&url).await) });
     }
+    let mut forwarded_tokens = Vec::new();
     while let Some(joined) = requests.join_next().await {
         let (i, resp) = joined.expect("request task");
         let seen = resp.echo();
         assert_eq!(seen.url, format!("/data/{i}"));
         assert_eq!(seen.values("remote-user"), ["john"], "request {i} lost its identity");
+        forwarded_tokens.push((i, seen.values("x-forwarded-access-token").join(",")));
     }
 
     let stats = r.idp.stats().await;
@@ -171,6 +178,13 @@ async fn twenty_concurrent_requests_over_two_replicas_share_one_refresh() {
         "the refresh token did not rotate"
     );
     assert_eq!(after_a["refreshToken"], after_b["refreshToken"]);
+    // Every request waited for the one refresh (on whichever replica made it) and went
+    // upstream with the new access token, none with the expired one.
+    let fresh = after_a["accessToken"].as_str().expect("an access token");
+    assert_ne!(before["accessToken"].as_str(), Some(fresh));
+    for (i, token) in &forwarded_tokens {
+        assert_eq!(token, fresh, "request {i} went upstream with another access token");
+    }
     assert_eq!(after_b["userInfo"]["preferred_username"], "john", "{after_b:#}");
     assert!(
         r.redis.keys().await.iter().all(|k| !k.contains("refresh-lock")),
@@ -217,6 +231,34 @@ async fn an_unreachable_store_answers_503_then_sessions_work_again_when_it_is_ba
     assert_status(&r.client.api_get(&r.b.url("/after")).await, 200);
     let ready = r.client.get(&r.a.url("/.auth/readyz")).send().await.expect("readyz");
     assert_eq!(ready.status(), 200);
+    // Each change is logged once, not each of the requests that met it.
+    let log = r.a.log_text();
+    assert_eq!(log.matches("Redis session store unreachable").count(), 1, "{log}");
+    assert_eq!(log.matches("Redis session store reachable again").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_redis_dropped_while_idle_is_replaced_within_the_request() {
+    // Redis restarted, failed over, or a firewall dropped the idle connection: the next
+    // request finds the connection gone, and gets its answer on a new one, not a 503.
+    let r = Replicas::builder().start().await;
+    r.login_through_a("john", "/").await;
+    assert_status(&r.client.api_get(&r.a.url("/before")).await, 200);
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut r.redis.client().await)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed >= 1, "no connection of portcullis was open");
+    for i in 0..3 {
+        let resp = r.client.api_get(&r.a.url(&format!("/after/{i}"))).await;
+        assert_status(&resp, 200);
+        assert_eq!(resp.echo().values("remote-user"), ["john"]);
+    }
+    let log = r.a.log_text();
+    assert!(!log.contains("unreachable"), "{log}");
 }
 
 /// One portcullis on the Redis store at `redis_url` (which need not be up), with its

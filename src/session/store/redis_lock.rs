@@ -45,7 +45,7 @@ pub struct RedisRefreshLock {
 impl RedisStore {
     /// `<prefix>refresh-lock:<hex>`: the session key's namespace never has a `:` after
     /// the prefix, so the two cannot meet.
-    fn lock_key(&self, key: &SessionKey) -> String {
+    pub(super) fn lock_key(&self, key: &SessionKey) -> String {
         let mut out = String::with_capacity(self.inner.prefix.len() + 13 + 64);
         out.push_str(&self.inner.prefix);
         out.push_str("refresh-lock:");
@@ -135,4 +135,19 @@ fn random_token() -> String {
         let _ = write!(out, "{byte:02x}");
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A replica may release only the lock it took: every token is its own.
+    #[test]
+    fn lock_tokens_are_128_random_bits_in_hex() {
+        let (one, other) = (super::random_token(), super::random_token());
+        assert_eq!(one.len(), 32);
+        assert!(
+            one.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{one}"
+        );
+        assert_ne!(one, other);
+    }
 }

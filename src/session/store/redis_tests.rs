@@ -1,5 +1,6 @@
 //! TTL arithmetic of the Redis store (idle timeout, cut short by the absolute deadline),
-//! and its connection managers per thread.
+//! its connection managers per thread, its keys and its `Debug` form. (Its commands,
+//! against a real redis-server, are tested end to end: `tests/redis_store.rs`.)
 
 use std::time::{Duration, SystemTime};
 
@@ -70,4 +71,55 @@ async fn each_thread_gets_a_connection_manager_of_its_own_made_once() {
         });
     });
     assert_eq!(managers.count(), 2);
+}
+
+/// A store set up for a Redis that is never contacted, its password given in the URL.
+fn store_without_redis() -> RedisStore {
+    let env: std::collections::HashMap<String, String> = [
+        ("APP_BASE_URL", "https://app.example.com"),
+        ("OIDC_ISSUER", "https://auth.example.com"),
+        ("OIDC_CLIENT_ID", "app"),
+        ("OIDC_CLIENT_SECRET", "client-secret"),
+        (
+            "SESSION_ENCRYPTION_SECRET",
+            "a-session-secret-of-at-least-32-characters",
+        ),
+        ("UPSTREAM_URL", "http://127.0.0.1:3000"),
+        ("PORTCULLIS_SESSION_STORE", "redis"),
+        (
+            "PORTCULLIS_SESSION_REDIS_URL",
+            "redis://:hunter2-in-the-url@127.0.0.1:1/0",
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
+    let config = crate::config::load_str("", "test.toml", &env).unwrap();
+    let crate::config::SessionStoreConfig::Redis(redis) = &config.session.store else {
+        panic!("not the Redis store")
+    };
+    RedisStore::new(redis, &config).unwrap()
+}
+
+#[tokio::test]
+async fn its_debug_form_names_the_endpoint_and_prefix_but_no_password() {
+    let shown = format!("{:?}", store_without_redis());
+    assert_eq!(
+        shown,
+        "RedisStore { endpoint: \"redis://127.0.0.1:1/0\", prefix: \"portcullis:\", .. }"
+    );
+}
+
+#[tokio::test]
+async fn sessions_and_their_refresh_locks_have_keys_of_their_own() {
+    let store = store_without_redis();
+    let new_key = || crate::session::SessionId::generate().key();
+    let (one, other) = (new_key(), new_key());
+    assert_eq!(store.session_key(&one), format!("portcullis:{}", one.to_hex()));
+    assert_eq!(
+        store.lock_key(&one),
+        format!("portcullis:refresh-lock:{}", one.to_hex())
+    );
+    assert_ne!(store.session_key(&one), store.session_key(&other));
+    assert_ne!(store.lock_key(&one), store.lock_key(&other));
 }
