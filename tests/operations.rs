@@ -76,6 +76,23 @@ async fn metrics_count_requests_logins_and_sessions_on_their_own_listener() {
     assert_eq!(count, inf);
     assert!(value(&after, "portcullis_connections_total") >= 1.0);
 
+    // A connection counts as open while it is, and no longer once it has closed.
+    let mut raw =
+        std::net::TcpStream::connect(stack.base_url().socket_addrs(|| None).expect("address")[0]).expect("connect");
+    std::io::Write::write_all(&mut raw, b"GET /.auth/healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut raw, &mut answer).expect("an answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let open = value(&scrape(&metrics).await, "portcullis_connections_open");
+    assert!(open >= 1.0, "{open}");
+    drop(raw);
+    eventually(
+        "the closed connection to leave the gauge",
+        Duration::from_secs(10),
+        || async { (value(&scrape(&metrics).await, "portcullis_connections_open") < open).then_some(()) },
+    )
+    .await;
+
     // The metrics are not on the main listener: there /metrics is the app's path.
     let on_main = stack.client.api_get(&stack.url("/metrics")).await;
     assert_eq!(on_main.echo().url, "/metrics");
