@@ -108,17 +108,29 @@ async fn downstream(front: SocketAddr) -> client_http1::SendRequest<ClientBody> 
 /// GETs `/` on the downstream connection and reads the whole body; returns the
 /// upstream connection number that answered.
 async fn get_whole(sender: &mut client_http1::SendRequest<ClientBody>) -> usize {
+    let (status, number, body) = exchange(sender, http::Method::GET, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 16 * 1024);
+    number
+}
+
+/// Sends `method path` on the downstream connection and reads the whole answer; returns
+/// its status, the upstream connection number and the body.
+async fn exchange(
+    sender: &mut client_http1::SendRequest<ClientBody>,
+    method: http::Method,
+    path: &str,
+) -> (StatusCode, usize, Bytes) {
     sender.ready().await.unwrap();
-    let request = Request::get("/")
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "app.example")
         .body(super::support::empty())
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let number = connection_number(&response);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(body.len(), 16 * 1024);
-    number
+    let (status, number) = (response.status(), connection_number(&response));
+    (status, number, response.into_body().collect().await.unwrap().to_bytes())
 }
 
 fn connection_number(response: &Response<Incoming>) -> usize {
@@ -141,40 +153,28 @@ async fn a_downstream_connection_keeps_one_upstream_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+/// A downstream connection to a front server whose connection tasks count the wakes
+/// they give themselves, with its upstream connection made (not what is measured).
+async fn probed_connected_client() -> (client_http1::SendRequest<ClientBody>, Arc<super::support::SelfWakes>) {
+    let (addr, _accepted) = counting_upstream(Keep::Alive).await;
+    let probe = Arc::new(super::support::SelfWakes::default());
+    let front = super::support::front_probed(upstream(http_target(addr, "/"), LONG), Some(probe.clone())).await;
+    let mut client = downstream(front).await;
+    get_whole(&mut client).await;
+    probe.take();
+    (client, probe)
+}
+
 #[tokio::test]
 async fn a_request_on_a_kept_connection_does_not_wake_its_own_task() {
     // The connection task drives the upstream connection itself; handing it the request
     // and reading the response body must not schedule the task once more each time
     // (see `driver_waker`): only the sockets wake it.
-    let (addr, _accepted) = counting_upstream(Keep::Alive).await;
-    let probe = Arc::new(super::support::SelfWakes::default());
-    let front = super::support::front_probed(upstream(http_target(addr, "/"), LONG), Some(probe.clone())).await;
-    let mut client = downstream(front).await;
-    get_whole(&mut client).await; // connects: not what is measured
-    probe.take();
+    let (mut client, probe) = probed_connected_client().await;
     for _ in 0..5 {
         get_whole(&mut client).await;
     }
     assert_eq!(probe.take(), 0, "wakes the connection task gave itself in 5 requests");
-}
-
-/// Sends `method path` on the downstream connection and reads the whole answer; returns
-/// its status, the upstream connection number and the body.
-async fn exchange(
-    sender: &mut client_http1::SendRequest<ClientBody>,
-    method: http::Method,
-    path: &str,
-) -> (StatusCode, usize, Bytes) {
-    sender.ready().await.unwrap();
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "app.example")
-        .body(super::support::empty())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let (status, number) = (response.status(), connection_number(&response));
-    (status, number, response.into_body().collect().await.unwrap().to_bytes())
 }
 
 #[tokio::test]
@@ -201,12 +201,7 @@ async fn a_connection_is_kept_after_answers_without_a_body_and_after_a_chunked_o
 async fn a_body_that_arrives_slowly_does_not_wake_its_own_task() {
     // Between the chunks nothing is ready and the driver did not wake itself: the task
     // waits for the socket, not for a wake it gave itself.
-    let (addr, _accepted) = counting_upstream(Keep::Alive).await;
-    let probe = Arc::new(super::support::SelfWakes::default());
-    let front = super::support::front_probed(upstream(http_target(addr, "/"), LONG), Some(probe.clone())).await;
-    let mut client = downstream(front).await;
-    get_whole(&mut client).await; // connects: not what is measured
-    probe.take();
+    let (mut client, probe) = probed_connected_client().await;
     for _ in 0..3 {
         let (_, _, body) = exchange(&mut client, http::Method::GET, "/chunked").await;
         assert_eq!(body, "one two three");
