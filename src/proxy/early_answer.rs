@@ -187,6 +187,165 @@ mod tests {
         assert_eq!(read.filled(), b"answer");
     }
 
+    /// An I/O whose next write, flush or shutdown fails with a chosen error, and that
+    /// records what reached it.
+    #[derive(Default)]
+    struct ScriptedIo {
+        fail_with: Option<io::ErrorKind>,
+        vectored: bool,
+        written: Vec<u8>,
+        flushes: usize,
+        shutdowns: usize,
+    }
+
+    impl ScriptedIo {
+        fn outcome(&mut self, ok: usize) -> Poll<io::Result<usize>> {
+            Poll::Ready(match self.fail_with {
+                Some(kind) => Err(io::Error::from(kind)),
+                None => Ok(ok),
+            })
+        }
+    }
+
+    impl Write for ScriptedIo {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let polled = this.outcome(buf.len());
+            if polled.is_ready() && this.fail_with.is_none() {
+                this.written.extend_from_slice(buf);
+            }
+            polled
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let total = bufs.iter().map(|b| b.len()).sum();
+            let polled = this.outcome(total);
+            if this.fail_with.is_none() {
+                bufs.iter().for_each(|b| this.written.extend_from_slice(b));
+            }
+            polled
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.flushes += 1;
+            this.outcome(0).map_ok(|_| ())
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.shutdowns += 1;
+            this.outcome(0).map_ok(|_| ())
+        }
+    }
+
+    /// One call of each kind on `io`, polled once (the double is always ready).
+    fn poll<R>(
+        io: &mut EarlyAnswerIo<ScriptedIo>,
+        call: impl FnOnce(Pin<&mut EarlyAnswerIo<ScriptedIo>>, &mut Context<'_>) -> Poll<R>,
+    ) -> R {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match call(Pin::new(io), &mut cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => panic!("the scripted I/O is always ready"),
+        }
+    }
+
+    fn vectored_write(io: &mut EarlyAnswerIo<ScriptedIo>, parts: &[&[u8]]) -> io::Result<usize> {
+        let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|part| io::IoSlice::new(part)).collect();
+        poll(io, |io, cx| io.poll_write_vectored(cx, &slices))
+    }
+
+    #[test]
+    fn until_the_peer_is_gone_every_call_reaches_the_connection_unchanged() {
+        let (mut io, write_side) = EarlyAnswerIo::new(ScriptedIo {
+            vectored: true,
+            ..ScriptedIo::default()
+        });
+        assert!(io.is_write_vectored());
+        assert_eq!(poll(&mut io, |io, cx| io.poll_write(cx, b"head ")).unwrap(), 5);
+        assert_eq!(vectored_write(&mut io, &[b"body ", b"more"]).unwrap(), 9);
+        poll(&mut io, |io, cx| io.poll_flush(cx)).unwrap();
+        poll(&mut io, |io, cx| io.poll_shutdown(cx)).unwrap();
+        assert_eq!(io.io.written, b"head body more");
+        assert_eq!((io.io.flushes, io.io.shutdowns), (1, 1));
+        assert!(!write_side.is_lost());
+
+        let (plain, _) = EarlyAnswerIo::new(ScriptedIo::default());
+        assert!(
+            !plain.is_write_vectored(),
+            "vectored writes only where the connection has them"
+        );
+    }
+
+    #[test]
+    fn other_errors_pass_through_and_do_not_end_the_write_side() {
+        for kind in [io::ErrorKind::TimedOut, io::ErrorKind::Other] {
+            let (mut io, write_side) = EarlyAnswerIo::new(ScriptedIo {
+                fail_with: Some(kind),
+                ..ScriptedIo::default()
+            });
+            let failed = poll(&mut io, |io, cx| io.poll_write(cx, b"body"));
+            assert_eq!(failed.map_err(|e| e.kind()), Err(kind));
+            assert_eq!(vectored_write(&mut io, &[b"a", b"b"]).map_err(|e| e.kind()), Err(kind));
+            assert_eq!(
+                poll(&mut io, |io, cx| io.poll_flush(cx)).map_err(|e| e.kind()),
+                Err(kind)
+            );
+            assert_eq!(
+                poll(&mut io, |io, cx| io.poll_shutdown(cx)).map_err(|e| e.kind()),
+                Err(kind)
+            );
+            assert!(!write_side.is_lost(), "{kind:?} is not a peer that went away");
+        }
+    }
+
+    #[test]
+    fn each_kind_of_call_that_meets_a_gone_peer_ends_the_write_side_and_succeeds() {
+        type Call = fn(&mut EarlyAnswerIo<ScriptedIo>) -> io::Result<usize>;
+        let calls: [(&str, Call); 4] = [
+            ("write", |io| poll(io, |io, cx| io.poll_write(cx, b"body"))),
+            ("vectored write", |io| vectored_write(io, &[b"bo", b"dy"])),
+            ("flush", |io| poll(io, |io, cx| io.poll_flush(cx)).map(|()| 4)),
+            ("shutdown", |io| poll(io, |io, cx| io.poll_shutdown(cx)).map(|()| 4)),
+        ];
+        for (name, call) in calls {
+            let (mut io, write_side) = EarlyAnswerIo::new(ScriptedIo {
+                fail_with: Some(io::ErrorKind::ConnectionReset),
+                ..ScriptedIo::default()
+            });
+            assert_eq!(call(&mut io).unwrap(), 4, "{name}");
+            assert!(write_side.is_lost(), "{name}");
+        }
+    }
+
+    #[test]
+    fn once_the_write_side_is_lost_nothing_more_reaches_the_connection() {
+        let (mut io, write_side) = EarlyAnswerIo::new(ScriptedIo {
+            fail_with: Some(io::ErrorKind::BrokenPipe),
+            ..ScriptedIo::default()
+        });
+        poll(&mut io, |io, cx| io.poll_flush(cx)).unwrap();
+        assert!(write_side.is_lost());
+        // The connection would accept them now; they must not be sent anyway.
+        io.io.fail_with = None;
+        assert_eq!(poll(&mut io, |io, cx| io.poll_write(cx, b"late")).unwrap(), 4);
+        assert_eq!(vectored_write(&mut io, &[b"la", b"te!"]).unwrap(), 5);
+        poll(&mut io, |io, cx| io.poll_flush(cx)).unwrap();
+        poll(&mut io, |io, cx| io.poll_shutdown(cx)).unwrap();
+        assert!(io.io.written.is_empty());
+        assert_eq!((io.io.flushes, io.io.shutdowns), (1, 0));
+    }
+
     #[test]
     fn only_the_errors_of_a_gone_peer_are_absorbed() {
         for kind in [

@@ -212,6 +212,54 @@ async fn slow_upstream_is_a_timeout() {
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
 
+/// An error that wraps another, as hyper and the connector wrap theirs.
+#[derive(Debug, thiserror::Error)]
+#[error("wrapped")]
+struct Wrapped(#[source] super::BoxError);
+
+#[test]
+fn a_timed_out_connect_is_a_timeout_wherever_it_sits_in_the_chain() {
+    use super::connector::ConnectTimeout;
+    use super::{connect_error, ProxyError};
+    let timeouts: [super::BoxError; 4] = [
+        Box::new(ConnectTimeout),
+        Box::new(Wrapped(Box::new(ConnectTimeout))),
+        Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+        Box::new(Wrapped(Box::new(Wrapped(Box::new(std::io::Error::from(
+            std::io::ErrorKind::TimedOut,
+        )))))),
+    ];
+    for error in timeouts {
+        let shown = format!("{error:?}");
+        assert!(matches!(connect_error(error), ProxyError::Timeout), "{shown}");
+    }
+    let failures: [super::BoxError; 2] = [
+        Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        Box::new(Wrapped(Box::new(std::io::Error::from(std::io::ErrorKind::NotFound)))),
+    ];
+    for error in failures {
+        let shown = format!("{error:?}");
+        assert!(matches!(connect_error(error), ProxyError::Connect(_)), "{shown}");
+    }
+}
+
+#[test]
+fn the_upstreams_debug_form_names_its_target_and_settings() {
+    let shown = format!(
+        "{:?}",
+        upstream(http_target(([127, 0, 0, 1], 8080).into(), "/base/"), LONG)
+    );
+    for part in [
+        "Upstream",
+        "target",
+        "127.0.0.1:8080",
+        "response_timeout: 30s",
+        "preserve_host",
+    ] {
+        assert!(shown.contains(part), "{part} missing from {shown}");
+    }
+}
+
 /// Sends a raw WebSocket handshake to the front server and returns the connection
 /// positioned after the response head, with the head.
 async fn websocket_handshake(front: std::net::SocketAddr) -> (TcpStream, String) {
