@@ -47,39 +47,56 @@ impl fmt::Debug for ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .map_or_else(|poisoned| poisoned.into_inner().clone(), |key| key.clone()),
-        )
+        Some(self.current())
     }
 }
 
 impl ReloadingCert {
     pub fn load(files: &TlsFiles) -> Result<Arc<Self>, TlsError> {
+        // The times before the content: a change in between is then seen at the next check.
+        let stamp = modification_times(files);
         let key = load_certified_key(files)?;
         Ok(Arc::new(ReloadingCert {
             files: files.clone(),
             current: RwLock::new(Arc::new(key)),
-            loaded_stamp: RwLock::new(modification_times(files)),
+            loaded_stamp: RwLock::new(stamp),
         }))
     }
 
-    /// Re-reads the files; on failure the previous certificate stays in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    /// The certificate and key new handshakes get.
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .map_or_else(|poisoned| poisoned.into_inner().clone(), |key| key.clone())
+    }
+
+    /// Re-reads the files (blocking file I/O); on failure the previous certificate stays
+    /// in use.
+    fn reload(&self) -> Result<(), TlsError> {
+        let stamp = modification_times(&self.files);
         let key = load_certified_key(&self.files)?;
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(key);
         }
-        if let Ok(mut stamp) = self.loaded_stamp.write() {
-            *stamp = modification_times(&self.files);
+        if let Ok(mut loaded) = self.loaded_stamp.write() {
+            *loaded = stamp;
         }
         Ok(())
     }
 
+    /// Whether the files' modification times differ from the loaded ones (blocking file I/O).
     fn files_changed(&self) -> bool {
         let now = modification_times(&self.files);
         self.loaded_stamp.read().map(|stamp| *stamp != now).unwrap_or(true)
+    }
+
+    /// Runs `work` (file I/O) on tokio's blocking pool, off the threads that serve requests.
+    async fn off_the_workers<R: Send + 'static>(
+        self: &Arc<Self>,
+        work: fn(&Self) -> R,
+    ) -> Result<R, tokio::task::JoinError> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&this)).await
     }
 
     /// Reloads on SIGHUP and when the files' modification times change (checked every
@@ -99,13 +116,23 @@ impl ReloadingCert {
             let signalled = std::future::pending::<bool>();
             let reason = tokio::select! {
                 _ = signalled => "SIGHUP",
-                () = tokio::time::sleep(poll) => if self.files_changed() { "files changed" } else { continue },
+                () = tokio::time::sleep(poll) => match self.off_the_workers(Self::files_changed).await {
+                    Ok(true) => "files changed",
+                    Ok(false) => continue,
+                    Err(panicked) => {
+                        tracing::error!(%panicked, "checking the TLS certificate's files stopped");
+                        continue;
+                    }
+                },
                 () = super::stop_requested(&mut shutdown) => return,
             };
-            match self.reload() {
-                Ok(()) => tracing::info!(reason, cert = %self.files.cert.display(), "TLS certificate reloaded"),
-                Err(error) => {
+            match self.off_the_workers(Self::reload).await {
+                Ok(Ok(())) => tracing::info!(reason, cert = %self.files.cert.display(), "TLS certificate reloaded"),
+                Ok(Err(error)) => {
                     tracing::error!(reason, %error, "TLS certificate reload failed; keeping the previous one")
+                }
+                Err(panicked) => {
+                    tracing::error!(reason, %panicked, "TLS certificate reload stopped; keeping the previous one")
                 }
             }
         }
@@ -195,6 +222,89 @@ mod tests {
         let combined = format!("{cert}{key}");
         let (_dir, combined) = files(&combined, &combined);
         assert!(load_certified_key(&combined).is_ok());
+    }
+
+    /// Replaces both files with a new certificate and key, dated `seconds` later than now
+    /// (a coarse file-system clock could otherwise keep the old times), and returns the
+    /// new certificate.
+    fn replace(files: &TlsFiles, seconds: u64) -> CertificateDer<'static> {
+        let (cert, key) = certified();
+        let later = SystemTime::now() + Duration::from_secs(seconds);
+        for (path, content) in [(&files.cert, &cert), (&files.key, &key)] {
+            std::fs::write(path, content).expect("write");
+            let file = std::fs::File::options().write(true).open(path).expect("open");
+            file.set_modified(later).expect("set the modification time");
+        }
+        CertificateDer::from_pem_slice(cert.as_bytes()).expect("the new certificate")
+    }
+
+    fn served(cert: &ReloadingCert) -> CertificateDer<'static> {
+        cert.current().cert[0].clone()
+    }
+
+    #[test]
+    fn a_reload_serves_the_new_files_and_a_failed_one_keeps_the_previous_certificate() {
+        let (cert, key) = certified();
+        let (_dir, files) = files(&cert, &key);
+        let reloading = ReloadingCert::load(&files).expect("loads");
+        assert_eq!(
+            served(&reloading),
+            CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()
+        );
+        assert!(!reloading.files_changed());
+
+        let second = replace(&files, 10);
+        assert!(reloading.files_changed());
+        reloading.reload().expect("reloads");
+        assert_eq!(served(&reloading), second);
+        assert!(!reloading.files_changed(), "the reload took the new times");
+
+        std::fs::write(&files.key, "not a key").expect("write");
+        assert!(matches!(reloading.reload(), Err(TlsError::NoKey { .. })));
+        assert_eq!(
+            served(&reloading),
+            second,
+            "a failed reload keeps the certificate in use"
+        );
+
+        std::fs::remove_file(&files.cert).expect("remove");
+        assert!(reloading.files_changed(), "a file that is gone is a change");
+        assert!(matches!(reloading.reload(), Err(TlsError::Read { .. })));
+        assert_eq!(served(&reloading), second);
+    }
+
+    #[tokio::test]
+    async fn the_watch_reloads_changed_files_and_ends_at_shutdown() {
+        let (cert, key) = certified();
+        let (_dir, files) = files(&cert, &key);
+        let reloading = ReloadingCert::load(&files).expect("loads");
+        let (stop, stopped) = watch::channel(false);
+        let watching = tokio::spawn(reloading.clone().watch(Duration::from_millis(20), stopped));
+
+        let second = replace(&files, 10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while served(&reloading) != second {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the new files were not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).expect("the watch listens");
+        tokio::time::timeout(Duration::from_secs(5), watching)
+            .await
+            .expect("the watch ends at shutdown")
+            .expect("the watch did not panic");
+    }
+
+    #[test]
+    fn the_debug_form_names_the_files_and_holds_no_key() {
+        let (cert, key) = certified();
+        let (_dir, files) = files(&cert, &key);
+        let shown = format!("{:?}", ReloadingCert::load(&files).expect("loads"));
+        assert!(shown.starts_with("ReloadingCert"), "{shown}");
+        assert!(shown.contains("cert.pem") && shown.contains("key.pem"), "{shown}");
+        assert!(!shown.contains("PRIVATE KEY") && !shown.contains("BEGIN"), "{shown}");
     }
 
     #[test]
