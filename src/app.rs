@@ -150,7 +150,8 @@ impl App {
                 Ok(Admission::Forward(session)) => {
                     let ctx = self.forward_context(session.as_deref(), client_addr, upstream_slot);
                     match self.upstream.forward(request, ctx).await {
-                        Ok(response) => Ok(self.with_subject(response, session)),
+                        Ok(response) if access.is_some() => Ok(with_subject(response, session)),
+                        Ok(response) => Ok(response),
                         Err(error) => Err(error.into()),
                     }
                 }
@@ -229,20 +230,6 @@ impl App {
             access_token: headers.and_then(|headers| headers.access_token.as_ref()),
             upstream_slot,
         }
-    }
-
-    /// Tags a forwarded response with its session's subject for the access log line.
-    fn with_subject(
-        &self,
-        mut response: Response<ResponseBody>,
-        session: Option<Arc<Session>>,
-    ) -> Response<ResponseBody> {
-        if let Some(session) = session {
-            if tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO) && self.config.log.access_log {
-                response.extensions_mut().insert(AccessSubject(session));
-            }
-        }
-        response
     }
 
     /// Loads the session named by the cookie and refreshes its tokens when due.
@@ -362,6 +349,14 @@ impl App {
         let rd: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
         format!("{}?rd={rd}", self.router.login_path())
     }
+}
+
+/// Tags a forwarded response with its session's subject for the access log line.
+fn with_subject(mut response: Response<ResponseBody>, session: Option<Arc<Session>>) -> Response<ResponseBody> {
+    if let Some(session) = session {
+        response.extensions_mut().insert(AccessSubject(session));
+    }
+    response
 }
 
 fn route_kind(route: Route) -> RouteKind {
