@@ -22,6 +22,8 @@ pub struct IdpOptions {
     /// false = Authelia 4.39 (profile claims only from userinfo); true = also in the ID token.
     pub claims_in_id_token: bool,
     pub require_par: bool,
+    /// true = a new refresh token at every refresh (Authelia); false = the same one again.
+    pub rotate_refresh_token: bool,
 }
 
 impl Default for IdpOptions {
@@ -34,6 +36,7 @@ impl Default for IdpOptions {
             refresh_token_ttl: None,
             claims_in_id_token: false,
             require_par: true,
+            rotate_refresh_token: true,
         }
     }
 }
@@ -69,7 +72,11 @@ impl Idp {
                 "IDP_CLAIMS_IN_ID_TOKEN",
                 if opts.claims_in_id_token { "1" } else { "0" },
             )
-            .env("IDP_REQUIRE_PAR", if opts.require_par { "1" } else { "0" });
+            .env("IDP_REQUIRE_PAR", if opts.require_par { "1" } else { "0" })
+            .env(
+                "IDP_ROTATE_REFRESH_TOKEN",
+                if opts.rotate_refresh_token { "1" } else { "0" },
+            );
         for (key, ttl) in [
             ("IDP_ACCESS_TOKEN_TTL", opts.access_token_ttl),
             ("IDP_ID_TOKEN_TTL", opts.id_token_ttl),

@@ -311,6 +311,20 @@ describe('test provider, IDP_CLAIMS_IN_ID_TOKEN=1, IDP_REQUIRE_PAR=0, short TTLs
   });
 });
 
+describe('test provider, IDP_ROTATE_REFRESH_TOKEN=0', async () => {
+  const idp = await startIdp({ IDP_ROTATE_REFRESH_TOKEN: '0' });
+
+  test('a refresh keeps the refresh token, which works again', async () => {
+    const { tokens, meta } = await login(idp.url);
+    const r1 = await refresh(meta, tokens.refresh_token);
+    assert.equal(r1.status, 200, JSON.stringify(r1.body));
+    assert.notEqual(r1.body.access_token, tokens.access_token);
+    assert.ok([undefined, tokens.refresh_token].includes(r1.body.refresh_token), 'not rotated');
+    const r2 = await refresh(meta, tokens.refresh_token);
+    assert.equal(r2.status, 200, JSON.stringify(r2.body));
+  });
+});
+
 describe('echo upstream', async () => {
   const echo = await start(path.join(HERE, '..', 'upstream', 'echo.mjs'), {}, 'ECHO_READY');
 

@@ -17,6 +17,8 @@
 //   IDP_CLAIMS_IN_ID_TOKEN   0 (default, Authelia 4.39: profile/email/groups only in userinfo)
 //                            1 (Authelia 4.38: those claims also in the ID token)
 //   IDP_REQUIRE_PAR          1 (default: the client must use PAR) or 0 (PAR optional)
+//   IDP_ROTATE_REFRESH_TOKEN 1 (default, as Authelia: each refresh issues a new refresh token)
+//                            or 0 (the same one is used again, as many other providers do)
 //   IDP_QUIET                1 = no request log on stderr
 //
 // Test control endpoints (not part of the provider):
@@ -67,6 +69,7 @@ const ID_TOKEN_TTL = envInt('IDP_ID_TOKEN_TTL', 3600);
 const REFRESH_TOKEN_TTL = envInt('IDP_REFRESH_TOKEN_TTL', 5400);
 const CLAIMS_IN_ID_TOKEN = envBool('IDP_CLAIMS_IN_ID_TOKEN', false);
 const REQUIRE_PAR = envBool('IDP_REQUIRE_PAR', true);
+const ROTATE_REFRESH_TOKEN = envBool('IDP_ROTATE_REFRESH_TOKEN', true);
 const QUIET = envBool('IDP_QUIET', false);
 const SCOPES = ['openid', 'profile', 'email', 'groups', 'offline_access'];
 
@@ -629,7 +632,7 @@ server.listen(PORT, HOST, () => {
     // refresh tokens whenever offline_access was granted (no prompt=consent needed)
     issueRefreshToken: async (_ctx, client, code) => client.grantTypeAllowed('refresh_token')
       && code.scopes.has('offline_access'),
-    rotateRefreshToken: true,
+    rotateRefreshToken: ROTATE_REFRESH_TOKEN,
     ttl: {
       AccessToken: ACCESS_TOKEN_TTL,
       AuthorizationCode: 60,
