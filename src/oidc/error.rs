@@ -9,7 +9,8 @@ pub enum OidcError {
     /// Discovery has not succeeded yet: answer with 503 and let the user retry.
     #[error("provider metadata not loaded yet")]
     NotReady,
-    /// Network failure, timeout, or a 5xx without an OAuth error body. Transient.
+    /// Network failure, timeout, a 5xx or 429, or the OAuth codes `server_error` and
+    /// `temporarily_unavailable`. Transient.
     #[error("identity provider unreachable: {0}")]
     ProviderUnreachable(String),
     /// `par = always` but the provider has no PAR endpoint: a configuration problem.

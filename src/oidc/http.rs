@@ -128,26 +128,44 @@ impl OAuthError {
     }
 }
 
-/// Turns a failed reply into an error: an OAuth error body is the provider's answer to
-/// our request ([`OidcError::ProviderRejected`]); a 5xx without one means the provider
-/// (or a proxy in front of it) is not working ([`OidcError::ProviderUnreachable`]);
-/// anything else is a rejection named by its status.
+/// Turns a failed reply into an error: an outage (see [`outage`]) is
+/// [`OidcError::ProviderUnreachable`]; any other OAuth error body is the provider's answer
+/// to our request ([`OidcError::ProviderRejected`]), and so is any other status, named.
 pub(super) fn failure(endpoint: &'static str, reply: &Reply, sensitive: &[&str]) -> OidcError {
-    match OAuthError::parse(&reply.body, sensitive) {
+    let oauth = OAuthError::parse(&reply.body, sensitive);
+    if let Some(detail) = outage(endpoint, reply, oauth.as_ref()) {
+        return OidcError::ProviderUnreachable(detail);
+    }
+    match oauth {
         Some(e) => OidcError::ProviderRejected {
             endpoint,
             error: e.error,
             description: e.description,
         },
-        None if reply.status.is_server_error() => {
-            OidcError::ProviderUnreachable(format!("{endpoint} endpoint answered HTTP {}", reply.status.as_u16()))
-        }
         None => OidcError::ProviderRejected {
             endpoint,
             error: format!("HTTP {}", reply.status.as_u16()),
             description: None,
         },
     }
+}
+
+/// Whether a failed reply says the provider is not working rather than that it refuses
+/// this request, and if so, what to log: a 5xx or a 429 whatever the body, or the OAuth
+/// codes for that (`server_error`, `temporarily_unavailable`; Authelia answers a failure of
+/// its own storage with them). Such an answer is transient: a refresh that meets it keeps
+/// the session instead of ending it.
+pub(super) fn outage(endpoint: &str, reply: &Reply, oauth: Option<&OAuthError>) -> Option<String> {
+    let transient_code = oauth.is_some_and(|e| matches!(e.error.as_str(), "server_error" | "temporarily_unavailable"));
+    let transient_status = reply.status.is_server_error() || reply.status == StatusCode::TOO_MANY_REQUESTS;
+    if !(transient_code || transient_status) {
+        return None;
+    }
+    let status = reply.status.as_u16();
+    Some(match oauth {
+        Some(e) => format!("{endpoint} endpoint answered HTTP {status} ({})", e.error),
+        None => format!("{endpoint} endpoint answered HTTP {status}"),
+    })
 }
 
 /// Removes secrets, control characters and excess length from provider-supplied text.

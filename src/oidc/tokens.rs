@@ -139,12 +139,14 @@ pub(super) async fn refresh(
     Err(refresh_failure(&reply, &[auth.secret, refresh_token]))
 }
 
+/// A refused refresh ends the session; an outage keeps it on its last tokens.
 pub(super) fn refresh_failure(reply: &Reply, sensitive: &[&str]) -> OidcError {
-    match OAuthError::parse(&reply.body, sensitive) {
+    let oauth = OAuthError::parse(&reply.body, sensitive);
+    if let Some(detail) = http::outage(TOKEN, reply, oauth.as_ref()) {
+        return OidcError::ProviderUnreachable(detail);
+    }
+    match oauth {
         Some(e) => OidcError::RefreshRejected(e.error),
-        None if reply.status.is_server_error() => {
-            OidcError::ProviderUnreachable(format!("token endpoint answered HTTP {}", reply.status.as_u16()))
-        }
         None => OidcError::RefreshRejected(format!("HTTP {}", reply.status.as_u16())),
     }
 }

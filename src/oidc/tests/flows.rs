@@ -487,17 +487,65 @@ async fn refresh_rejections_and_outages_are_told_apart() {
         assert!(matches!(&e, OidcError::RefreshRejected(code) if code == error), "{e:?}");
         assert_no_secret(&e, &[RT, SECRET]);
     }
-    p.set(
-        TOKEN,
-        Canned {
-            status: 502,
-            content_type: "text/html",
-            body: "<h1>Bad Gateway</h1>".into(),
-        },
-    );
+    // Outages keep the session: a 5xx or 429 whatever the body, and the OAuth codes that
+    // say the provider is not working (Authelia's answer to a failure of its storage).
+    for (status, body) in [
+        (
+            502,
+            Canned {
+                status: 502,
+                content_type: "text/html",
+                body: "<h1>Bad Gateway</h1>".into(),
+            },
+        ),
+        (
+            500,
+            Canned::json(
+                500,
+                json!({"error": "server_error", "error_description": format!("{RT}: db down")}),
+            ),
+        ),
+        (503, Canned::json(503, json!({"error": "temporarily_unavailable"}))),
+        (400, Canned::json(400, json!({"error": "temporarily_unavailable"}))),
+        (500, Canned::json(500, json!({"error": "invalid_grant"}))),
+        (
+            429,
+            Canned {
+                status: 429,
+                content_type: "text/plain",
+                body: "slow down".into(),
+            },
+        ),
+        (429, Canned::json(429, json!({"error": "invalid_request"}))),
+    ] {
+        p.set(TOKEN, body);
+        let e = client.refresh(&Secret::new(RT), SUB).await.expect_err("error");
+        assert!(
+            matches!(&e, OidcError::ProviderUnreachable(detail) if detail.contains(&status.to_string())),
+            "HTTP {status}: {e:?}"
+        );
+        assert_no_secret(&e, &[RT, SECRET]);
+    }
+}
+
+#[tokio::test]
+async fn an_outage_at_the_code_exchange_or_userinfo_is_told_from_a_refusal() {
+    let p = TestProvider::start().await;
+    let client = ready_client(&p, |_| {}).await;
+    p.set(USERINFO, Canned::json(503, json!({"error": "temporarily_unavailable"})));
     assert!(matches!(
-        client.refresh(&Secret::new(RT), SUB).await,
+        client.userinfo(&Secret::new(AT), SUB).await,
         Err(OidcError::ProviderUnreachable(_))
+    ));
+    p.set(USERINFO, Canned::json(500, json!({"error": "server_error"})));
+    assert!(matches!(
+        client.userinfo(&Secret::new(AT), SUB).await,
+        Err(OidcError::ProviderUnreachable(_))
+    ));
+    p.set(USERINFO, Canned::json(403, json!({"error": "insufficient_scope"})));
+    assert!(matches!(
+        client.userinfo(&Secret::new(AT), SUB).await,
+        Err(OidcError::ProviderRejected { endpoint: "userinfo", error, .. }) if error == "insufficient_scope"
     ));
 }
 
