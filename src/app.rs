@@ -288,6 +288,8 @@ impl App {
                 let refreshed = Arc::new(refreshed);
                 if !self.sessions.replace(key, refreshed.clone()).await? {
                     tracing::info!(session = ?key, "session ended during its token refresh (logout)");
+                    // The logout revoked the tokens it saw; these were issued after it.
+                    self.revoke(&refreshed).await;
                     return Ok(None);
                 }
                 self.metrics.refresh(RefreshOutcome::Refreshed);

@@ -188,7 +188,7 @@ impl App {
     /// Revokes the refresh token (which also ends its access tokens at Authelia), or the
     /// access token when there is none. Failures are logged, never shown: the local
     /// session is already gone.
-    async fn revoke(&self, session: &Session) {
+    pub(crate) async fn revoke(&self, session: &Session) {
         if !self.config.oidc.revoke_on_logout || !self.oidc.supports_revocation() {
             return;
         }

@@ -117,3 +117,51 @@ async fn a_revoked_refresh_token_ends_the_session_once_the_access_token_expires(
     let stats = stack.idp.stats().await;
     assert_eq!(stats.refresh_token, 1, "{stats:?}");
 }
+
+/// A logout that lands while the session's refresh is at the provider ends the session
+/// for good: the refresh's result is not stored (which would bring the session back for
+/// anyone holding the cookie, with fresh tokens), and the tokens it brought are revoked.
+/// The provider here carries out the grant at once and answers late, the worst case: the
+/// logout's revocation meets an already rotated refresh token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logout_during_a_refresh_is_not_undone_by_the_refresh() {
+    let stack = Stack::builder()
+        .idp(|o| {
+            o.access_token_ttl = Some(ACCESS_TTL);
+            o.refresh_delay = Duration::from_millis(1500);
+        })
+        .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    let cookie = stack.session_cookie().expect("session cookie");
+    let app = stack.base_url();
+    stack.idp.reset_stats().await;
+    let_the_access_token_expire().await;
+
+    let refreshing = stack.client.fresh();
+    refreshing.put_cookie(&app, SESSION_COOKIE, &cookie);
+    let url = stack.url("/during");
+    let during = tokio::spawn(async move { refreshing.api_get(&url).await });
+    eventually("the refresh reached the provider", Duration::from_secs(5), || async {
+        (stack.idp.stats().await.refresh_token == 1).then_some(())
+    })
+    .await;
+
+    let logging_out = stack.client.fresh();
+    logging_out.put_cookie(&app, SESSION_COOKIE, &cookie);
+    let logout = logging_out.navigate(&stack.url("/.auth/logout")).await;
+    assert_status(&logout, 200);
+    let during = during.await.expect("request task");
+    assert_login_required_json(&during);
+
+    let replay = stack.client.fresh();
+    replay.put_cookie(&app, SESSION_COOKIE, &cookie);
+    assert_login_required_json(&replay.api_get(&stack.url("/after")).await);
+    let stats = stack.idp.stats().await;
+    assert_eq!(stats.refresh_token, 1, "{stats:?}");
+    assert_eq!(
+        stats.revocation, 2,
+        "the logout revokes the tokens it saw, the refresh the ones it brought: {stats:?}"
+    );
+}

@@ -287,6 +287,54 @@ async fn memory_store_returns_what_was_inserted_and_forgets_removed_sessions() {
 }
 
 #[tokio::test]
+async fn memory_store_replaces_a_held_session_but_never_brings_back_a_removed_one() {
+    let store = MemoryStore::new(&session_config());
+    let key = SessionId::generate().key();
+    let first = Arc::new(session(json!({"preferred_username": "first"}), Duration::from_secs(60)));
+    let refreshed = Arc::new(session(
+        json!({"preferred_username": "refreshed"}),
+        Duration::from_secs(60),
+    ));
+    assert!(!store.replace(key, refreshed.clone()).await.unwrap(), "never held");
+    assert!(store.get(&key).await.unwrap().is_none());
+
+    store.insert(key, first).await.unwrap();
+    store
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("held, and now in this thread's memo");
+    assert!(store.replace(key, refreshed.clone()).await.unwrap());
+    let seen = store.get(&key).await.unwrap().expect("held");
+    assert_eq!(
+        seen.upstream_headers.identity[0].1.as_bytes(),
+        b"refreshed",
+        "the memo saw the replacement"
+    );
+
+    // A logout while the refresh was at the provider: the refresh's result is not stored.
+    store.remove(&key).await.unwrap();
+    assert!(!store.replace(key, refreshed).await.unwrap());
+    assert!(store.get(&key).await.unwrap().is_none());
+    store.cache.run_pending_tasks().await;
+    assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn memory_store_does_not_replace_a_session_past_its_absolute_deadline() {
+    let store = MemoryStore::new(&session_config());
+    let key = SessionId::generate().key();
+    store
+        .insert(key, Arc::new(session(json!({"sub": "abc"}), Duration::from_millis(50))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let refreshed = Arc::new(session(json!({"sub": "abc"}), Duration::from_secs(60)));
+    assert!(!store.replace(key, refreshed).await.unwrap());
+    assert!(store.get(&key).await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn memory_store_drops_sessions_past_their_absolute_deadline() {
     let store = MemoryStore::new(&session_config());
     let key = SessionId::generate().key();

@@ -24,6 +24,10 @@ pub struct IdpOptions {
     pub require_par: bool,
     /// true = a new refresh token at every refresh (Authelia); false = the same one again.
     pub rotate_refresh_token: bool,
+    /// Each refresh grant is answered this late: after it was carried out (the old refresh
+    /// token already spent), or, with `refresh_delay_before`, before it is looked at.
+    pub refresh_delay: Duration,
+    pub refresh_delay_before: bool,
 }
 
 impl Default for IdpOptions {
@@ -37,6 +41,8 @@ impl Default for IdpOptions {
             claims_in_id_token: false,
             require_par: true,
             rotate_refresh_token: true,
+            refresh_delay: Duration::ZERO,
+            refresh_delay_before: false,
         }
     }
 }
@@ -76,6 +82,11 @@ impl Idp {
             .env(
                 "IDP_ROTATE_REFRESH_TOKEN",
                 if opts.rotate_refresh_token { "1" } else { "0" },
+            )
+            .env("IDP_REFRESH_DELAY_MS", opts.refresh_delay.as_millis().to_string())
+            .env(
+                "IDP_REFRESH_DELAY_WHEN",
+                if opts.refresh_delay_before { "before" } else { "after" },
             );
         for (key, ttl) in [
             ("IDP_ACCESS_TOKEN_TTL", opts.access_token_ttl),

@@ -325,6 +325,31 @@ describe('test provider, IDP_ROTATE_REFRESH_TOKEN=0', async () => {
   });
 });
 
+describe('test provider, IDP_REFRESH_DELAY_MS', async () => {
+  const after = await startIdp({ IDP_REFRESH_DELAY_MS: '800' });
+  const before = await startIdp({ IDP_REFRESH_DELAY_MS: '800', IDP_REFRESH_DELAY_WHEN: 'before' });
+
+  test('after: the answer comes late, but the old refresh token is spent at once', async () => {
+    const { tokens, meta } = await login(after.url);
+    const started = Date.now();
+    const slow = refresh(meta, tokens.refresh_token);
+    await new Promise((r) => { setTimeout(r, 300); });
+    const again = await refresh(meta, tokens.refresh_token);
+    assert.equal(again.status, 400, 'already rotated while the first answer is held');
+    const r1 = await slow;
+    assert.ok(Date.now() - started >= 800, 'held back');
+    assert.equal(r1.status, 200, JSON.stringify(r1.body));
+  });
+
+  test('before: the grant is looked at only after the delay', async () => {
+    const { tokens, meta } = await login(before.url);
+    const started = Date.now();
+    const r1 = await refresh(meta, tokens.refresh_token);
+    assert.ok(Date.now() - started >= 800, 'held back');
+    assert.equal(r1.status, 200, JSON.stringify(r1.body));
+  });
+});
+
 describe('echo upstream', async () => {
   const echo = await start(path.join(HERE, '..', 'upstream', 'echo.mjs'), {}, 'ECHO_READY');
 

@@ -19,6 +19,11 @@
 //   IDP_REQUIRE_PAR          1 (default: the client must use PAR) or 0 (PAR optional)
 //   IDP_ROTATE_REFRESH_TOKEN 1 (default, as Authelia: each refresh issues a new refresh token)
 //                            or 0 (the same one is used again, as many other providers do)
+//   IDP_REFRESH_DELAY_MS     answer each refresh grant this many ms late (default 0)
+//   IDP_REFRESH_DELAY_WHEN   after (default: the grant is carried out at once, the old refresh
+//                            token is already spent when the answer leaves, as when the answer
+//                            is slow on its way back) or before (the provider is stuck before
+//                            it looks at the grant)
 //   IDP_QUIET                1 = no request log on stderr
 //
 // Test control endpoints (not part of the provider):
@@ -70,8 +75,25 @@ const REFRESH_TOKEN_TTL = envInt('IDP_REFRESH_TOKEN_TTL', 5400);
 const CLAIMS_IN_ID_TOKEN = envBool('IDP_CLAIMS_IN_ID_TOKEN', false);
 const REQUIRE_PAR = envBool('IDP_REQUIRE_PAR', true);
 const ROTATE_REFRESH_TOKEN = envBool('IDP_ROTATE_REFRESH_TOKEN', true);
+const REFRESH_DELAY_MS = envInt('IDP_REFRESH_DELAY_MS', 0);
+const REFRESH_DELAY_WHEN = process.env.IDP_REFRESH_DELAY_WHEN || 'after';
+if (!['after', 'before'].includes(REFRESH_DELAY_WHEN)) die('IDP_REFRESH_DELAY_WHEN is after or before');
 const QUIET = envBool('IDP_QUIET', false);
 const SCOPES = ['openid', 'profile', 'email', 'groups', 'offline_access'];
+
+// IDP_REFRESH_DELAY_MS: hold a refresh grant before it is looked at, or hold its answer
+// (oidc-provider answers with one `res.end`) after the grant is carried out.
+async function delayRefresh(res) {
+  if (REFRESH_DELAY_WHEN === 'before') {
+    await new Promise((resolve) => { setTimeout(resolve, REFRESH_DELAY_MS); });
+    return;
+  }
+  const end = res.end.bind(res);
+  res.end = (...args) => {
+    setTimeout(() => end(...args), REFRESH_DELAY_MS);
+    return res;
+  };
+}
 
 function log(...parts) {
   if (!QUIET) process.stderr.write(`idp: ${parts.join(' ')}\n`);
@@ -548,7 +570,10 @@ const server = http.createServer(async (req, res) => {
         req.body = body;
         const grantType = new URLSearchParams(body).get('grant_type');
         if (grantType === 'authorization_code') stats.authorization_code += 1;
-        else if (grantType === 'refresh_token') stats.refresh_token += 1;
+        else if (grantType === 'refresh_token') {
+          stats.refresh_token += 1;
+          if (REFRESH_DELAY_MS > 0) await delayRefresh(res);
+        }
       }
     } else if (path === ROUTES.userinfo) {
       stats.userinfo += 1;

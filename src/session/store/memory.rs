@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use moka::Expiry;
 
 use super::near::NearCache;
@@ -65,6 +66,27 @@ impl MemoryStore {
             cache,
             near: NearCache::new(config.idle_timeout),
         }
+    }
+
+    /// Stores a refreshed session only if its key is still held, in one step with respect
+    /// to a removal: a logout that lands while the refresh is at the provider stays a
+    /// logout. Returns whether it was stored.
+    pub async fn replace(&self, key: SessionKey, session: Arc<Session>) -> Result<bool, StoreError> {
+        let outcome = self
+            .cache
+            .entry(key)
+            .and_compute_with(|held| {
+                std::future::ready(match held {
+                    Some(held) if !held.value().is_expired(SystemTime::now()) => Op::Put(session),
+                    _ => Op::Nop,
+                })
+            })
+            .await;
+        let stored = matches!(outcome, CompResult::ReplacedWith(_));
+        if stored {
+            self.near.invalidate();
+        }
+        Ok(stored)
     }
 
     /// Number of sessions held (approximate, as moka counts lazily).

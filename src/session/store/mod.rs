@@ -125,12 +125,12 @@ impl SessionStore {
         }
     }
 
-    /// Stores a refreshed session, unless the session ended meanwhile (a logout on another
-    /// replica): then it stays ended and this returns false. The memory store serialises
-    /// refresh and logout of a session in one process and simply stores it.
+    /// Stores a refreshed session, unless the session ended meanwhile (a logout while the
+    /// refresh was at the provider, here or on another replica): then it stays ended and
+    /// this returns false.
     pub async fn replace(&self, key: SessionKey, session: Arc<Session>) -> Result<bool, StoreError> {
         match self {
-            SessionStore::Memory(store) => store.insert(key, session).await.map(|()| true),
+            SessionStore::Memory(store) => store.replace(key, session).await,
             SessionStore::Redis(store) => store.replace(key, session).await,
         }
     }
