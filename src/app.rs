@@ -25,7 +25,7 @@ use crate::policy::{self, Decision, Policy};
 use crate::proxy::{CookieFilter, ForwardContext, Upstream, UpstreamSlot};
 use crate::router::{Route, Router};
 use crate::session::cookies::CookieCodec;
-use crate::session::refresh::RefreshGate;
+use crate::session::refresh::{RefreshGate, RefreshState};
 use crate::session::store::{RefreshTurn, SessionStore};
 use crate::session::{Session, SessionKey};
 use crate::ResponseBody;
@@ -253,12 +253,12 @@ impl App {
     /// across replicas (Redis) [`SessionStore::refresh_turn`] lets one replica refresh and
     /// hands the others its result.
     async fn refresh(&self, key: SessionKey) -> Result<Option<ActiveSession>, AppError> {
-        let _guard = self.refresh_gate.acquire(&key).await;
+        let mut permit = self.refresh_gate.acquire(&key).await;
         let Some(current) = self.sessions.get(&key).await? else {
             return Ok(None);
         };
         let leeway = self.config.session.refresh_before_expiry;
-        if !current.needs_refresh(SystemTime::now(), leeway) {
+        if !current.needs_refresh(SystemTime::now(), leeway) || permit.backing_off(Instant::now()) {
             return Ok(Some(ActiveSession { session: current }));
         }
         // Settled: another replica rotated the refresh token, or the tokens are fresh.
@@ -271,18 +271,28 @@ impl App {
             RefreshTurn::Refresh { session, lock } => (session, lock),
         };
         // The lock is released whatever the outcome, before an error is returned.
-        let outcome = self.refresh_now(key, current).await;
+        let outcome = self.refresh_now(key, current, &mut permit).await;
         lock.release().await;
         outcome
     }
 
     /// Refreshes `current`'s tokens at the provider and stores the result. Runs only
     /// while this request holds the session's refresh lock.
-    async fn refresh_now(&self, key: SessionKey, current: Arc<Session>) -> Result<Option<ActiveSession>, AppError> {
+    async fn refresh_now(
+        &self,
+        key: SessionKey,
+        current: Arc<Session>,
+        permit: &mut RefreshState,
+    ) -> Result<Option<ActiveSession>, AppError> {
         let Some(refresh_token) = current.tokens.refresh_token.clone() else {
             return Ok(Some(ActiveSession { session: current }));
         };
-        match self.oidc.refresh(&refresh_token, &current.subject).await {
+        let outcome = self.oidc.refresh(&refresh_token, &current.subject).await;
+        match &outcome {
+            Err(OidcError::NotReady | OidcError::ProviderUnreachable(_)) => permit.met_outage(Instant::now()),
+            _ => permit.settled(),
+        }
+        match outcome {
             Ok(outcome) => {
                 let refreshed = current.refreshed(outcome.tokens, &self.config.identity, self.policy.rule());
                 let refreshed = Arc::new(refreshed);
@@ -296,11 +306,12 @@ impl App {
                 tracing::debug!(session = ?key, "access token refreshed");
                 Ok(Some(ActiveSession { session: refreshed }))
             }
-            Err(OidcError::NotReady | OidcError::ProviderUnreachable(_)) => {
+            Err(error @ (OidcError::NotReady | OidcError::ProviderUnreachable(_))) => {
                 // The provider is down: the session stays valid on its last tokens, so the
-                // app keeps working; the next request tries again.
+                // app keeps working; this session's refresh is tried again after a pause
+                // (`refresh::RETRY_AFTER_OUTAGE`), not by every request meanwhile.
                 self.metrics.refresh(RefreshOutcome::Unreachable);
-                tracing::warn!(session = ?key, "token refresh failed: identity provider unreachable; keeping the session");
+                tracing::warn!(session = ?key, error = %error, "token refresh failed: identity provider unavailable; keeping the session");
                 Ok(Some(ActiveSession { session: current }))
             }
             Err(error) => {

@@ -165,3 +165,49 @@ async fn a_logout_during_a_refresh_is_not_undone_by_the_refresh() {
         "the logout revokes the tokens it saw, the refresh the ones it brought: {stats:?}"
     );
 }
+
+/// A provider that hangs on refresh grants costs a session one timeout, not one per
+/// request: the requests that queued behind the refresh, and those that follow within the
+/// pause after it, go on with the last tokens instead of each waiting out a refresh of
+/// its own (which would also send the provider one grant per request).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_hanging_on_refresh_costs_a_session_one_timeout_not_one_per_request() {
+    let stack = Stack::builder()
+        .idp(|o| {
+            o.access_token_ttl = Some(ACCESS_TTL);
+            o.refresh_delay = Duration::from_secs(60);
+            o.refresh_delay_before = true;
+        })
+        .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .env("PORTCULLIS_OIDC_HTTP_TIMEOUT", "2s")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    stack.idp.reset_stats().await;
+    let_the_access_token_expire().await;
+
+    let started = std::time::Instant::now();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..5 {
+        let client = stack.client.clone();
+        let url = stack.url(&format!("/page/{i}"));
+        requests.spawn(async move { (i, client.api_get(&url).await, started.elapsed()) });
+    }
+    while let Some(joined) = requests.join_next().await {
+        let (i, resp, took) = joined.expect("request task");
+        assert_eq!(resp.echo().values("remote-user"), ["john"], "request {i}");
+        assert!(
+            took < Duration::from_millis(3500),
+            "request {i} took {took:?}: it waited for refreshes of its own"
+        );
+    }
+    let later = std::time::Instant::now();
+    let resp = stack.client.api_get(&stack.url("/later")).await;
+    assert_eq!(resp.echo().values("remote-user"), ["john"]);
+    assert!(later.elapsed() < Duration::from_secs(1), "{:?}", later.elapsed());
+    let stats = stack.idp.stats().await;
+    assert_eq!(
+        stats.refresh_token, 1,
+        "one grant per session, not per request: {stats:?}"
+    );
+}

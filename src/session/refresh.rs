@@ -1,45 +1,111 @@
-//! Single-flight refresh: at most one token refresh per session at a time.
+//! Single-flight refresh: at most one token refresh per session at a time, and none
+//! again for a while after one met a provider outage.
 //!
 //! Authelia rotates refresh tokens strictly and revokes the whole grant when one token
 //! is used twice, so concurrent requests of a session must wait for a single refresh
 //! and then use its result. The in-memory gate serves one process; a distributed store
 //! brings a distributed lock implementing the same shape.
+//!
+//! After an outage (the provider unreachable, or answering that it is not working), the
+//! requests that queued behind the failed refresh, and those that come within
+//! [`RETRY_AFTER_OUTAGE`], use the session's last tokens instead of each trying again:
+//! one after another, each waiting out the provider's timeout, a page's twenty requests
+//! would take minutes, and a struggling provider would get twenty grants per session.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::SessionKey;
 
-/// Hands out one lock per session key; idle locks are dropped after a while.
-#[derive(Clone)]
+/// How long a session's refresh is not tried again after it met an outage.
+pub const RETRY_AFTER_OUTAGE: Duration = Duration::from_secs(10);
+
+/// Unused entries are swept once the map holds this many more than after the last sweep.
+const SWEEP_SLACK: usize = 1024;
+
+/// Hands out one turn per session key at a time. Every entry is kept while a request holds
+/// or waits for it (so two requests of a session can never get different locks), or while
+/// it remembers an outage; unused entries are swept as the map grows.
+#[derive(Clone, Default)]
 pub struct RefreshGate {
-    locks: Cache<SessionKey, Arc<Mutex<()>>>,
+    turns: Arc<StdMutex<Turns>>,
+}
+
+#[derive(Default)]
+struct Turns {
+    by_session: HashMap<SessionKey, Arc<Mutex<RefreshState>>>,
+    sweep_at: usize,
+}
+
+/// What one session's refresh turn knows; the holder of the turn reads and writes it.
+#[derive(Debug, Default)]
+pub struct RefreshState {
+    outage_at: Option<Instant>,
+}
+
+/// The right to refresh one session; others of the session wait until it is dropped.
+pub type RefreshPermit = OwnedMutexGuard<RefreshState>;
+
+impl RefreshState {
+    /// Whether a refresh of this session met an outage less than [`RETRY_AFTER_OUTAGE`]
+    /// before `now`, so the session is to go on with its last tokens.
+    pub fn backing_off(&self, now: Instant) -> bool {
+        self.outage_at
+            .is_some_and(|at| now.saturating_duration_since(at) < RETRY_AFTER_OUTAGE)
+    }
+
+    /// Records that a refresh met an outage at `now`.
+    pub fn met_outage(&mut self, now: Instant) {
+        self.outage_at = Some(now);
+    }
+
+    /// Records that a refresh went through (or ended the session).
+    pub fn settled(&mut self) {
+        self.outage_at = None;
+    }
 }
 
 impl RefreshGate {
     pub fn new() -> Self {
-        RefreshGate {
-            locks: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(300))
-                .build(),
-        }
+        Self::default()
     }
 
     /// Waits until no other refresh of this session runs. The caller re-reads the session
     /// after acquiring: another request may have refreshed it meanwhile.
-    pub async fn acquire(&self, key: &SessionKey) -> OwnedMutexGuard<()> {
-        let lock = self.locks.get_with(*key, || Arc::new(Mutex::new(())));
-        lock.lock_owned().await
+    pub async fn acquire(&self, key: &SessionKey) -> RefreshPermit {
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+            turns.sweep_if_grown(Instant::now());
+            turns.by_session.entry(*key).or_default().clone()
+        };
+        turn.lock_owned().await
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.turns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_session
+            .len()
     }
 }
 
-impl Default for RefreshGate {
-    fn default() -> Self {
-        Self::new()
+impl Turns {
+    /// Drops the entries nobody holds or waits for and that remember no recent outage.
+    /// Runs under the map's lock, where no new holder can appear, and only once the map
+    /// has grown by [`SWEEP_SLACK`], so its cost is spread over that many refreshes.
+    fn sweep_if_grown(&mut self, now: Instant) {
+        if self.by_session.len() < self.sweep_at.saturating_add(SWEEP_SLACK) {
+            return;
+        }
+        self.by_session.retain(|_, turn| {
+            Arc::strong_count(turn) > 1 || turn.try_lock().map_or(true, |state| state.backing_off(now))
+        });
+        self.sweep_at = self.by_session.len();
     }
 }
 
@@ -59,7 +125,7 @@ mod tests {
             .map(|_| {
                 let (gate, inside, max_inside) = (gate.clone(), inside.clone(), max_inside.clone());
                 tokio::spawn(async move {
-                    let _guard = gate.acquire(&key).await;
+                    let _turn = gate.acquire(&key).await;
                     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     max_inside.fetch_max(now, Ordering::SeqCst);
                     tokio::task::yield_now().await;
@@ -79,5 +145,61 @@ mod tests {
         let _first = gate.acquire(&SessionId::generate().key()).await;
         let second = tokio::time::timeout(Duration::from_millis(100), gate.acquire(&SessionId::generate().key())).await;
         assert!(second.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_remembered_for_the_next_turn_until_it_is_old() {
+        let gate = RefreshGate::new();
+        let key = SessionId::generate().key();
+        let now = Instant::now();
+        {
+            let mut permit = gate.acquire(&key).await;
+            assert!(!permit.backing_off(now));
+            permit.met_outage(now);
+        }
+        let mut permit = gate.acquire(&key).await;
+        assert!(permit.backing_off(now));
+        assert!(permit.backing_off(now + RETRY_AFTER_OUTAGE - Duration::from_millis(1)));
+        assert!(!permit.backing_off(now + RETRY_AFTER_OUTAGE));
+        permit.settled();
+        assert!(!permit.backing_off(now));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_same_turn_however_many_sessions_come_and_go() {
+        // With a bounded cache of turns, a busy gate could forget a held turn and hand a
+        // second request of that session a lock of its own: two refreshes at once.
+        let gate = RefreshGate::new();
+        let key = SessionId::generate().key();
+        let held = gate.acquire(&key).await;
+        for _ in 0..3 * SWEEP_SLACK {
+            drop(gate.acquire(&SessionId::generate().key()).await);
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), gate.acquire(&key)).await;
+        assert!(waiting.is_err(), "a second turn of a held session was handed out");
+        drop(held);
+        assert!(tokio::time::timeout(Duration::from_secs(1), gate.acquire(&key))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn unused_turns_are_swept_but_held_and_backing_off_ones_stay() {
+        let gate = RefreshGate::new();
+        let held_key = SessionId::generate().key();
+        let outage_key = SessionId::generate().key();
+        let held = gate.acquire(&held_key).await;
+        gate.acquire(&outage_key).await.met_outage(Instant::now());
+        for _ in 0..SWEEP_SLACK + 10 {
+            drop(gate.acquire(&SessionId::generate().key()).await);
+        }
+        assert!(gate.len() < SWEEP_SLACK, "swept: {} left", gate.len());
+        assert!(
+            gate.acquire(&outage_key).await.backing_off(Instant::now()),
+            "the outage was forgotten"
+        );
+        let _ = held;
+        let second = tokio::time::timeout(Duration::from_millis(50), gate.acquire(&held_key)).await;
+        assert!(second.is_err(), "the held turn was swept");
     }
 }
