@@ -79,20 +79,30 @@ impl App {
         let login = self.oidc.begin_login().await?;
         self.metrics.login_started();
         let now = SystemTime::now();
-        let pending = PendingLogin {
+        let mut pending = PendingLogin {
             auth: login.pending,
-            return_to: return_to.to_owned(),
+            return_to: String::new(),
             started_at: unix_seconds(now),
         };
+        // A browser drops a cookie too large to keep, and the login would then always end
+        // in "sign-in expired": a return path that does not fit loses its query, or all of it.
+        let sealed = policy::shortened_return_paths(return_to).find_map(|candidate| {
+            pending.return_to.clear();
+            pending.return_to.push_str(candidate);
+            self.cookies.seal_login(&pending)
+        });
+        let sealed = sealed.ok_or(AppError::Internal("sealing the login cookie failed"))?;
+        if pending.return_to.len() < return_to.len() {
+            tracing::info!(
+                length = return_to.len(),
+                "return path too long for the login cookie; shortened"
+            );
+        }
         let mut response = redirect(login.url.as_str())?;
         let cookies = response.headers_mut();
         for clear in self.cookies.prune_logins(headers, now) {
             cookies.append(SET_COOKIE, clear);
         }
-        let sealed = self
-            .cookies
-            .seal_login(&pending)
-            .ok_or(AppError::Internal("sealing the login cookie failed"))?;
         cookies.append(SET_COOKIE, sealed);
         Ok(response)
     }

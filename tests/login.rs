@@ -104,6 +104,48 @@ async fn login_through_par_and_pkce_returns_to_the_requested_url_with_its_query(
     );
 }
 
+/// Browsers drop a cookie of more than 4096 bytes without a word, and the login would then
+/// always end in "sign-in expired". A deep link whose query is too long for the pending-login
+/// cookie returns to its path without the query; a path too long even for that, to `/`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_return_path_too_long_for_a_cookie_loses_its_query_not_the_login() {
+    let stack = Stack::start().await;
+    let long_query = format!("q={}", "x".repeat(3500));
+    let long_path = format!("/{}", "p".repeat(3500));
+    for (requested, lands_on) in [
+        (format!("/dashboard?{long_query}"), "/dashboard".to_owned()),
+        (
+            format!("/dashboard?q={}", "x".repeat(2000)),
+            format!("/dashboard?q={}", "x".repeat(2000)),
+        ),
+        (long_path.clone(), "/".to_owned()),
+    ] {
+        let client = stack.client.fresh();
+        let trace = client.login(&stack.url(&requested), "john", PASSWORD).await;
+        let pending = trace
+            .first()
+            .set_cookies()
+            .into_iter()
+            .find(|c| c.name().starts_with(LOGIN_COOKIE_PREFIX))
+            .unwrap_or_else(|| panic!("no pending-login cookie:\n{}", trace.describe()));
+        assert!(
+            pending.name().len() + pending.value().len() <= 4096,
+            "a browser would drop this {}-byte cookie",
+            pending.name().len() + pending.value().len()
+        );
+        let callback = trace
+            .callback()
+            .unwrap_or_else(|| panic!("no callback:\n{}", trace.describe()));
+        assert_eq!(
+            callback.location().map(String::from),
+            Some(stack.url(&lands_on)),
+            "{}",
+            &requested[..40]
+        );
+        assert_status(trace.landing(), 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_sees_identity_headers_and_none_of_the_spoofed_ones() {
     let stack = Stack::start().await;

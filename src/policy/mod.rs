@@ -36,7 +36,7 @@ mod tests;
 pub use access::{Access, Forbidden, Refusal, Rule};
 pub use client::{is_browser_navigation, prefers_json};
 pub use public::PublicPaths;
-pub use redirect::local_return_path;
+pub use redirect::{local_return_path, shortened_return_paths};
 
 use http::Uri;
 

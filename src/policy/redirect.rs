@@ -40,6 +40,18 @@ fn percent_decode(input: &str) -> String {
         .into_owned()
 }
 
+/// The return paths to try, longest first, when the whole of `path` is too long to keep
+/// (in a cookie): `path` itself, then without its query, then `/`.
+pub fn shortened_return_paths(path: &str) -> impl Iterator<Item = &str> {
+    let without_query = path
+        .split_once('?')
+        .map(|(path, _)| path)
+        .filter(|p| !p.is_empty() && *p != "/");
+    std::iter::once(path)
+        .chain(without_query)
+        .chain((path != "/").then_some("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +98,14 @@ mod tests {
         ] {
             assert_eq!(local_return_path(target), None, "{target:?}");
         }
+    }
+
+    #[test]
+    fn shortened_return_paths_drop_the_query_then_everything() {
+        let all = |p| shortened_return_paths(p).collect::<Vec<_>>();
+        assert_eq!(all("/a/b?q=1&r=2"), ["/a/b?q=1&r=2", "/a/b", "/"]);
+        assert_eq!(all("/a/b"), ["/a/b", "/"]);
+        assert_eq!(all("/?q=1"), ["/?q=1", "/"]);
+        assert_eq!(all("/"), ["/"]);
     }
 }

@@ -20,6 +20,10 @@ use crate::oidc::PendingAuth;
 /// Length of the state prefix that names a pending-login cookie.
 const STATE_TAG_LEN: usize = 16;
 
+/// The most a cookie's name and value may hold: browsers keep no more (RFC 6265 §6.1's
+/// minimum, and Chrome's and Firefox's limit) and drop a larger cookie without a word.
+pub const MAX_COOKIE_BYTES: usize = 4096;
+
 /// What a login attempt must remember until the provider sends the browser back.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PendingLogin {
@@ -104,13 +108,17 @@ impl CookieCodec {
         format!("{}{}", self.login_prefix, tag)
     }
 
-    /// Seals a pending login into a `Set-Cookie` value.
+    /// Seals a pending login into a `Set-Cookie` value; `None` if it would not fit in a
+    /// browser's cookie ([`MAX_COOKIE_BYTES`]: its return path is too long).
     pub fn seal_login(&self, pending: &PendingLogin) -> Option<HeaderValue> {
         let payload = serde_json::to_string(pending).ok()?;
         let name = self.login_cookie_name(&pending.auth.state);
         let mut jar = CookieJar::new();
         jar.private_mut(&self.key).add(Cookie::new(name.clone(), payload));
         let sealed = jar.get(&name)?.value().to_owned();
+        if name.len() + sealed.len() > MAX_COOKIE_BYTES {
+            return None;
+        }
         Some(self.render(Cookie::new(name, sealed), self.login_max_age))
     }
 

@@ -47,6 +47,26 @@ fn a_sealed_login_opens_with_the_same_state() {
 }
 
 #[test]
+fn a_login_cookie_is_sealed_only_if_a_browser_would_keep_it() {
+    let codec = CookieCodec::new(&session_config());
+    let state = "s".repeat(43);
+    let name_and_value = |set: &HeaderValue| {
+        let text = set.to_str().unwrap();
+        text.split(';').next().unwrap().len() - 1 // without the `=`
+    };
+    let mut fits = pending(&state, now_secs());
+    fits.return_to = format!("/r?{}", "q".repeat(2400));
+    let set = codec.seal_login(&fits).expect("fits");
+    assert!(name_and_value(&set) <= MAX_COOKIE_BYTES, "{}", name_and_value(&set));
+    assert!(codec
+        .open_login(&cookie_header(&[set]), &state, SystemTime::now())
+        .is_some());
+    let mut too_long = pending(&state, now_secs());
+    too_long.return_to = format!("/r?{}", "q".repeat(3000));
+    assert!(codec.seal_login(&too_long).is_none());
+}
+
+#[test]
 fn a_pending_login_debugs_where_it_returns_to_but_not_its_secrets() {
     let text = format!("{:?}", pending(&"s".repeat(43), 1_790_000_000));
     assert!(
