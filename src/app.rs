@@ -294,7 +294,12 @@ impl App {
         }
         match outcome {
             Ok(outcome) => {
-                let refreshed = current.refreshed(outcome.tokens, &self.config.identity, self.policy.rule());
+                let refreshed = current.refreshed(
+                    outcome.tokens,
+                    outcome.userinfo.as_ref(),
+                    &self.config.identity,
+                    self.policy.rule(),
+                );
                 let refreshed = Arc::new(refreshed);
                 if !self.sessions.replace(key, refreshed.clone()).await? {
                     tracing::info!(session = ?key, "session ended during its token refresh (logout)");

@@ -211,3 +211,36 @@ async fn a_provider_hanging_on_refresh_costs_a_session_one_timeout_not_one_per_r
         "one grant per session, not per request: {stats:?}"
     );
 }
+
+/// Authelia 4.39 sends groups only from userinfo, so a refresh asks userinfo again: a
+/// user's changed groups reach the identity headers and the access rule within one
+/// access-token lifetime, not at the next login.
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_changed_at_the_provider_count_from_the_next_refresh() {
+    let stack = Stack::builder()
+        .idp(|o| o.access_token_ttl = Some(ACCESS_TTL))
+        .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .env("PORTCULLIS_POLICY_ALLOWED_GROUPS", "admins")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    let resp = stack.client.api_get(&stack.url("/before")).await;
+    assert_eq!(resp.echo().values("remote-groups"), ["admins,dev"]);
+
+    stack.idp.set_groups("john", &["admins", "ops"]).await;
+    let resp = stack.client.api_get(&stack.url("/not-yet")).await;
+    assert_eq!(
+        resp.echo().values("remote-groups"),
+        ["admins,dev"],
+        "before the refresh"
+    );
+    let_the_access_token_expire().await;
+    let resp = stack.client.api_get(&stack.url("/regrouped")).await;
+    assert_eq!(resp.echo().values("remote-groups"), ["admins,ops"], "after the refresh");
+
+    stack.idp.set_groups("john", &["dev"]).await;
+    let_the_access_token_expire().await;
+    let resp = stack.client.api_get(&stack.url("/demoted")).await;
+    assert_status(&resp, 403);
+    assert_eq!(stack.idp.stats().await.refresh_token, 2);
+}

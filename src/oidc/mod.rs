@@ -234,9 +234,27 @@ impl OidcClient {
             }
             None => None,
         };
+        // Authelia 4.39 sends groups, email and name only from userinfo: without asking
+        // again, a user's changed groups would reach neither the headers nor the access
+        // rule until the next login. A userinfo that fails otherwise leaves the previous
+        // claims in place; the tokens themselves are good.
+        let userinfo = match &provider.userinfo_endpoint {
+            Some(endpoint) => {
+                match tokens::userinfo(&self.inner.http, endpoint, &response.access_token, expected_subject).await {
+                    Ok(claims) => Some(claims),
+                    Err(OidcError::SubjectMismatch) => return Err(OidcError::SubjectMismatch),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "userinfo after a token refresh failed; keeping the previous claims");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(RefreshOutcome {
             tokens: response.into_token_set(Some(refresh_token), &self.inner.config.scopes),
             id_token_claims,
+            userinfo,
         })
     }
 

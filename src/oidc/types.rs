@@ -94,6 +94,9 @@ pub struct RefreshOutcome {
     pub tokens: TokenSet,
     /// Claims of the new ID token, when one came back (validated, same `sub`).
     pub id_token_claims: Option<Claims>,
+    /// Userinfo fetched with the new access token (same `sub`); `None` when the provider
+    /// has no userinfo endpoint or it failed: keep the previous.
+    pub userinfo: Option<Claims>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -154,14 +154,23 @@ impl Session {
     }
 
     /// This session after a refresh: new tokens (keeping the previous ID token when the
-    /// provider sent none), headers and access verdict prepared again (a new ID token
-    /// may carry other claims).
-    pub fn refreshed(&self, mut tokens: TokenSet, identity: &IdentityConfig, rule: &Rule) -> Self {
+    /// provider sent none) and userinfo (keeping the previous when there is none), headers
+    /// and access verdict prepared again (the claims may have changed).
+    pub fn refreshed(
+        &self,
+        mut tokens: TokenSet,
+        userinfo: Option<&Claims>,
+        identity: &IdentityConfig,
+        rule: &Rule,
+    ) -> Self {
         let mut session = self.clone();
         if tokens.id_token.is_none() {
             tokens.id_token = session.tokens.id_token.take();
         }
         session.tokens = tokens;
+        if let Some(userinfo) = userinfo {
+            session.userinfo = Some(claims_text(userinfo));
+        }
         session.prepare(identity, rule);
         session
     }

@@ -433,7 +433,7 @@ fn claims_are_the_id_token_claims_overlaid_with_userinfo() {
     new_tokens.id_token = Some(id_token(
         json!({"sub": "abc", "iss": "https://auth.example.com", "amr": ["pwd"]}),
     ));
-    let refreshed = session.refreshed(new_tokens, &identity_config(), &Rule::default());
+    let refreshed = session.refreshed(new_tokens, None, &identity_config(), &Rule::default());
     assert_eq!(refreshed.id_token_claims().get("name"), None);
     assert_eq!(refreshed.id_token_claims()["amr"], json!(["pwd"]));
     assert_eq!(
@@ -445,12 +445,26 @@ fn claims_are_the_id_token_claims_overlaid_with_userinfo() {
 
     let mut without_id_token = refreshed.tokens.clone();
     without_id_token.id_token = None;
-    let kept = refreshed.refreshed(without_id_token, &identity_config(), &Rule::default());
+    let kept = refreshed.refreshed(without_id_token.clone(), None, &identity_config(), &Rule::default());
     assert_eq!(
         kept.id_token_claims()["amr"],
         json!(["pwd"]),
         "a refresh without an ID token keeps the last one"
     );
+
+    let fresh_userinfo = json!({"sub": "abc", "name": "John Doe", "groups": ["dev", "ops"]});
+    let regrouped = kept.refreshed(
+        without_id_token,
+        fresh_userinfo.as_object(),
+        &identity_config(),
+        &Rule::default(),
+    );
+    assert_eq!(
+        header(&regrouped, "remote-groups"),
+        Some("dev,ops"),
+        "the new userinfo counts"
+    );
+    assert_eq!(regrouped.userinfo(), fresh_userinfo.as_object().cloned());
 }
 
 #[test]
@@ -498,7 +512,7 @@ fn the_access_verdict_is_prepared_at_login_and_again_after_a_refresh() {
 
     let mut promoted = tokens;
     promoted.id_token = Some(id_token(json!({"sub": "abc", "groups": ["dev", "admins"]})));
-    let refreshed = session.refreshed(promoted, &identity_config(), &admins);
+    let refreshed = session.refreshed(promoted, None, &identity_config(), &admins);
     assert_eq!(refreshed.access, Access::Granted);
     assert_eq!(
         login(refreshed.tokens.clone()).access,

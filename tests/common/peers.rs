@@ -163,6 +163,22 @@ impl Idp {
         );
     }
 
+    /// Changes `user`'s groups at the provider from now on (as an administrator would).
+    pub async fn set_groups(&self, user: &str, groups: &[&str]) {
+        let resp = self
+            .http
+            .post(self.url("/__test/set-groups"))
+            .query(&[("user", user), ("groups", &groups.join(","))])
+            .send()
+            .await
+            .expect("POST /__test/set-groups");
+        assert!(
+            resp.status().is_success(),
+            "/__test/set-groups answered {}",
+            resp.status()
+        );
+    }
+
     /// Whether the provider still honours `access_token`: the status of its userinfo
     /// endpoint asked with it (200, or 401 once the token is revoked or expired).
     pub async fn userinfo_status(&self, access_token: &str) -> u16 {

@@ -301,6 +301,16 @@ describe('test provider, IDP_CLAIMS_IN_ID_TOKEN=1, IDP_REQUIRE_PAR=0, short TTLs
     assert.ok(tokens.access_token);
   });
 
+  test('/__test/set-groups changes what userinfo says from then on', async () => {
+    const { tokens, meta } = await login(issuer);
+    assert.deepEqual((await userinfo(meta, tokens.access_token)).body.groups, ['admins', 'dev']);
+    const set = await fetch(`${issuer}/__test/set-groups?user=john&groups=dev,ops`, { method: 'POST' });
+    assert.equal(set.status, 200);
+    assert.deepEqual((await userinfo(meta, tokens.access_token)).body.groups, ['dev', 'ops']);
+    await fetch(`${issuer}/__test/set-groups?user=john&groups=admins,dev`, { method: 'POST' });
+    assert.equal((await fetch(`${issuer}/__test/set-groups?user=nobody`, { method: 'POST' })).status, 404);
+  });
+
   test('access token expires after IDP_ACCESS_TOKEN_TTL, refresh still works', async () => {
     const { tokens, meta } = await login(issuer);
     await new Promise((r) => { setTimeout(r, 2500); });

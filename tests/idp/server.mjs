@@ -30,6 +30,8 @@
 //   GET  /__test/stats                  {"par":N,"authorization_code":N,"refresh_token":N,"userinfo":N,"revocation":N}
 //   POST /__test/reset-stats
 //   POST /__test/revoke-refresh-tokens  every refresh token issued so far becomes invalid
+//   POST /__test/set-groups?user=U&groups=a,b   the user's groups from now on (as when an
+//                                       administrator changes them in Authelia's user database)
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -539,6 +541,12 @@ const server = http.createServer(async (req, res) => {
       const revoked = revokeAllRefreshTokens();
       log('revoked', revoked, 'refresh tokens');
       return sendJson(res, 200, { revoked });
+    }
+    if (path === '/__test/set-groups' && req.method === 'POST') {
+      const name = url.searchParams.get('user');
+      if (!Object.hasOwn(USERS, name)) return sendJson(res, 404, { error: 'no such user' });
+      USERS[name].claims.groups = (url.searchParams.get('groups') ?? '').split(',').filter(Boolean);
+      return sendJson(res, 200, { groups: USERS[name].claims.groups });
     }
     if (path.startsWith('/__test/')) return sendJson(res, 404, { error: 'not_found' });
 

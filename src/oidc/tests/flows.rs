@@ -468,6 +468,38 @@ async fn refresh_returns_rotated_tokens_and_validates_the_new_id_token() {
 }
 
 #[tokio::test]
+async fn refresh_fetches_userinfo_anew_with_the_new_access_token() {
+    let p = TestProvider::start().await;
+    let client = ready_client(&p, |_| {}).await;
+    p.set(
+        TOKEN,
+        Canned::json(200, json!({"access_token": "authelia_at_new", "token_type": "Bearer"})),
+    );
+    p.set(
+        USERINFO,
+        Canned::json(200, json!({"sub": SUB, "groups": ["dev", "ops"]})),
+    );
+    let out = client.refresh(&Secret::new(RT), SUB).await.expect("refresh");
+    assert_eq!(out.userinfo.expect("userinfo")["groups"], json!(["dev", "ops"]));
+    let asked = p.requests(USERINFO);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].authorization.as_deref(), Some("Bearer authelia_at_new"));
+
+    // Another user's userinfo ends the session, like another user's ID token.
+    p.set(USERINFO, Canned::json(200, json!({"sub": "another-subject"})));
+    assert!(matches!(
+        client.refresh(&Secret::new(RT), SUB).await,
+        Err(OidcError::SubjectMismatch)
+    ));
+
+    // A userinfo that fails otherwise keeps the tokens and the previous claims.
+    p.set(USERINFO, Canned::json(503, json!({"error": "temporarily_unavailable"})));
+    let out = client.refresh(&Secret::new(RT), SUB).await.expect("refresh");
+    assert_eq!(out.tokens.access_token.expose(), "authelia_at_new");
+    assert!(out.userinfo.is_none());
+}
+
+#[tokio::test]
 async fn refresh_rejections_and_outages_are_told_apart() {
     let p = TestProvider::start().await;
     let client = ready_client(&p, |_| {}).await;
