@@ -91,7 +91,12 @@ fn run(config: Config) -> ExitCode {
     if config.session.secret_is_ephemeral {
         tracing::warn!("SESSION_ENCRYPTION_SECRET is not set: using a random secret for this process; sessions and pending logins will not survive a restart");
     }
-    for warning in config.policy.warnings(&config.oidc.scopes) {
+    for warning in config
+        .server
+        .warnings()
+        .into_iter()
+        .chain(config.policy.warnings(&config.oidc.scopes))
+    {
         tracing::warn!("{warning}");
     }
     // The main thread accepts connections and runs the background work; the connections

@@ -197,6 +197,9 @@ impl Config {
             "trusted_proxies = {}",
             list(sv.trusted_proxies.iter().map(|n| n.to_string()))
         )?;
+        for warning in sv.warnings() {
+            writeln!(out, "# warning: {warning}")?;
+        }
 
         writeln!(out, "\n[log]")?;
         let format = match self.log.format {

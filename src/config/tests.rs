@@ -1375,6 +1375,21 @@ fn trusted_proxies_take_addresses_and_ranges() {
     );
     let shown: Vec<String> = config.server.trusted_proxies.iter().map(|n| n.to_string()).collect();
     assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+    assert!(config.server.warnings().is_empty());
+    for everyone in ["0.0.0.0/0", "10.0.0.1, ::/0"] {
+        let config = ok(
+            "",
+            &with(seed_env(), &[("PORTCULLIS_SERVER_TRUSTED_PROXIES", everyone)]),
+        );
+        let warnings = config.server.warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("every address"),
+            "{everyone}: {warnings:?}"
+        );
+        assert!(config
+            .describe()
+            .contains("# warning: server.trusted_proxies trusts every address"));
+    }
     rejects_env(
         &[("PORTCULLIS_SERVER_TRUSTED_PROXIES", "10.0.0.0/33")],
         "PORTCULLIS_SERVER_TRUSTED_PROXIES",

@@ -76,6 +76,20 @@ fn tls_files(src: &mut Source<'_>) -> Option<TlsFiles> {
     }
 }
 
+impl ServerConfig {
+    /// Settings that are valid but probably not what was meant. Logged at start-up and
+    /// shown by `portcullis check`.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+            warnings.push(
+                "server.trusted_proxies trusts every address (a /0 range): any client can then choose the X-Forwarded-For, -Proto and -Host that the upstream and the access log see",
+            );
+        }
+        warnings
+    }
+}
+
 fn trusted_proxies(src: &mut Source<'_>) -> Vec<ipnet::IpNet> {
     let Some((key, entries)) = src.list("server.trusted_proxies") else {
         return Vec::new();
