@@ -57,8 +57,8 @@ use super::connector::UpstreamConnector;
 use super::driver_waker::DriverWaker;
 use super::early_answer::{EarlyAnswerIo, WriteSide};
 use super::forwarded::address_value;
-use super::timeout::{Due, ProgressBody, ResponseTimer};
-use super::ProxyError;
+use super::timeout::{Due, OpenBody, ProgressBody, ResponseTimer};
+use super::{ProxyError, RequestBodyWatch};
 
 type Sender = http1::SendRequest<ProgressBody>;
 
@@ -222,13 +222,15 @@ impl Http1Pool {
         })
     }
 
-    /// A slot for one downstream connection, whose peer is `peer`.
-    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr) -> UpstreamSlot {
+    /// A slot for one downstream connection, whose peer is `peer`, and which `bodies`
+    /// tells when its request bodies end.
+    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr, bodies: Option<Arc<dyn RequestBodyWatch>>) -> UpstreamSlot {
         let peer = peer.to_canonical();
         UpstreamSlot {
             pool: self.clone(),
             kept: Mutex::new(None),
             peer: (peer, address_value(peer)),
+            bodies,
         }
     }
 
@@ -375,12 +377,15 @@ impl Http1Pool {
 
 /// The upstream connection one downstream connection keeps between its requests.
 /// Dropped with the downstream connection, handing the connection to the idle list.
-/// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection.
+/// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection, and
+/// what the downstream connection is told about its request bodies.
 pub struct UpstreamSlot {
     pool: Arc<Http1Pool>,
     kept: Mutex<Option<IdleConnection>>,
     /// The peer (canonical) and its [`address_value`].
     peer: (IpAddr, HeaderValue),
+    /// Told when each forwarded request body ends (an HTTP/1.1 connection's head timer).
+    bodies: Option<Arc<dyn RequestBodyWatch>>,
 }
 
 impl UpstreamSlot {
@@ -391,6 +396,11 @@ impl UpstreamSlot {
             (peer, value) if *peer == ip => value.clone(),
             _ => address_value(ip),
         }
+    }
+
+    /// Marks a forwarded request body open until the returned guard is dropped.
+    pub(super) fn open_body(&self) -> Option<OpenBody> {
+        self.bodies.as_ref().map(OpenBody::new)
     }
 
     fn take(&self) -> Option<IdleConnection> {
