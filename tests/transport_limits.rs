@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -245,6 +247,122 @@ async fn the_head_timeout_spares_busy_connections_and_slow_responses() {
         waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
         "closed {waited:?} after the last response, for a 1 s timeout"
     );
+}
+
+/// An upstream that answers each request (`200`, body `early`) as soon as it has read
+/// the head, then reads its `Content-Length` body on and keeps the connection, as
+/// Node.js does when a handler ends without consuming the body. Counts the body bytes
+/// it read.
+async fn answering_before_reading_uploads() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let uploaded = Arc::new(AtomicUsize::new(0));
+    let total = uploaded.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let total = total.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head_end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                    let length: usize = String::from_utf8_lossy(&buffer[..head_end])
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|line| {
+                            line.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    while buffer.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..head_end + length);
+                    total.fetch_add(length, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (url, uploaded, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_going_on_after_its_answer_is_not_cut_off_by_the_head_timeout() {
+    // The answer is complete while hyper still reads the request body: the connection
+    // is busy until the body has ended, and idle only from then (no 408 either, though
+    // the body's bytes came after the last response).
+    let (url, uploaded, upstream) = answering_before_reading_uploads().await;
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_HEADER_READ_TIMEOUT", "1s")
+        .upstream(&url)
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session"));
+    let mut tcp = TcpStream::connect(("127.0.0.1", stack.portcullis.app.port))
+        .await
+        .expect("connect");
+
+    // 13 parts of 100 bytes, one every 200 ms: the upload goes on for 2.4 timeouts
+    // after its answer.
+    let part = [b'u'; 100];
+    let head = format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\ncontent-length: 1300\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("write the head");
+    tcp.write_all(&part).await.expect("write the first part");
+    let (status, _) = ws::read_head(&mut tcp).await.expect("the answer's head");
+    assert_eq!(status, 200);
+    let mut body = [0u8; 5];
+    tcp.read_exact(&mut body).await.expect("the answer's body");
+    assert_eq!(&body, b"early");
+    let answered = Instant::now();
+    for _ in 1..13 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tcp.write_all(&part).await.unwrap_or_else(|error| {
+            panic!(
+                "the upload was cut off {:?} after its answer: {error}",
+                answered.elapsed()
+            )
+        });
+    }
+    let ended = Instant::now();
+    let uploaded = &uploaded;
+    eventually(
+        "the whole upload reached the upstream",
+        Duration::from_secs(5),
+        || async move { (uploaded.load(Ordering::SeqCst) == 1300).then_some(()) },
+    )
+    .await;
+
+    // Then nothing: closed silently a timeout after the upload's end.
+    let (bytes, closed) = read_until_close(&mut tcp, Duration::from_secs(4)).await;
+    assert!(closed, "the idle connection was not closed within 4 s of a 1 s timeout");
+    assert!(
+        bytes.is_empty(),
+        "the connection got bytes after its answer: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let waited = ended.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "closed {waited:?} after the upload's end, for a 1 s timeout"
+    );
+    upstream.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]

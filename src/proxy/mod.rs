@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - `mod.rs`: the public contract ([`Upstream`], [`ForwardContext`], [`ProxyError`],
-//!   [`CookieFilter`]) and [`Upstream::forward`], which reads as the ordered phases.
+//!   [`CookieFilter`], [`RequestBodyWatch`]) and [`Upstream::forward`], which reads as
+//!   the ordered phases.
 //! - `headers`: pure header rewriting (hop-by-hop, identity stripping, portcullis'
 //!   cookies).
 //! - `forwarded`: `X-Forwarded-*` with trusted proxies, and [`client_ip`].
@@ -82,6 +83,18 @@ pub struct ForwardContext<'a> {
     pub access_token: Option<&'a HeaderValue>,
     /// The downstream connection's upstream connection ([`Upstream::slot`]).
     pub upstream_slot: &'a Arc<UpstreamSlot>,
+}
+
+/// Told when the body of a forwarded request ends, by the downstream connection that
+/// received it: a body can be read on after its response has gone out (an upload the
+/// upstream answered before reading it), and the connection is busy until the body
+/// ends (see `server::head_timeout`). Given to [`Upstream::slot`].
+pub trait RequestBodyWatch: Send + Sync {
+    /// A request with a body is being forwarded (called before its first frame is read).
+    fn opened(&self);
+    /// That body ended, failed or was dropped: once for each [`Self::opened`], from
+    /// whichever task reads the body (perhaps not the connection's).
+    fn ended(&self);
 }
 
 /// Why a request could not be forwarded. No variant's message names the upstream
@@ -252,9 +265,10 @@ impl Upstream {
     }
 
     /// A new downstream connection's [`UpstreamSlot`], for [`ForwardContext::upstream_slot`];
-    /// `peer` is the connection's peer (its `X-Forwarded-For` entry is rendered once).
-    pub fn slot(&self, peer: SocketAddr) -> Arc<UpstreamSlot> {
-        Arc::new(self.http1.slot(peer.ip()))
+    /// `peer` is the connection's peer (its `X-Forwarded-For` entry is rendered once), and
+    /// `bodies`, if any, is told when each forwarded request body ends.
+    pub fn slot(&self, peer: SocketAddr, bodies: Option<Arc<dyn RequestBodyWatch>>) -> Arc<UpstreamSlot> {
+        Arc::new(self.http1.slot(peer.ip(), bodies))
     }
 
     /// [`client_ip`] with the configured trusted proxies: the address to log and to
@@ -290,12 +304,14 @@ impl Upstream {
         // mean nothing to the upstream connection.
         parts.extensions = Extensions::new();
         let progress = Progress::of(&body);
+        // Only a request with a body (`progress`) can keep its connection busy after the response.
+        let open = progress.as_ref().and_then(|_| ctx.upstream_slot.open_body());
 
         let mut response = match &self.transport {
             Transport::Http1 => {
                 parts.uri = self.target.origin_form(&parts.uri)?;
                 parts.version = Version::HTTP_11;
-                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
+                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone(), open));
                 let due = Due::from_now(progress.as_deref(), self.response_timeout);
                 let mut response = self.http1.send(ctx.upstream_slot, request, due).await?;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -307,7 +323,7 @@ impl Upstream {
                 let authority = authority.as_ref().unwrap_or(self.target.authority());
                 parts.uri = self.target.uri_for(&parts.uri, authority)?;
                 parts.version = Version::HTTP_2;
-                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
+                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone(), open));
                 let client = clients.here();
                 let sent = pin!(client.request(request));
                 let due = Due::from_now(progress.as_deref(), self.response_timeout);

@@ -26,13 +26,16 @@
 //! response body is read. A request therefore wakes no other task and crosses no
 //! channel to another one, and (polled with a [`DriverWaker`]) not even its own task:
 //! only the sockets do. An exchange that is not finished when the body has been read
-//! (an upload still going on after an early response) hands the driver to a task of its
-//! own, as an upgraded connection's does; unless the upstream stopped reading the upload
-//! and reset the connection ([`super::early_answer`]): then the connection is dropped. A
-//! kept connection is not polled between requests: the upstream closing it is noticed
-//! when it is next used, which the paragraph above already covers. Nor is its timer:
-//! when it fires between requests it wakes the task of the request that used it last,
-//! once, and the next request moves it on.
+//! (an upload still going on after an early response) hands the connection to a task
+//! of its own, which drives it until the exchange is over and only then gives it back
+//! ([`finish_exchange`]); unless the upstream stopped reading the upload and reset the
+//! connection ([`super::early_answer`]): then the connection is dropped. So a slot or the
+//! idle list only ever holds connections ready for a request: a busy one would make the
+//! next request, perhaps another client's, wait for someone else's upload. A kept
+//! connection is not polled between requests: the upstream closing it is noticed when
+//! it is next used, which the paragraph above already covers. Nor is its timer: when it
+//! fires between requests it wakes the task of the request that used it last, once, and
+//! the next request moves it on.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -54,8 +57,8 @@ use super::connector::UpstreamConnector;
 use super::driver_waker::DriverWaker;
 use super::early_answer::{EarlyAnswerIo, WriteSide};
 use super::forwarded::address_value;
-use super::timeout::{Due, ProgressBody, ResponseTimer};
-use super::ProxyError;
+use super::timeout::{Due, OpenBody, ProgressBody, ResponseTimer};
+use super::{ProxyError, RequestBodyWatch};
 
 type Sender = http1::SendRequest<ProgressBody>;
 
@@ -145,8 +148,8 @@ impl Driving {
 }
 
 impl UpstreamConnection {
-    /// Lets the driver run in a task of its own, for an exchange that has to go on
-    /// without the request's task (see the module comment).
+    /// Lets the driver run in a task of its own, for an upgraded connection, which
+    /// belongs to the upgrade from now on.
     fn detach_driver(&mut self) {
         if let Some(driver) = self.driver.driver.take() {
             match tokio::runtime::Handle::try_current() {
@@ -194,13 +197,16 @@ impl IdleConnection {
         }
     }
 
-    fn is_closed(&self) -> bool {
-        self.connection.sender.is_closed()
+    /// Can take a request at once: not closed, and not busy with an exchange. Only ready
+    /// connections are given back ([`finish_exchange`]); the idle list checks all the
+    /// same (one atomic load), since what it holds goes to other clients.
+    fn is_ready(&self) -> bool {
+        self.connection.sender.is_ready()
     }
 
-    /// Not closed, and not idle so long that the upstream has likely closed it.
+    /// Ready, and not idle so long that the upstream has likely closed it.
     fn is_usable(&self) -> bool {
-        self.since.elapsed() < IDLE_TIMEOUT && !self.is_closed()
+        self.since.elapsed() < IDLE_TIMEOUT && self.is_ready()
     }
 }
 
@@ -216,19 +222,22 @@ impl Http1Pool {
         })
     }
 
-    /// A slot for one downstream connection, whose peer is `peer`.
-    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr) -> UpstreamSlot {
+    /// A slot for one downstream connection, whose peer is `peer`, and which `bodies`
+    /// tells when its request bodies end.
+    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr, bodies: Option<Arc<dyn RequestBodyWatch>>) -> UpstreamSlot {
         let peer = peer.to_canonical();
         UpstreamSlot {
             pool: self.clone(),
             kept: Mutex::new(None),
             peer: (peer, address_value(peer)),
+            bodies,
         }
     }
 
     /// Sends `request` on the slot's connection, else an idle one, else a new one, and
-    /// waits for the response head until `due` ([`ProxyError::Timeout`]). The
-    /// response's body gives the connection back when it has been read to the end.
+    /// waits for the connection to take it and then for the response head until `due`
+    /// ([`ProxyError::Timeout`]). The response's body gives the connection back when it
+    /// has been read to the end.
     pub(super) async fn send(
         &self,
         slot: &Arc<UpstreamSlot>,
@@ -237,8 +246,15 @@ impl Http1Pool {
     ) -> Result<Response<PooledBody>, ProxyError> {
         let mut resent = false;
         loop {
+            // After a request was sent again: other kept connections are as old as the one
+            // that closed under it, so a new one is dialed.
+            let kept = if resent {
+                None
+            } else {
+                slot.take().or_else(|| self.take_idle())
+            };
             // `None`: a new connection, which nothing can have closed yet.
-            let (mut connection, idle_for) = match slot.take().or_else(|| self.take_idle()) {
+            let (mut connection, idle_for) = match kept {
                 Some(kept) => {
                     let idle_for = kept.since.elapsed();
                     (kept.connection, Some(idle_for))
@@ -249,11 +265,14 @@ impl Http1Pool {
             let UpstreamConnection {
                 sender, driver, timer, ..
             } = &mut connection;
-            if let Err(error) = driver.drive(pin!(sender.ready())).await {
-                if idle_for.is_some() {
-                    continue; // closed while kept: try the next one
-                }
-                return Err(ProxyError::Request(error.into()));
+            // At once for a kept connection (only ready ones are kept) and for a new one
+            // (its driver's first poll); bounded all the same, as the wait for the answer is.
+            let ready = timer.within(due, pin!(driver.drive(pin!(sender.ready())))).await;
+            match ready {
+                Some(Ok(())) => {}
+                Some(Err(_)) if idle_for.is_some() => continue, // closed while kept: try the next one
+                Some(Err(error)) => return Err(ProxyError::Request(error.into())),
+                None => return Err(ProxyError::Timeout),
             }
             let copy = match idle_for {
                 Some(idle) if idle >= RACE_IDLE && !resent => HeadCopy::of(&request),
@@ -278,9 +297,6 @@ impl Http1Pool {
                         tracing::debug!("kept upstream connection closed under a request; sending it again");
                         request = copy.rebuild();
                         resent = true;
-                        // Other kept connections are as old: dial a new one.
-                        let fresh = Box::pin(self.connect()).await?;
-                        slot.give_back(IdleConnection::new(fresh));
                     }
                     _ => return Err(ProxyError::Request(failed.into_error().into())),
                 },
@@ -331,7 +347,7 @@ impl Http1Pool {
     }
 
     fn put_idle(&self, connection: IdleConnection) {
-        if connection.is_closed() {
+        if !connection.is_ready() {
             return;
         }
         let mut idle = self.lock_idle();
@@ -361,12 +377,15 @@ impl Http1Pool {
 
 /// The upstream connection one downstream connection keeps between its requests.
 /// Dropped with the downstream connection, handing the connection to the idle list.
-/// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection.
+/// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection, and
+/// what the downstream connection is told about its request bodies.
 pub struct UpstreamSlot {
     pool: Arc<Http1Pool>,
     kept: Mutex<Option<IdleConnection>>,
     /// The peer (canonical) and its [`address_value`].
     peer: (IpAddr, HeaderValue),
+    /// Told when each forwarded request body ends (an HTTP/1.1 connection's head timer).
+    bodies: Option<Arc<dyn RequestBodyWatch>>,
 }
 
 impl UpstreamSlot {
@@ -377,6 +396,11 @@ impl UpstreamSlot {
             (peer, value) if *peer == ip => value.clone(),
             _ => address_value(ip),
         }
+    }
+
+    /// Marks a forwarded request body open until the returned guard is dropped.
+    pub(super) fn open_body(&self) -> Option<OpenBody> {
+        self.bodies.as_ref().map(OpenBody::new)
     }
 
     fn take(&self) -> Option<IdleConnection> {
@@ -404,6 +428,32 @@ impl Drop for UpstreamSlot {
             self.pool.put_idle(connection);
         }
     }
+}
+
+/// Drives a connection whose exchange went on after its response (an upload the
+/// upstream answered early and still reads) in a task of its own, and gives it back
+/// once it can take the next request.
+///
+/// Not given back before: the next request on it, perhaps another client's, would wait
+/// for this upload to end. Nor dropped: that would be simpler, but it would cut off an
+/// upload the upstream is still reading, and the upstream would see a truncated
+/// request where the client sent a whole one. The task costs nothing on the usual path:
+/// only an exchange that outlives its response gets one.
+fn finish_exchange(mut connection: UpstreamConnection, slot: Arc<UpstreamSlot>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No runtime (dropped at shutdown): the connection goes with it.
+        return;
+    };
+    runtime.spawn(async move {
+        let UpstreamConnection { sender, driver, .. } = &mut connection;
+        // An error: the connection closed (the upload failed, or the upstream closed
+        // it after the exchange), and is dropped here.
+        let finished = driver.drive(pin!(sender.ready())).await.is_ok();
+        // The upstream stopped reading the upload: see `PooledBody::release`.
+        if finished && !connection.write_side.is_lost() {
+            slot.give_back(IdleConnection::new(connection));
+        }
+    });
 }
 
 /// The head of a bodiless idempotent request, kept to send it once more.
@@ -479,19 +529,22 @@ pub struct PooledBody {
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((mut connection, slot)) = self.keep.take() {
+        if let Some((connection, slot)) = self.keep.take() {
             if connection.write_side.is_lost() {
                 // The upstream stopped reading: the rest of the request has nowhere to
                 // go, and the connection is of no further use. Dropping it drops the
                 // request body, and the client learns from its connection closing.
                 return;
             }
-            if !connection.sender.is_ready() {
-                // The exchange is not over (the request body is still being sent):
-                // it must go on without this task.
-                connection.detach_driver();
+            if connection.sender.is_ready() {
+                slot.give_back(IdleConnection::new(connection));
+            } else if connection.driver.driver.is_some() {
+                // The exchange is not over (the request body is still being sent): it
+                // must go on without this task.
+                finish_exchange(connection, slot);
             }
-            slot.give_back(IdleConnection::new(connection));
+            // Else the driver has ended: the connection closed (`Connection: close`)
+            // and goes with the response.
         }
     }
 

@@ -21,6 +21,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::RequestBodyWatch;
+
 /// When the request last made progress, shared between the body (which moves it)
 /// and [`Due`] (which reads it).
 #[derive(Debug)]
@@ -134,18 +136,39 @@ impl ResponseTimer {
     }
 }
 
-/// The downstream request body, streamed as is, reporting each frame to [`Progress`].
-/// (Or no body at all: a bodiless request rebuilt for a retry.)
+/// A forwarded request body not yet ended: its downstream connection is told when this
+/// is dropped ([`RequestBodyWatch::ended`]).
+pub(super) struct OpenBody(Arc<dyn RequestBodyWatch>);
+
+impl OpenBody {
+    pub(super) fn new(watch: &Arc<dyn RequestBodyWatch>) -> Self {
+        watch.opened();
+        OpenBody(watch.clone())
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        self.0.ended();
+    }
+}
+
+/// The downstream request body, streamed as is, reporting each frame to [`Progress`],
+/// and its end to the downstream connection ([`OpenBody`]). (Or no body at all: a
+/// bodiless request rebuilt for a retry.)
 pub(super) struct ProgressBody {
     inner: Option<Incoming>,
     progress: Option<Arc<Progress>>,
+    /// Dropped when the body ends, whoever keeps the body after that.
+    open: Option<OpenBody>,
 }
 
 impl ProgressBody {
-    pub(super) fn new(inner: Incoming, progress: Option<Arc<Progress>>) -> Self {
+    pub(super) fn new(inner: Incoming, progress: Option<Arc<Progress>>, open: Option<OpenBody>) -> Self {
         ProgressBody {
             inner: Some(inner),
             progress,
+            open,
         }
     }
 
@@ -154,6 +177,7 @@ impl ProgressBody {
         ProgressBody {
             inner: None,
             progress: self.progress.clone(),
+            open: None,
         }
     }
 }
@@ -169,9 +193,18 @@ impl Body for ProgressBody {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(_)) | None), Some(progress)) = (&polled, &self.progress) {
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        let (progressed, ended) = match &polled {
+            Poll::Pending => return polled,
+            Poll::Ready(Some(Ok(_))) => (true, inner.is_end_stream()),
+            Poll::Ready(None) => (true, true),
+            Poll::Ready(Some(Err(_))) => (false, true),
+        };
+        if let (true, Some(progress)) = (progressed, &self.progress) {
             progress.touch();
+        }
+        if ended {
+            self.open = None;
         }
         polled
     }

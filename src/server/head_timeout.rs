@@ -5,15 +5,20 @@
 //! request head: about 1,250 instructions, 2.7% of those of a proxied request under
 //! callgrind (README, Performance). Here a request marks its connection busy once its
 //! head has arrived ([`HeadClock::request_started`]) and idle again, from that moment,
-//! once its response has been sent (the body dropped: [`Sent`]). The connection's one
+//! once its response has been sent (the body dropped: [`Sent`]) and its body, if it has
+//! one, has been read to the end. The body usually ends first; not when the upstream
+//! answered an upload before reading it and reads on: hyper reads the body on after the
+//! response, and the proxy tells the clock when it ends ([`RequestBodyWatch`], only for
+//! requests with a body). The connection's one
 //! [`HeadTimer`] is only re-armed when it fires: it then works out the deadline from
 //! when the connection last became idle, and only if that has passed is the head late.
 //! A client that keeps sending requests costs one clock read per request and one timer
 //! reset per timeout period.
 //!
-//! The rule is hyper's: the time from the end of one response (or from the connection's
+//! The rule is hyper's: the time from the end of one exchange (or from the connection's
 //! start) to the complete head of the next request is bounded, and nothing else: a slow
-//! response or a long upload is not cut off by it.
+//! response or a long upload is not cut off by it, even one that goes on after its
+//! response.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,29 +27,49 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU32;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+
+use super::io::ConnState;
+use crate::proxy::RequestBodyWatch;
 
 /// `idle_since_ms` while a request is being served.
 const BUSY: u64 = u64::MAX;
 
 /// Whether a connection waits for a request head, and since when; shared by the
 /// connection's requests (which move it) and its [`HeadTimer`] (which reads it).
-#[derive(Debug)]
 pub(super) struct HeadClock {
     epoch: Instant,
-    /// Milliseconds after `epoch` when the connection last became idle, or [`BUSY`].
+    /// Milliseconds after `epoch` when the last response was sent, or [`BUSY`].
     idle_since_ms: AtomicU64,
+    /// Forwarded request bodies not yet ended. A count, not a flag: the next request
+    /// may start before the proxy has seen the previous body's end.
+    open_bodies: AtomicU32,
+    /// Milliseconds after `epoch` when the last of them ended.
+    bodies_ended_ms: AtomicU64,
+    /// The stream, told when a body ends after its response (see [`Self::ended`]).
+    stream: Arc<ConnState>,
 }
 
 impl HeadClock {
-    /// A connection that starts out waiting for its first head.
-    pub(super) fn new() -> Arc<Self> {
+    /// A connection on `stream` that starts out waiting for its first head.
+    pub(super) fn new(stream: Arc<ConnState>) -> Arc<Self> {
         Arc::new(HeadClock {
             epoch: Instant::now(),
             idle_since_ms: AtomicU64::new(0),
+            open_bodies: AtomicU32::new(0),
+            bodies_ended_ms: AtomicU64::new(0),
+            stream,
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(BUSY)
+            .min(BUSY - 1)
     }
 
     /// A request head has arrived: no head is awaited until its response is sent.
@@ -52,18 +77,52 @@ impl HeadClock {
         self.idle_since_ms.store(BUSY, Ordering::Relaxed);
     }
 
-    /// The response has been sent: the next head is awaited from now.
+    /// The response has been sent: the next head is awaited from now, or from the end
+    /// of a request body still being read.
     pub(super) fn response_sent(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(BUSY);
-        self.idle_since_ms.store(ms.min(BUSY - 1), Ordering::Relaxed);
+        self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// When the awaited head is due, or `None` while a request is being served.
+    /// When the awaited head is due, or `None` while a request is being served (its
+    /// response not sent, or its body not ended).
     fn deadline(&self, timeout: Duration) -> Option<Instant> {
         match self.idle_since_ms.load(Ordering::Relaxed) {
             BUSY => None,
-            ms => Some(self.epoch + Duration::from_millis(ms) + timeout),
+            _ if self.open_bodies.load(Ordering::Acquire) > 0 => None,
+            ms => {
+                let ended = self.bodies_ended_ms.load(Ordering::Relaxed);
+                Some(self.epoch + Duration::from_millis(ms.max(ended)) + timeout)
+            }
         }
+    }
+}
+
+/// Called by the proxy, only for requests with a body, from whichever task reads it.
+impl RequestBodyWatch for HeadClock {
+    fn opened(&self) {
+        self.open_bodies.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn ended(&self) {
+        // The end time is stored before the count drops (Release): whoever sees no open
+        // body (Acquire) sees when the last one ended.
+        self.bodies_ended_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+        let last = self.open_bodies.fetch_sub(1, Ordering::Release) == 1;
+        if last && self.idle_since_ms.load(Ordering::Relaxed) != BUSY {
+            // Answered before it ended: the bytes read since the response were this
+            // body's, and a head timeout from here on finds the client idle (no 408).
+            self.stream.request_answered();
+        }
+    }
+}
+
+impl std::fmt::Debug for HeadClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadClock")
+            .field("idle_since_ms", &self.idle_since_ms)
+            .field("open_bodies", &self.open_bodies)
+            .field("bodies_ended_ms", &self.bodies_ended_ms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,13 +233,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_sends_nothing_expires_after_the_timeout() {
-        let mut timer = HeadTimer::new(HeadClock::new(), TIMEOUT);
+        let mut timer = HeadTimer::new(HeadClock::new(Arc::default()), TIMEOUT);
         assert_eq!(expiry(&mut timer).await, TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_runs_from_the_end_of_the_last_response() {
-        let clock = HeadClock::new();
+        let clock = HeadClock::new(Arc::default());
         let mut timer = HeadTimer::new(clock.clone(), TIMEOUT);
         assert!(!expired_now(&mut timer).await);
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -194,7 +253,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_being_served_does_not_expire_however_long_it_takes() {
-        let clock = HeadClock::new();
+        let clock = HeadClock::new(Arc::default());
         let mut timer = HeadTimer::new(clock.clone(), TIMEOUT);
         clock.request_started();
         let served = async {
@@ -206,8 +265,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_body_read_on_after_its_response_keeps_the_connection_busy_until_it_ends() {
+        let clock = HeadClock::new(Arc::default());
+        let mut timer = HeadTimer::new(clock.clone(), TIMEOUT);
+        clock.request_started();
+        clock.opened();
+        clock.response_sent();
+        let uploading = async {
+            tokio::time::sleep(TIMEOUT * 3).await;
+            clock.ended();
+        };
+        let (elapsed, ()) = tokio::join!(expiry(&mut timer), uploading);
+        assert_eq!(elapsed, TIMEOUT * 4, "expired only a full timeout after the body's end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_ends_late_does_not_end_the_next_requests_body() {
+        let clock = HeadClock::new(Arc::default());
+        clock.request_started();
+        clock.opened();
+        clock.response_sent();
+        // The next request, with a body too, starts before the proxy saw the first end.
+        clock.request_started();
+        clock.opened();
+        clock.ended();
+        clock.response_sent();
+        assert_eq!(clock.deadline(TIMEOUT), None, "the second body is still open");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        clock.ended();
+        assert_eq!(
+            clock.deadline(TIMEOUT),
+            Some(clock.epoch + Duration::from_secs(2) + TIMEOUT)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn requests_more_often_than_the_timeout_keep_the_connection() {
-        let clock = HeadClock::new();
+        let clock = HeadClock::new(Arc::default());
         let mut timer = HeadTimer::new(clock.clone(), TIMEOUT);
         for _ in 0..50 {
             assert!(!expired_now(&mut timer).await);
@@ -220,7 +314,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropping_the_response_body_marks_the_connection_idle() {
-        let clock = HeadClock::new();
+        let clock = HeadClock::new(Arc::default());
         clock.request_started();
         assert_eq!(clock.deadline(TIMEOUT), None);
         let body = Sent::new(http_body_util::Empty::<Bytes>::new(), clock.clone());

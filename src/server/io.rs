@@ -46,6 +46,12 @@ impl ConnState {
         self.unanswered.load(Ordering::Relaxed)
     }
 
+    /// The request whose bytes were read last is complete and answered (its body ended
+    /// after its response was written): nothing read so far awaits an answer.
+    pub fn request_answered(&self) {
+        self.unanswered.store(false, Ordering::Relaxed);
+    }
+
     /// Asks the stream to write `response` (complete, short) as it is dropped.
     pub fn answer_on_drop(&self, response: &'static [u8]) {
         // Set at most once; a second request for the same connection changes nothing.

@@ -283,7 +283,7 @@ async fn serve_connection(
         Ended::HeadTimedOut => report_head_timeout(&state, peer, plain),
     };
     match &shared.tls {
-        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, stopped, report).await,
+        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, &state, stopped, report).await,
         Some(acceptor) => match tokio::time::timeout(shared.head_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -291,7 +291,7 @@ async fn serve_connection(
                 } else {
                     Protocol::Http1
                 };
-                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, stopped, report).await
+                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, &state, stopped, report).await
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -342,18 +342,21 @@ async fn serve_protocol<I>(
     io: TokioIo<I>,
     protocol: Protocol,
     peer: SocketAddr,
+    state: &Arc<ConnState>,
     stopped: watch::Receiver<bool>,
     report: impl FnOnce(Ended<'_>),
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let upstream_slot = shared.app.upstream.slot(peer);
     // Each service builds its request's future inside the one it returns: that future
     // is large, and one built outside would be moved into it once more per request.
     match protocol {
         Protocol::Http1 => {
-            let clock = HeadClock::new();
+            let clock = HeadClock::new(state.clone());
             let head_timer = HeadTimer::new(clock.clone(), shared.head_timeout);
+            // A request body may be read on after its response: the clock is told when
+            // it ends (the connection is busy until then).
+            let upstream_slot = shared.app.upstream.slot(peer, Some(clock.clone()));
             // hyper polls an HTTP/1.1 request's future inside this connection's, so the
             // future may borrow what the connection holds: no reference count of the
             // app (shared by every connection on every core) is touched per request.
@@ -370,6 +373,8 @@ async fn serve_protocol<I>(
             until_done(connection, stopped, |c| c.graceful_shutdown(), Some(head_timer), report).await
         }
         Protocol::Http2 => {
+            // Streams have no head timer (see below): nothing to tell about their bodies.
+            let upstream_slot = shared.app.upstream.slot(peer, None);
             let served_any = Arc::new(AtomicBool::new(false));
             let served = served_any.clone();
             let app = shared.app.clone();

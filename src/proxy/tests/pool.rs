@@ -16,6 +16,7 @@ use hyper::client::conn::http1 as client_http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 
 use super::support::{front, front_on_another_thread, http_target, upstream, ClientBody};
 use crate::proxy::pool::IDLE_TIMEOUT;
@@ -469,6 +470,101 @@ async fn an_upload_answered_before_it_was_read_still_finishes_and_the_connection
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+/// An upstream that answers an upload before it has read it and goes on reading it, as
+/// Node.js does when a handler ends without consuming the body: for each `POST` it sends
+/// a [`oneshot::Sender`] on the returned channel and answers when that is used (or
+/// dropped), while its body is read in the background; anything else is answered at
+/// once. Every answer carries its connection's number (`x-connection`); the bytes of
+/// each upload read to its end are added to the returned count.
+async fn answering_uploads_early_and_reading_on() -> (SocketAddr, mpsc::Receiver<oneshot::Sender<()>>, Arc<AtomicUsize>)
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (uploads_tx, uploads) = mpsc::channel(1);
+    let uploaded = Arc::new(AtomicUsize::new(0));
+    let total = uploaded.clone();
+    tokio::spawn(async move {
+        for number in 1usize.. {
+            let Ok((io, _)) = listener.accept().await else { return };
+            let (uploads_tx, total) = (uploads_tx.clone(), total.clone());
+            let service = service_fn(move |request: Request<Incoming>| {
+                let (uploads_tx, total) = (uploads_tx.clone(), total.clone());
+                async move {
+                    if request.method() == http::Method::POST {
+                        let body = request.into_body();
+                        tokio::spawn(async move {
+                            if let Ok(read) = body.collect().await {
+                                total.fetch_add(read.to_bytes().len(), Ordering::SeqCst);
+                            }
+                        });
+                        let (answer, answered) = oneshot::channel();
+                        uploads_tx.send(answer).await.unwrap();
+                        let _ = answered.await;
+                    }
+                    let mut response = Response::new(super::support::full("answered"));
+                    response.headers_mut().insert("x-connection", HeaderValue::from(number));
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let _served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), service)
+                    .await;
+            });
+        }
+    });
+    (addr, uploads, uploaded)
+}
+
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_is_not_handed_to_another_client_and_is_kept_once_it_ends() {
+    // The upload's answer comes while the upload goes on, and the upload's downstream
+    // connection already keeps another upstream connection: the one carrying the upload
+    // would go to the shared idle list, where another client's request would wait on it
+    // until the upload ended.
+    let (addr, mut uploads, uploaded) = answering_uploads_early_and_reading_on().await;
+    let upstream = upstream(http_target(addr, "/"), LONG);
+    let front = front(upstream.clone()).await;
+    let h2 = super::support::h2_client();
+
+    let (upload, body) = super::support::channel_body(1);
+    upload.send(Bytes::from_static(b"first part")).await.unwrap();
+    let post = Request::post(format!("http://{front}/upload")).body(body).unwrap();
+    let posted = tokio::spawn(h2.request(post));
+    // The upstream has the upload's head, on connection 1: a stream of the same
+    // downstream connection dials connection 2, which its slot keeps.
+    let answer = uploads.recv().await.unwrap();
+    let other_stream = h2.request(super::support::get(front, "/").body(super::support::empty()).unwrap());
+    let other_stream = other_stream.await.unwrap();
+    assert_eq!(connection_number(&other_stream), 2);
+    other_stream.into_body().collect().await.unwrap();
+    // The upload is answered, and its answer read, while it goes on.
+    answer.send(()).unwrap();
+    let posted = posted.await.unwrap().unwrap();
+    assert_eq!(connection_number(&posted), 1);
+    assert_eq!(posted.into_body().collect().await.unwrap().to_bytes(), "answered");
+
+    // Another client is answered at once, on a new connection.
+    let mut another = downstream(front).await;
+    let answered = tokio::time::timeout(Duration::from_secs(5), get_number(&mut another, "/"))
+        .await
+        .expect("another client's request waited for the upload");
+    assert_eq!(answered, Ok(3));
+    drop(another);
+    idle_reaches(&upstream, 1).await;
+
+    // Once the upload has ended, its connection takes requests again: the newest idle one.
+    upload.send(Bytes::from_static(b" and the rest")).await.unwrap();
+    drop(upload);
+    until("the whole upload reached the upstream", || {
+        uploaded.load(Ordering::SeqCst) == "first part and the rest".len()
+    })
+    .await;
+    idle_reaches(&upstream, 2).await;
+    let mut next = downstream(front).await;
+    assert_eq!(get_number(&mut next, "/").await, Ok(1));
+}
+
 /// What a scripted upstream does with a request it has read.
 #[derive(Clone, Copy)]
 enum Act {
@@ -660,7 +756,7 @@ async fn the_idle_list_keeps_at_most_its_bound() {
 #[test]
 fn a_slots_debug_form_shows_nothing_of_its_connection() {
     let upstream = upstream(http_target("127.0.0.1:9".parse().unwrap(), "/"), LONG);
-    let slot = upstream.slot("10.0.0.1:4000".parse().unwrap());
+    let slot = upstream.slot("10.0.0.1:4000".parse().unwrap(), None);
     assert_eq!(format!("{slot:?}"), "UpstreamSlot { .. }");
 }
 
@@ -668,7 +764,7 @@ fn a_slots_debug_form_shows_nothing_of_its_connection() {
 async fn the_peer_address_is_rendered_once_per_connection_and_canonical() {
     let upstream = upstream(http_target("127.0.0.1:9".parse().unwrap(), "/"), LONG);
     let mapped: SocketAddr = "[::ffff:10.0.0.1]:4000".parse().unwrap();
-    let slot = upstream.slot(mapped);
+    let slot = upstream.slot(mapped, None);
     assert_eq!(slot.peer_value("10.0.0.1".parse().unwrap()), "10.0.0.1");
     // Another address than the connection's (not a path portcullis takes) is rendered anew.
     assert_eq!(slot.peer_value("2001:db8::1".parse().unwrap()), "2001:db8::1");
