@@ -12,7 +12,7 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::CookieFilter;
-use crate::config::{AccessTokenForwarding, IdentityConfig};
+use crate::config::{default_header_names, AccessTokenForwarding, IdentityConfig};
 
 #[cfg(test)]
 mod tests;
@@ -54,9 +54,10 @@ pub(super) struct StripSet {
 }
 
 impl StripSet {
-    /// Identity headers, the configured extra names, the access-token header(s) and the
-    /// `X-Forwarded-*`/`Forwarded` family (whose `_` spellings would otherwise slip past
-    /// the values portcullis sets).
+    /// Identity headers, the default identity headers whatever the mapping (an upstream
+    /// may trust them while portcullis sends others), the configured extra names, the
+    /// access-token header(s) and the `X-Forwarded-*`/`Forwarded` family (whose `_`
+    /// spellings would otherwise slip past the values portcullis sets).
     pub(super) fn new(identity: &IdentityConfig) -> Self {
         let mut names: Vec<&str> = identity
             .headers
@@ -64,6 +65,7 @@ impl StripSet {
             .map(|h| h.header.as_str())
             .chain(identity.strip_headers.iter().map(HeaderName::as_str))
             .collect();
+        names.extend(default_header_names().map(|name| name.as_str()));
         names.extend([
             X_FORWARDED_ACCESS_TOKEN.as_str(),
             X_FORWARDED_FOR.as_str(),

@@ -76,6 +76,36 @@ fn identity_headers_are_stripped_in_every_case_and_underscore_spelling() {
 }
 
 #[test]
+fn the_default_identity_headers_are_stripped_whatever_the_mapping() {
+    // As the configuration builds it for `identity.headers` naming only two of them.
+    let header = |name: &'static str| IdentityHeader {
+        header: HeaderName::from_static(name),
+        claims: vec!["sub".into()],
+    };
+    let identity = IdentityConfig {
+        headers: vec![header("remote-user"), header("x-email")],
+        strip_headers: vec![
+            HeaderName::from_static("remote-user"),
+            HeaderName::from_static("x-email"),
+        ],
+        access_token: AccessTokenForwarding::None,
+    };
+    let mut headers = map(&[
+        ("Remote-Groups", "admins"),
+        ("remote_groups", "admins"),
+        ("Remote-Name", "Mallory"),
+        ("REMOTE_NAME", "Mallory"),
+        ("Remote-Email", "root@example.com"),
+        ("remote_email", "root@example.com"),
+        ("remote-user", "mallory"),
+        ("X_Email", "root@example.com"),
+        ("accept", "text/html"),
+    ]);
+    StripSet::new(&identity).strip(&mut headers);
+    assert_eq!(names(&headers), ["accept"]);
+}
+
+#[test]
 fn authorization_is_stripped_only_when_the_access_token_goes_there() {
     for (mode, kept) in [
         (AccessTokenForwarding::None, true),
