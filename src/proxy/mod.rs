@@ -60,7 +60,7 @@ use crate::{BoxError, ResponseBody};
 use connector::{ConnectTimeout, TlsSettings, UpstreamConnector};
 pub use forwarded::client_ip;
 use forwarded::Relayed;
-use headers::StripSet;
+use headers::{Message, StripSet};
 use pool::Http1Pool;
 pub use pool::{PooledBody, UpstreamSlot};
 use target::Target;
@@ -330,7 +330,7 @@ impl Upstream {
             (true, None) => return Err(ProxyError::Request(UnexpectedSwitch.into())),
             (false, _) => {}
         }
-        headers::remove_hop_by_hop(response.headers_mut(), switched);
+        headers::remove_hop_by_hop(response.headers_mut(), Message::Response, switched);
         // The downstream connection has its own version; an HTTP/2 upstream's must not leak.
         *response.version_mut() = Version::HTTP_11;
         Ok(response)
@@ -375,7 +375,7 @@ impl Upstream {
         ctx: &ForwardContext<'_>,
     ) {
         let peer = ctx.client_addr.ip().to_canonical();
-        headers::remove_hop_by_hop(headers, upgrade);
+        headers::remove_hop_by_hop(headers, Message::Request, upgrade);
         let relayed = forwarded::is_trusted(peer, &self.trusted_proxies).then(|| Relayed::take(headers));
         self.strip.strip(headers);
         headers::filter_cookies(headers, &self.cookies);

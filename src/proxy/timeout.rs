@@ -134,8 +134,14 @@ impl ResponseTimer {
     }
 }
 
-/// The downstream request body, streamed as is, reporting each frame to [`Progress`].
-/// (Or no body at all: a bodiless request rebuilt for a retry.)
+/// The downstream request body, streamed as is but for its trailers, reporting each
+/// frame to [`Progress`]. (Or no body at all: a bodiless request rebuilt for a retry.)
+///
+/// Request trailers are dropped, as nginx does (RFC 9110 §6.5.1 lets an intermediary
+/// discard them): they would reach the upstream after the body, past the phases that
+/// strip identity and `X-Forwarded-*` headers, and an upstream that merges trailers into
+/// the headers would take a client's `Remote-User` trailer for ours. The request's
+/// `Trailer` declaration goes with them (`headers::remove_hop_by_hop`).
 pub(super) struct ProgressBody {
     inner: Option<Incoming>,
     progress: Option<Arc<Progress>>,
@@ -162,18 +168,22 @@ impl Body for ProgressBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(_)) | None), Some(progress)) = (&polled, &self.progress) {
-            progress.touch();
+        loop {
+            let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
+            if let (Some(Ok(_)) | None, Some(progress)) = (&polled, &this.progress) {
+                progress.touch();
+            }
+            match polled {
+                // The last frame: polled on to the end of the body, which comes next.
+                Some(Ok(frame)) if frame.is_trailers() => {}
+                polled => return Poll::Ready(polled),
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
