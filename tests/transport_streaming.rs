@@ -186,6 +186,30 @@ async fn chunked_request_and_response_bodies_stream_through_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_get_with_a_chunked_body_reaches_the_upstream_with_its_body() {
+    let stack = Stack::start().await;
+    stack.login("john", "/").await;
+    let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session cookie"));
+    let port = stack.portcullis.app.port;
+
+    // hyper's client sends a GET of unknown length as bodiless unless told otherwise.
+    let request = format!(
+        "GET /with-a-body HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}\r\nAccept: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    );
+    let response = raw_exchange(port, request.as_bytes()).await;
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let seen: EchoSeen = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("not echo JSON ({e}): {}", response.body_text()));
+    assert_eq!((seen.method.as_str(), seen.url.as_str()), ("GET", "/with-a-body"));
+    assert_eq!(
+        seen.body_bytes, 3,
+        "the GET's body did not reach the upstream: {seen:?}"
+    );
+    assert_eq!(seen.values("transfer-encoding"), ["chunked"], "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn response_trailers_from_the_upstream_reach_a_client_that_accepts_them() {
     let upstream = RawUpstream::start(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n\

@@ -45,9 +45,10 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, HOST};
+use http::header::{AUTHORIZATION, HOST, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -295,6 +296,16 @@ impl Upstream {
             Transport::Http1 => {
                 parts.uri = self.target.origin_form(&parts.uri)?;
                 parts.version = Version::HTTP_11;
+                // A body of unknown length (chunked from the client, or an HTTP/2 one
+                // without `Content-Length`) goes chunked. hyper's client decides so itself,
+                // but not for a GET, HEAD or CONNECT, which it frames as bodiless unless
+                // told otherwise: the body would be lost. (A bodiless request, most of
+                // them, is not looked at twice: it has no progress.)
+                if progress.is_some() && body.size_hint().exact().is_none() {
+                    parts
+                        .headers
+                        .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                }
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone()));
                 let due = Due::from_now(progress.as_deref(), self.response_timeout);
                 let mut response = self.http1.send(ctx.upstream_slot, request, due).await?;
