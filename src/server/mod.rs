@@ -96,7 +96,10 @@ pub async fn serve(
             tokio::spawn(cert.watch(CERT_POLL_INTERVAL, stopped.clone()));
             Some(acceptor)
         }
-        None => None,
+        None => {
+            tls::catch_hangup_without_certificate(stopped.clone());
+            None
+        }
     };
     if let Some(addr) = settings.metrics_addr {
         let metrics_listener = TcpListener::bind(addr)
