@@ -15,7 +15,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -370,16 +369,23 @@ async fn serve_protocol<I>(
                 }
             });
             let connection = shared.http1.serve_connection(io, service).with_upgrades();
-            until_done(connection, stopped, |c| c.graceful_shutdown(), Some(head_timer), report).await
+            let idle = Idle::Close(head_timer);
+            until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
         }
         Protocol::Http2 => {
-            let served_any = Arc::new(AtomicBool::new(false));
-            let served = served_any.clone();
+            // Counts the open streams: once none has been open for the head timeout (the
+            // HTTP/1.1 keep-alive bound), the connection is closed with a GOAWAY.
+            let clock = HeadClock::http2();
+            let idle = Idle::GoAway(HeadTimer::new(clock.clone(), shared.head_timeout));
+            let streams = clock.clone();
             let app = shared.app.clone();
             let service = service_fn(move |request| {
-                served.store(true, Ordering::Relaxed);
+                let stream = streams.stream_opened();
                 let (app, upstream_slot) = (app.clone(), upstream_slot.clone());
-                async move { Ok::<_, Infallible>(app.handle(request, peer, &upstream_slot).await) }
+                async move {
+                    let response = app.handle(request, peer, &upstream_slot).await;
+                    Ok::<_, Infallible>(response.map(|body| stream.sent(body)))
+                }
             });
             // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
             // and first request: a connection that has sent no request within the head
@@ -387,18 +393,28 @@ async fn serve_protocol<I>(
             let connection = shared.http2.serve_connection(io, service);
             let first_request = async {
                 tokio::time::sleep(shared.head_timeout).await;
-                if served_any.load(Ordering::Relaxed) {
+                if clock.had_a_stream() {
                     std::future::pending::<()>().await;
                 }
             };
             tokio::select! {
-                () = until_done(connection, stopped, |c| c.graceful_shutdown(), None, report) => {}
+                () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report) => {}
                 () = first_request => {
                     tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
                 }
             }
         }
     }
+}
+
+/// A connection's [`HeadTimer`], and what [`until_done`] does when it expires.
+enum Idle {
+    /// HTTP/1.1: a request head is late; the connection is dropped at once
+    /// ([`Ended::HeadTimedOut`]).
+    Close(HeadTimer),
+    /// HTTP/2: no stream has been open for the timeout; the connection is asked to finish
+    /// gracefully (a GOAWAY), as on shutdown, and ends by itself.
+    GoAway(HeadTimer),
 }
 
 /// How a connection ended, for [`until_done`]'s caller to report.
@@ -409,18 +425,22 @@ enum Ended<'a> {
     HeadTimedOut,
 }
 
-/// Drives `connection` to its end (or until `head_timer` expires), asking it to finish
-/// gracefully once `stopped` turns true, and hands the outcome to `report` before the
-/// connection is dropped.
+/// Drives `connection` to its end (or until an [`Idle::Close`] timer expires), asking it
+/// to finish gracefully once `stopped` turns true or an [`Idle::GoAway`] timer expires,
+/// and hands the outcome to `report` before the connection is dropped.
 async fn until_done<C>(
     connection: C,
     mut stopped: watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
-    mut head_timer: Option<HeadTimer>,
+    idle: Idle,
     report: impl FnOnce(Ended<'_>),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
+    let (mut head_timer, go_away) = match idle {
+        Idle::Close(timer) => (Some(timer), false),
+        Idle::GoAway(timer) => (Some(timer), true),
+    };
     let mut connection = pin!(connection);
     // The stop future is polled once to register, and again only when the flag has
     // changed since: it is the one thing besides the connection and its head timer that
@@ -434,7 +454,14 @@ async fn until_done<C>(
             .as_mut()
             .is_some_and(|timer| timer.poll_expired(cx).is_ready())
         {
-            return Poll::Ready(None);
+            if !go_away {
+                return Poll::Ready(None);
+            }
+            head_timer = None;
+            if let Some(graceful) = graceful.take() {
+                tracing::debug!("HTTP/2 connection idle for the head timeout; closing it with a GOAWAY");
+                graceful(connection.as_mut());
+            }
         }
         if graceful.is_some() && (!registered || watcher.has_changed().unwrap_or(true)) {
             registered = true;
