@@ -14,7 +14,8 @@
 //!   does not wake itself through it.
 //! - `early_answer`: an upstream's answer to an upload it stopped reading, kept readable.
 //! - `timeout`: the response timeout measured from the request's last progress.
-//! - `upgrade`: splicing upgraded (WebSocket) connections.
+//! - `upgrade`: splicing upgraded (WebSocket) connections, each holding its downstream
+//!   connection's [`ConnectionHold`].
 //!
 //! # Upstream protocol
 //! HTTP/1.1 by default, on connections from [`pool`]. With `upstream.http2` every
@@ -66,6 +67,7 @@ use pool::Http1Pool;
 pub use pool::{PooledBody, UpstreamSlot};
 use target::Target;
 use timeout::{Due, Progress, ProgressBody, ResponseTimer};
+pub use upgrade::ConnectionHold;
 use upgrade::Tunnels;
 
 /// What the proxy needs to know about the downstream request beyond the request itself.
@@ -253,9 +255,10 @@ impl Upstream {
     }
 
     /// A new downstream connection's [`UpstreamSlot`], for [`ForwardContext::upstream_slot`];
-    /// `peer` is the connection's peer (its `X-Forwarded-For` entry is rendered once).
-    pub fn slot(&self, peer: SocketAddr) -> Arc<UpstreamSlot> {
-        Arc::new(self.http1.slot(peer.ip()))
+    /// `peer` is the connection's peer (its `X-Forwarded-For` entry is rendered once),
+    /// and `connection` keeps it counted (a tunnel made of it holds a clone).
+    pub fn slot(&self, peer: SocketAddr, connection: ConnectionHold) -> Arc<UpstreamSlot> {
+        Arc::new(self.http1.slot(peer.ip(), connection))
     }
 
     /// [`client_ip`] with the configured trusted proxies: the address to log and to
@@ -336,7 +339,10 @@ impl Upstream {
         match (switched, downstream_upgrade) {
             (true, Some(downstream)) => {
                 let upstream = hyper::upgrade::on(&mut response);
-                self.tunnels.splice(downstream, upstream);
+                // The tunnel goes on using the downstream connection after hyper let go
+                // of it: it counts under the connection limit until it ends.
+                self.tunnels
+                    .splice(downstream, upstream, ctx.upstream_slot.connection());
             }
             (true, None) => return Err(ProxyError::Request(UnexpectedSwitch.into())),
             (false, _) => {}

@@ -55,6 +55,7 @@ use super::driver_waker::DriverWaker;
 use super::early_answer::{EarlyAnswerIo, WriteSide};
 use super::forwarded::address_value;
 use super::timeout::{Due, ProgressBody, ResponseTimer};
+use super::upgrade::ConnectionHold;
 use super::ProxyError;
 
 type Sender = http1::SendRequest<ProgressBody>;
@@ -216,13 +217,15 @@ impl Http1Pool {
         })
     }
 
-    /// A slot for one downstream connection, whose peer is `peer`.
-    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr) -> UpstreamSlot {
+    /// A slot for one downstream connection, whose peer is `peer` and which `connection`
+    /// keeps counted.
+    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr, connection: ConnectionHold) -> UpstreamSlot {
         let peer = peer.to_canonical();
         UpstreamSlot {
             pool: self.clone(),
             kept: Mutex::new(None),
             peer: (peer, address_value(peer)),
+            connection,
         }
     }
 
@@ -361,15 +364,23 @@ impl Http1Pool {
 
 /// The upstream connection one downstream connection keeps between its requests.
 /// Dropped with the downstream connection, handing the connection to the idle list.
-/// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection.
+/// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection, and
+/// what keeps the downstream connection counted, for a tunnel made of it to take along.
 pub struct UpstreamSlot {
     pool: Arc<Http1Pool>,
     kept: Mutex<Option<IdleConnection>>,
     /// The peer (canonical) and its [`address_value`].
     peer: (IpAddr, HeaderValue),
+    /// Cloned only for an upgrade (`101`): no request touches its count otherwise.
+    connection: ConnectionHold,
 }
 
 impl UpstreamSlot {
+    /// What keeps the downstream connection counted, for a tunnel to hold.
+    pub(super) fn connection(&self) -> ConnectionHold {
+        self.connection.clone()
+    }
+
     /// `ip`'s [`address_value`]: the one rendered for the connection's peer, or
     /// rendered now for another address.
     pub(super) fn peer_value(&self, ip: IpAddr) -> HeaderValue {

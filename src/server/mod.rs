@@ -32,6 +32,8 @@ use self::io::{write_final_response, ClientStream, ConnState};
 use self::workers::Workers;
 use crate::app::App;
 use crate::config::{ServerConfig, TlsFiles};
+use crate::metrics::Metrics;
+use crate::proxy::ConnectionHold;
 
 /// How often the certificate files are checked for changes.
 const CERT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -257,9 +259,9 @@ async fn serve_connection(
     stopped: watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let _open = OpenConnection::count(&shared.app.metrics);
+    let lease = ConnectionLease::start(permit, &shared.app.metrics);
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
@@ -285,7 +287,7 @@ async fn serve_connection(
         Ended::HeadTimedOut => report_head_timeout(&state, peer, plain),
     };
     match &shared.tls {
-        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, stopped, report).await,
+        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, lease, stopped, report).await,
         Some(acceptor) => match tokio::time::timeout(shared.head_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -293,7 +295,7 @@ async fn serve_connection(
                 } else {
                     Protocol::Http1
                 };
-                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, stopped, report).await
+                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, lease, stopped, report).await
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -301,19 +303,31 @@ async fn serve_connection(
     }
 }
 
-/// Counts a connection as open for as long as it lives.
-struct OpenConnection<'a>(&'a crate::metrics::Metrics);
+/// A connection's place under `server.max_connections` and its count in the
+/// open-connections gauge, both given back when the last holder drops it: the
+/// connection's task, or a tunnel (WebSocket) made of the connection, which goes on
+/// using its socket after hyper's connection future has ended (the proxy gets it with the
+/// connection's upstream slot, as a [`ConnectionHold`]).
+struct ConnectionLease {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
 
-impl<'a> OpenConnection<'a> {
-    fn count(metrics: &'a crate::metrics::Metrics) -> Self {
+impl ConnectionLease {
+    /// One allocation and one count of the metrics per connection; requests do not
+    /// touch it, a tunnel clones it once.
+    fn start(permit: OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> ConnectionHold {
         metrics.connection_opened();
-        OpenConnection(metrics)
+        Arc::new(ConnectionLease {
+            _permit: permit,
+            metrics: metrics.clone(),
+        })
     }
 }
 
-impl Drop for OpenConnection<'_> {
+impl Drop for ConnectionLease {
     fn drop(&mut self) {
-        self.0.connection_closed();
+        self.metrics.connection_closed();
     }
 }
 
@@ -338,18 +352,20 @@ async fn sniff_h2c(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
 }
 
 /// Serves one connection in its protocol until it ends, shutting it down gracefully
-/// (finish in-flight requests, take no new ones) once `stopped` turns true.
+/// (finish in-flight requests, take no new ones) once `stopped` turns true. `lease`
+/// goes to the connection's upstream slot, whence a tunnel made of it takes a clone.
 async fn serve_protocol<I>(
     shared: &Shared,
     io: TokioIo<I>,
     protocol: Protocol,
     peer: SocketAddr,
+    lease: ConnectionHold,
     stopped: watch::Receiver<bool>,
     report: impl FnOnce(Ended<'_>),
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let upstream_slot = shared.app.upstream.slot(peer);
+    let upstream_slot = shared.app.upstream.slot(peer, lease);
     // Each service builds its request's future inside the one it returns: that future
     // is large, and one built outside would be moved into it once more per request.
     match protocol {
