@@ -1,5 +1,5 @@
 //! Running portcullis in production: Prometheus metrics on their own listener, the
-//! access log, and systemd readiness notification.
+//! access log, systemd readiness notification, and SIGHUP (systemd's reload).
 
 mod common;
 
@@ -197,4 +197,20 @@ async fn systemd_is_told_ready_once_listening_and_stopping_on_sigterm() {
         .await
         .expect("exits");
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_without_a_tls_certificate_is_logged_and_portcullis_keeps_serving() {
+    let mut stack = Stack::start().await;
+    stack.login("john", "/").await;
+
+    // What `systemctl reload` does with `ExecReload=kill -HUP $MAINPID`.
+    stack.portcullis.signal("HUP");
+    eventually("the SIGHUP log line", Duration::from_secs(10), || {
+        let logged = stack.portcullis.log_text().contains("nothing to reload");
+        async move { logged.then_some(()) }
+    })
+    .await;
+    assert_eq!(stack.portcullis.exited(), None, "portcullis ended on SIGHUP");
+    assert_status(&stack.client.api_get(&stack.url("/after-sighup")).await, 200);
 }

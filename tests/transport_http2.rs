@@ -1,15 +1,17 @@
-//! HTTP/2 on the client side (ALPN over TLS, prior-knowledge h2c when enabled) and
-//! on the upstream side (HTTP/1.1 by default, HTTP/2 when configured).
+//! HTTP/2 on the client side (ALPN over TLS, prior-knowledge h2c when enabled, idle
+//! connections closed) and on the upstream side (HTTP/1.1 by default, HTTP/2 when
+//! configured).
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::h1::{self, h1_connect, h2_over};
 use common::tls::TestPki;
 use common::upstream::{RustUpstream, TestBody};
 use common::*;
 use http::{Request, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 fn get(url: &str, cookie: &str) -> Request<TestBody> {
@@ -203,4 +205,50 @@ async fn an_http2_connection_that_sends_no_request_is_closed_after_the_head_time
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http2_connection_is_closed_after_the_head_timeout_and_a_busy_one_is_not() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_H2C", "true")
+        .env("PORTCULLIS_SERVER_HEADER_READ_TIMEOUT", "1s")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    let port = stack.portcullis.app.port;
+    let cookie = session(&stack);
+
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let (mut send, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake");
+    // Ends when portcullis closes the connection.
+    let connection = tokio::spawn(connection);
+
+    // A request that takes longer than the timeout keeps the connection busy, not idle.
+    let url = format!("http://localhost:{port}/__slow?ms=2500");
+    let slow = send.send_request(get(&url, &cookie)).await.expect("the slow response");
+    assert_eq!(slow.status(), 200);
+    h1::text(slow).await.expect("the slow response's body");
+    assert!(
+        !connection.is_finished(),
+        "the connection was closed while a request was being served"
+    );
+    // No GOAWAY came meanwhile: a new stream is still served.
+    let after = send
+        .send_request(get(&format!("http://localhost:{port}/after-slow"), &cookie))
+        .await
+        .expect("a request after the slow one");
+    assert_eq!(after.status(), 200);
+    h1::text(after).await.expect("its body");
+
+    // Then idle: closed (GOAWAY, then the close) about a timeout after the last response.
+    let idle_since = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let waited = idle_since.elapsed();
+    assert!(closed.is_ok(), "the idle HTTP/2 connection was still open after 5 s");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "closed {waited:?} after the last response, for a 1 s timeout"
+    );
 }

@@ -1,6 +1,7 @@
 //! Bodies stream through portcullis: gigabytes in flat memory, chunked bodies,
-//! trailers, `Expect: 100-continue`, bodiless responses, upstreams that give up
-//! mid-body, and upstreams that turn an upload away before reading it.
+//! trailers (the upstream's passed on, a client's dropped), `Expect: 100-continue`,
+//! bodiless responses, upstreams that give up mid-body, and upstreams that turn an
+//! upload away before reading it.
 
 mod common;
 
@@ -185,6 +186,30 @@ async fn chunked_request_and_response_bodies_stream_through_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_get_with_a_chunked_body_reaches_the_upstream_with_its_body() {
+    let stack = Stack::start().await;
+    stack.login("john", "/").await;
+    let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session cookie"));
+    let port = stack.portcullis.app.port;
+
+    // hyper's client sends a GET of unknown length as bodiless unless told otherwise.
+    let request = format!(
+        "GET /with-a-body HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}\r\nAccept: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    );
+    let response = raw_exchange(port, request.as_bytes()).await;
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let seen: EchoSeen = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("not echo JSON ({e}): {}", response.body_text()));
+    assert_eq!((seen.method.as_str(), seen.url.as_str()), ("GET", "/with-a-body"));
+    assert_eq!(
+        seen.body_bytes, 3,
+        "the GET's body did not reach the upstream: {seen:?}"
+    );
+    assert_eq!(seen.values("transfer-encoding"), ["chunked"], "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn response_trailers_from_the_upstream_reach_a_client_that_accepts_them() {
     let upstream = RawUpstream::start(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n\
@@ -217,6 +242,62 @@ async fn response_trailers_from_the_upstream_reach_a_client_that_accepts_them() 
         Some(b"abc123".to_vec()),
         "the upstream's trailer did not reach the client (trailers: {trailers:?})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_request_trailers_are_dropped_so_none_passes_for_an_identity_header() {
+    for http2 in [false, true] {
+        let upstream = RustUpstream::start().await;
+        let mut builder = Stack::builder().upstream(&upstream.url);
+        if http2 {
+            builder = builder.env("PORTCULLIS_UPSTREAM_HTTP2", "true");
+        }
+        let stack = builder.start().await;
+        stack.login("john", "/").await;
+        let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session cookie"));
+        let port = stack.portcullis.app.port;
+
+        // The reviewer's request: identity and forwarding headers as trailers, after the
+        // body, where no header phase looks.
+        let request = format!(
+            "POST /sink HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: Remote-User, X-Forwarded-For\r\nConnection: close\r\n\r\n\
+             3\r\nabc\r\n0\r\nRemote-User: admin\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+        );
+        let response = raw_exchange(port, request.as_bytes()).await;
+        assert_eq!(response.status, 200, "upstream http2={http2}: {}", response.body_text());
+        let report: serde_json::Value = serde_json::from_slice(&response.body)
+            .unwrap_or_else(|e| panic!("sink report is not JSON ({e}): {}", response.body_text()));
+        assert_eq!(
+            report["bytes"], 3,
+            "upstream http2={http2}: the body did not arrive: {report}"
+        );
+        assert_eq!(
+            report["trailers"],
+            serde_json::json!({}),
+            "upstream http2={http2}: the client's trailers reached the upstream: {report}"
+        );
+        let heads = upstream.heads();
+        let (_, _, headers) = heads.iter().rfind(|(_, p, _)| p == "/sink").expect("the /sink head");
+        let values = |name: &str| -> Vec<&str> {
+            headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(
+            values("trailer"),
+            Vec::<&str>::new(),
+            "upstream http2={http2}: {headers:?}"
+        );
+        assert_eq!(values("remote-user"), ["john"], "upstream http2={http2}: {headers:?}");
+        assert_eq!(
+            values("x-forwarded-for"),
+            ["127.0.0.1"],
+            "upstream http2={http2}: {headers:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

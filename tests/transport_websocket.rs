@@ -1,5 +1,6 @@
 //! WebSockets through portcullis: an authenticated upgrade carries messages both
-//! ways; an unauthenticated one is refused before anything reaches the upstream.
+//! ways; an unauthenticated one is refused before anything reaches the upstream; an
+//! open tunnel counts under the connection limit.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use common::upstream::RustUpstream;
 use common::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(10);
@@ -129,4 +130,94 @@ async fn an_unauthenticated_websocket_upgrade_gets_401_and_never_reaches_the_ups
         0,
         "an unauthenticated upgrade reached the upstream"
     );
+}
+
+/// `portcullis_connections_open`, scraped from the metrics listener on `metrics_port`.
+async fn connections_open(metrics_port: u16) -> f64 {
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let text = common::peers::plain_client()
+        .get(&url)
+        .send()
+        .await
+        .expect("metrics listener answers")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("portcullis_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no portcullis_connections_open in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_websockets_count_under_the_connection_limit_until_they_close() {
+    let upstream = RustUpstream::start().await;
+    let metrics_port = free_port();
+    let stack = Stack::builder()
+        .upstream(&upstream.url)
+        .env("PORTCULLIS_POLICY_PUBLIC_PATHS", "/ws")
+        .env("PORTCULLIS_SERVER_MAX_CONNECTIONS", "2")
+        .env("PORTCULLIS_SERVER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .start()
+        .await;
+    let port = stack.portcullis.app.port;
+    eventually("the readiness probe's connection closed", T, || async {
+        (connections_open(metrics_port).await == 0.0).then_some(())
+    })
+    .await;
+
+    let origin = format!("Origin: http://localhost:{port}");
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let (mut tcp, status, headers) = handshake(port, &ws::random_key(), std::slice::from_ref(&origin)).await;
+        assert_eq!(status, 101, "the upgrade was not switched: {headers:?}");
+        assert_eq!(recv(&mut tcp).await, (ws::TEXT, b"hello from upstream".to_vec()));
+        tunnels.push(tcp);
+    }
+    // hyper let go of both connections at the 101: only their tunnels hold them now.
+    assert_eq!(
+        connections_open(metrics_port).await,
+        2.0,
+        "the gauge does not count the tunnels"
+    );
+
+    let mut third = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut refused = Vec::new();
+    tokio::time::timeout(T, third.read_to_end(&mut refused))
+        .await
+        .expect("the third connection was neither answered nor closed")
+        .expect("read the third connection");
+    assert!(
+        refused.starts_with(b"HTTP/1.1 503 "),
+        "a third connection beside two open tunnels, with a limit of 2: {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    for tcp in &mut tunnels {
+        ws::write_frame(tcp, ws::PING, b"still there", true)
+            .await
+            .expect("ping");
+        assert_eq!(recv(tcp).await, (ws::PONG, b"still there".to_vec()));
+    }
+
+    // One tunnel closes: its place is free again.
+    let mut first = tunnels.remove(0);
+    ws::write_frame(&mut first, ws::CLOSE, &1000u16.to_be_bytes(), true)
+        .await
+        .expect("close");
+    assert_eq!(recv(&mut first).await.0, ws::CLOSE);
+    drop(first);
+    eventually("a new connection served after a tunnel closed", T, || async {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        tcp.write_all(b"GET /.auth/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(T, tcp.read_to_end(&mut answer)).await.ok()?.ok()?;
+        answer.starts_with(b"HTTP/1.1 200 ").then_some(())
+    })
+    .await;
+    eventually("the gauge counting the one tunnel left", T, || async {
+        (connections_open(metrics_port).await == 1.0).then_some(())
+    })
+    .await;
 }

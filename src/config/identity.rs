@@ -8,11 +8,11 @@ use super::source::{Raw, Source};
 use super::{AccessTokenForwarding, IdentityConfig, IdentityHeader};
 
 /// The design's defaults: `Remote-User` ← `preferred_username` (fallback `sub`), …
-const DEFAULT_HEADERS: &[(&str, &[&str])] = &[
-    ("remote-user", &["preferred_username", "sub"]),
-    ("remote-groups", &["groups"]),
-    ("remote-name", &["name"]),
-    ("remote-email", &["email"]),
+static DEFAULT_HEADERS: [(HeaderName, &[&str]); 4] = [
+    (HeaderName::from_static("remote-user"), &["preferred_username", "sub"]),
+    (HeaderName::from_static("remote-groups"), &["groups"]),
+    (HeaderName::from_static("remote-name"), &["name"]),
+    (HeaderName::from_static("remote-email"), &["email"]),
 ];
 
 /// Headers the proxy itself owns: an identity header may not take their place.
@@ -35,10 +35,18 @@ pub fn default_headers() -> Vec<IdentityHeader> {
     DEFAULT_HEADERS
         .iter()
         .map(|(name, claims)| IdentityHeader {
-            header: HeaderName::from_static(name),
+            header: name.clone(),
             claims: claims.iter().map(|c| c.to_string()).collect(),
         })
         .collect()
+}
+
+/// The names of the default identity headers, which are stripped from client requests
+/// whatever `identity.headers` maps: an upstream (or a part of it) written for the
+/// defaults may trust them, so a client must not be able to send them even when
+/// portcullis is configured to send other headers, or only some of these.
+pub fn default_header_names() -> impl Iterator<Item = &'static HeaderName> {
+    DEFAULT_HEADERS.iter().map(|(name, _)| name)
 }
 
 pub fn identity(src: &mut Source<'_>) -> IdentityConfig {
@@ -52,9 +60,11 @@ pub fn identity(src: &mut Source<'_>) -> IdentityConfig {
     };
     let headers = headers(src, access_token);
 
-    // Every identity header, every extra one, and the access-token header when one is
-    // forwarded: a client must never be able to send any of them through.
+    // Every identity header, the default ones whatever the mapping, every extra one, and
+    // the access-token header when one is forwarded: a client must never be able to send
+    // any of them through.
     let mut strip: Vec<HeaderName> = headers.iter().map(|h| h.header.clone()).collect();
+    strip.extend(default_header_names().cloned());
     if let Some((key, names)) = src.list("identity.strip_headers") {
         for name in names {
             match HeaderName::from_bytes(name.as_bytes()) {

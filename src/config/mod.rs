@@ -24,6 +24,7 @@ mod tests;
 
 pub use ca::CaFile;
 pub use duration::{format_duration, parse_duration, parse_size};
+pub use identity::default_header_names;
 pub use load::{load, load_str, ConfigError, ConfigProblem, Sources};
 pub use secret::Secret;
 pub use session::{generate_secret, MIN_SECRET_LEN};
@@ -204,7 +205,8 @@ pub struct IdentityConfig {
     /// Headers set on every upstream request (default the four `Remote-*` headers).
     pub headers: Vec<IdentityHeader>,
     /// Every header name removed from client requests: the identity headers of `headers`,
-    /// the configured extras, and the access-token header when one is forwarded.
+    /// the four default ones (whatever `headers` maps), the configured extras, and the
+    /// access-token header when one is forwarded.
     pub strip_headers: Vec<HeaderName>,
     pub access_token: AccessTokenForwarding,
 }

@@ -1110,7 +1110,18 @@ fn configured_identity_headers_replace_the_defaults_and_are_stripped() {
     let names: Vec<&str> = config.identity.headers.iter().map(|h| h.header.as_str()).collect();
     assert_eq!(names, ["x-user", "x-groups"]);
     let stripped: Vec<&str> = config.identity.strip_headers.iter().map(|h| h.as_str()).collect();
-    assert_eq!(stripped, ["x-user", "x-groups", "x-debug-user"]);
+    assert_eq!(
+        stripped,
+        [
+            "x-user",
+            "x-groups",
+            "remote-user",
+            "remote-groups",
+            "remote-name",
+            "remote-email",
+            "x-debug-user"
+        ]
+    );
 
     let defaults = ok("", &seed_env());
     let stripped: Vec<&str> = defaults.identity.strip_headers.iter().map(|h| h.as_str()).collect();

@@ -6,13 +6,13 @@
 //! Nothing here does I/O, so every rule is unit-tested in `headers/tests.rs`.
 
 use http::header::{
-    AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
-    UPGRADE,
+    AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::CookieFilter;
-use crate::config::{AccessTokenForwarding, IdentityConfig};
+use crate::config::{default_header_names, AccessTokenForwarding, IdentityConfig};
 
 #[cfg(test)]
 mod tests;
@@ -27,8 +27,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the common non-standard ones). `TE` and
 /// `Upgrade` are handled separately because they survive in some cases. `Trailer` is
 /// not hop-by-hop (RFC 2616's list meant the `trailers` TE token), and hyper only sends
-/// the trailer fields a `Trailer` header declares, so it must pass. `Connection` comes
-/// first ([`remove_hop_by_hop`] relies on it).
+/// the trailer fields a `Trailer` header declares, so a response's must pass; a
+/// request's goes, with the trailers it declares ([`Message::Request`]). `Connection`
+/// comes first ([`remove_hop_by_hop`] relies on it).
 static HOP_BY_HOP: [&HeaderName; 6] = [
     &CONNECTION,
     &KEEP_ALIVE,
@@ -38,9 +39,20 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
     &PROXY_AUTHENTICATE,
 ];
 
-/// The lengths of the names [`remove_hop_by_hop`] looks for: [`HOP_BY_HOP`], `te` and
-/// `upgrade` (checked by a unit test).
+/// The lengths of the names [`remove_hop_by_hop`] looks for: [`HOP_BY_HOP`], `te`,
+/// `upgrade` and `trailer` (checked by a unit test).
 const HOP_BY_HOP_LENGTHS: [usize; 7] = [2, 7, 10, 16, 17, 18, 19];
+
+/// The message whose headers [`remove_hop_by_hop`] cleans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Message {
+    /// A client's request: its `Trailer` declaration goes too, since its trailers are
+    /// dropped (`timeout::ProgressBody`).
+    Request,
+    /// The upstream's response: its trailers (gRPC's status) are passed on, and so is
+    /// their declaration, without which hyper would not send them over HTTP/1.1.
+    Response,
+}
 
 /// Header names that no client copy of may reach the upstream, compared after
 /// lowercasing and folding `_` to `-` (CGI/PHP/WSGI servers merge `Remote_User`
@@ -54,9 +66,10 @@ pub(super) struct StripSet {
 }
 
 impl StripSet {
-    /// Identity headers, the configured extra names, the access-token header(s) and the
-    /// `X-Forwarded-*`/`Forwarded` family (whose `_` spellings would otherwise slip past
-    /// the values portcullis sets).
+    /// Identity headers, the default identity headers whatever the mapping (an upstream
+    /// may trust them while portcullis sends others), the configured extra names, the
+    /// access-token header(s) and the `X-Forwarded-*`/`Forwarded` family (whose `_`
+    /// spellings would otherwise slip past the values portcullis sets).
     pub(super) fn new(identity: &IdentityConfig) -> Self {
         let mut names: Vec<&str> = identity
             .headers
@@ -64,6 +77,7 @@ impl StripSet {
             .map(|h| h.header.as_str())
             .chain(identity.strip_headers.iter().map(HeaderName::as_str))
             .collect();
+        names.extend(default_header_names().map(|name| name.as_str()));
         names.extend([
             X_FORWARDED_ACCESS_TOKEN.as_str(),
             X_FORWARDED_FOR.as_str(),
@@ -123,20 +137,21 @@ pub(super) fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`.
+/// Removes hop-by-hop headers and every header named in `Connection`, and a request's
+/// `Trailer` ([`Message`]).
 ///
 /// With `upgrade` (an upgrade request, or the upstream's `101` to one) the `Upgrade`
 /// header is kept as-is and `Connection` is reduced to exactly `upgrade`. A `TE` that
 /// lists `trailers` becomes `TE: trailers`; any other `TE` goes.
-pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, message: Message, upgrade: bool) {
     // One pass over the names first: most requests carry none of these headers and
     // most responses only `Connection: keep-alive`, and a removal hashes the name even
     // when it is absent; so only what is present is removed.
     let mut present = [false; HOP_BY_HOP.len()];
-    let (mut te, mut has_upgrade) = (false, false);
+    let (mut te, mut has_upgrade, mut trailer) = (false, false, false);
     for name in headers.keys() {
         // Most names have none of these lengths, and one length check is cheaper
-        // than eight name comparisons.
+        // than nine name comparisons.
         if !HOP_BY_HOP_LENGTHS.contains(&name.as_str().len()) {
             continue;
         }
@@ -146,7 +161,12 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             te = true;
         } else if name == UPGRADE {
             has_upgrade = true;
+        } else if name == TRAILER {
+            trailer = true;
         }
+    }
+    if trailer && message == Message::Request {
+        headers.remove(TRAILER);
     }
     if present[0] {
         // Collected first: the names come from a header this function then removes.

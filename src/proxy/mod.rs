@@ -15,7 +15,8 @@
 //!   does not wake itself through it.
 //! - `early_answer`: an upstream's answer to an upload it stopped reading, kept readable.
 //! - `timeout`: the response timeout measured from the request's last progress.
-//! - `upgrade`: splicing upgraded (WebSocket) connections.
+//! - `upgrade`: splicing upgraded (WebSocket) connections, each holding its downstream
+//!   connection's [`ConnectionHold`].
 //!
 //! # Upstream protocol
 //! HTTP/1.1 by default, on connections from [`pool`]. With `upstream.http2` every
@@ -46,9 +47,10 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, HOST};
+use http::header::{AUTHORIZATION, HOST, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -61,11 +63,12 @@ use crate::{BoxError, ResponseBody};
 use connector::{ConnectTimeout, TlsSettings, UpstreamConnector};
 pub use forwarded::client_ip;
 use forwarded::Relayed;
-use headers::StripSet;
+use headers::{Message, StripSet};
 use pool::Http1Pool;
 pub use pool::{PooledBody, UpstreamSlot};
 use target::Target;
 use timeout::{Due, Progress, ProgressBody, ResponseTimer};
+pub use upgrade::ConnectionHold;
 use upgrade::Tunnels;
 
 /// What the proxy needs to know about the downstream request beyond the request itself.
@@ -265,10 +268,16 @@ impl Upstream {
     }
 
     /// A new downstream connection's [`UpstreamSlot`], for [`ForwardContext::upstream_slot`];
-    /// `peer` is the connection's peer (its `X-Forwarded-For` entry is rendered once), and
-    /// `bodies`, if any, is told when each forwarded request body ends.
-    pub fn slot(&self, peer: SocketAddr, bodies: Option<Arc<dyn RequestBodyWatch>>) -> Arc<UpstreamSlot> {
-        Arc::new(self.http1.slot(peer.ip(), bodies))
+    /// `peer` is the connection's peer (its `X-Forwarded-For` entry is rendered once),
+    /// `connection` keeps it counted (a tunnel made of it holds a clone), and `bodies`, if
+    /// any, is told when each forwarded request body ends.
+    pub fn slot(
+        &self,
+        peer: SocketAddr,
+        connection: ConnectionHold,
+        bodies: Option<Arc<dyn RequestBodyWatch>>,
+    ) -> Arc<UpstreamSlot> {
+        Arc::new(self.http1.slot(peer.ip(), connection, bodies))
     }
 
     /// [`client_ip`] with the configured trusted proxies: the address to log and to
@@ -311,6 +320,16 @@ impl Upstream {
             Transport::Http1 => {
                 parts.uri = self.target.origin_form(&parts.uri)?;
                 parts.version = Version::HTTP_11;
+                // A body of unknown length (chunked from the client, or an HTTP/2 one
+                // without `Content-Length`) goes chunked. hyper's client decides so itself,
+                // but not for a GET, HEAD or CONNECT, which it frames as bodiless unless
+                // told otherwise: the body would be lost. (A bodiless request, most of
+                // them, is not looked at twice: it has no progress.)
+                if progress.is_some() && body.size_hint().exact().is_none() {
+                    parts
+                        .headers
+                        .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                }
                 let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone(), open));
                 let due = Due::from_now(progress.as_deref(), self.response_timeout);
                 let mut response = self.http1.send(ctx.upstream_slot, request, due).await?;
@@ -341,12 +360,15 @@ impl Upstream {
         match (switched, downstream_upgrade) {
             (true, Some(downstream)) => {
                 let upstream = hyper::upgrade::on(&mut response);
-                self.tunnels.splice(downstream, upstream);
+                // The tunnel goes on using the downstream connection after hyper let go
+                // of it: it counts under the connection limit until it ends.
+                self.tunnels
+                    .splice(downstream, upstream, ctx.upstream_slot.connection());
             }
             (true, None) => return Err(ProxyError::Request(UnexpectedSwitch.into())),
             (false, _) => {}
         }
-        headers::remove_hop_by_hop(response.headers_mut(), switched);
+        headers::remove_hop_by_hop(response.headers_mut(), Message::Response, switched);
         // The downstream connection has its own version; an HTTP/2 upstream's must not leak.
         *response.version_mut() = Version::HTTP_11;
         Ok(response)
@@ -391,7 +413,7 @@ impl Upstream {
         ctx: &ForwardContext<'_>,
     ) {
         let peer = ctx.client_addr.ip().to_canonical();
-        headers::remove_hop_by_hop(headers, upgrade);
+        headers::remove_hop_by_hop(headers, Message::Request, upgrade);
         let relayed = forwarded::is_trusted(peer, &self.trusted_proxies).then(|| Relayed::take(headers));
         self.strip.strip(headers);
         headers::filter_cookies(headers, &self.cookies);

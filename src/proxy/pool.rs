@@ -58,6 +58,7 @@ use super::driver_waker::DriverWaker;
 use super::early_answer::{EarlyAnswerIo, WriteSide};
 use super::forwarded::address_value;
 use super::timeout::{Due, OpenBody, ProgressBody, ResponseTimer};
+use super::upgrade::ConnectionHold;
 use super::{ProxyError, RequestBodyWatch};
 
 type Sender = http1::SendRequest<ProgressBody>;
@@ -222,14 +223,20 @@ impl Http1Pool {
         })
     }
 
-    /// A slot for one downstream connection, whose peer is `peer`, and which `bodies`
-    /// tells when its request bodies end.
-    pub(super) fn slot(self: &Arc<Self>, peer: IpAddr, bodies: Option<Arc<dyn RequestBodyWatch>>) -> UpstreamSlot {
+    /// A slot for one downstream connection, whose peer is `peer`, which `connection`
+    /// keeps counted, and which `bodies` tells when its request bodies end.
+    pub(super) fn slot(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        connection: ConnectionHold,
+        bodies: Option<Arc<dyn RequestBodyWatch>>,
+    ) -> UpstreamSlot {
         let peer = peer.to_canonical();
         UpstreamSlot {
             pool: self.clone(),
             kept: Mutex::new(None),
             peer: (peer, address_value(peer)),
+            connection,
             bodies,
         }
     }
@@ -378,17 +385,25 @@ impl Http1Pool {
 /// The upstream connection one downstream connection keeps between its requests.
 /// Dropped with the downstream connection, handing the connection to the idle list.
 /// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection, and
-/// what the downstream connection is told about its request bodies.
+/// what keeps the downstream connection counted, for a tunnel made of it to take along,
+/// and what the downstream connection is told about its request bodies.
 pub struct UpstreamSlot {
     pool: Arc<Http1Pool>,
     kept: Mutex<Option<IdleConnection>>,
     /// The peer (canonical) and its [`address_value`].
     peer: (IpAddr, HeaderValue),
+    /// Cloned only for an upgrade (`101`): no request touches its count otherwise.
+    connection: ConnectionHold,
     /// Told when each forwarded request body ends (an HTTP/1.1 connection's head timer).
     bodies: Option<Arc<dyn RequestBodyWatch>>,
 }
 
 impl UpstreamSlot {
+    /// What keeps the downstream connection counted, for a tunnel to hold.
+    pub(super) fn connection(&self) -> ConnectionHold {
+        self.connection.clone()
+    }
+
     /// `ip`'s [`address_value`]: the one rendered for the connection's peer, or
     /// rendered now for another address.
     pub(super) fn peer_value(&self, ip: IpAddr) -> HeaderValue {

@@ -153,9 +153,15 @@ impl Drop for OpenBody {
     }
 }
 
-/// The downstream request body, streamed as is, reporting each frame to [`Progress`],
-/// and its end to the downstream connection ([`OpenBody`]). (Or no body at all: a
-/// bodiless request rebuilt for a retry.)
+/// The downstream request body, streamed as is but for its trailers, reporting each
+/// frame to [`Progress`], and its end to the downstream connection ([`OpenBody`]). (Or
+/// no body at all: a bodiless request rebuilt for a retry.)
+///
+/// Request trailers are dropped, as nginx does (RFC 9110 §6.5.1 lets an intermediary
+/// discard them): they would reach the upstream after the body, past the phases that
+/// strip identity and `X-Forwarded-*` headers, and an upstream that merges trailers into
+/// the headers would take a client's `Remote-User` trailer for ours. The request's
+/// `Trailer` declaration goes with them (`headers::remove_hop_by_hop`).
 pub(super) struct ProgressBody {
     inner: Option<Incoming>,
     progress: Option<Arc<Progress>>,
@@ -186,27 +192,30 @@ impl Body for ProgressBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(&mut *inner).poll_frame(cx);
-        let (progressed, ended) = match &polled {
-            Poll::Pending => return polled,
-            Poll::Ready(Some(Ok(_))) => (true, inner.is_end_stream()),
-            Poll::Ready(None) => (true, true),
-            Poll::Ready(Some(Err(_))) => (false, true),
-        };
-        if let (true, Some(progress)) = (progressed, &self.progress) {
-            progress.touch();
+        loop {
+            let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
+            let (progressed, ended) = match &polled {
+                Some(Ok(_)) => (true, inner.is_end_stream()),
+                None => (true, true),
+                Some(Err(_)) => (false, true),
+            };
+            if let (true, Some(progress)) = (progressed, &this.progress) {
+                progress.touch();
+            }
+            if ended {
+                this.open = None;
+            }
+            match polled {
+                // The last frame: polled on to the end of the body, which comes next.
+                Some(Ok(frame)) if frame.is_trailers() => {}
+                polled => return Poll::Ready(polled),
+            }
         }
-        if ended {
-            self.open = None;
-        }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

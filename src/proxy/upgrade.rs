@@ -1,6 +1,7 @@
 //! Upgraded connections (WebSocket and any other `Upgrade` protocol): once the
 //! upstream answered `101`, the downstream and upstream connections are spliced
-//! byte for byte by a task that [`Tunnels`] counts and can stop.
+//! byte for byte by a task that [`Tunnels`] counts and can stop, and that holds the
+//! downstream connection's [`ConnectionHold`] until it ends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,15 @@ use tokio::sync::watch;
 /// half-close (one side done sending, still reading) is thereby honoured, but a peer
 /// that never closes its side cannot keep the task alive.
 const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What keeps a downstream connection counted as open (its place under
+/// `server.max_connections`, its count in the open-connections gauge), given back when
+/// the last clone is dropped. Opaque here: the listener makes it, and the proxy gets it
+/// with the connection's [`super::UpstreamSlot`].
+///
+/// A tunnel keeps a clone until it ends: it goes on using the connection's socket after
+/// hyper's connection future, which holds the first, has ended at the `101`.
+pub type ConnectionHold = Arc<dyn Send + Sync>;
 
 /// Owner of the splice tasks: counts them and stops them on [`Tunnels::close_all`].
 #[derive(Debug)]
@@ -50,14 +60,15 @@ impl Tunnels {
         self.shutdown.send_replace(true);
     }
 
-    /// Spawns the task that waits for both upgrades and splices them. The downstream
-    /// upgrade completes once hyper has written our `101` to the client.
-    pub(super) fn splice(&self, downstream: OnUpgrade, upstream: OnUpgrade) {
+    /// Spawns the task that waits for both upgrades and splices them, holding
+    /// `connection` (the downstream connection's) until it ends. The downstream upgrade
+    /// completes once hyper has written our `101` to the client.
+    pub(super) fn splice(&self, downstream: OnUpgrade, upstream: OnUpgrade, connection: ConnectionHold) {
         self.active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(self.active.clone());
         let mut shutdown = self.shutdown.subscribe();
         tokio::spawn(async move {
-            let _guard = guard;
+            let (_guard, _connection) = (guard, connection);
             let stopped = async {
                 // Err: the sender is gone; tunnels then live until they close.
                 if shutdown.wait_for(|stop| *stop).await.is_err() {

@@ -19,15 +19,19 @@
 //! start) to the complete head of the next request is bounded, and nothing else: a slow
 //! response or a long upload is not cut off by it, even one that goes on after its
 //! response.
+//!
+//! An HTTP/2 connection is idle by the same rule once no stream is open: its clock
+//! counts the open streams ([`HeadClock::stream_opened`], [`OpenStream`]) and is idle
+//! from when the last one ended, and its timer's expiry closes it gracefully (GOAWAY)
+//! rather than at once. A stream costs an increment and a decrement of the count, which
+//! only the connection's own thread touches, and the clock read when it ends.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use std::sync::atomic::AtomicU32;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -52,6 +56,10 @@ pub(super) struct HeadClock {
     bodies_ended_ms: AtomicU64,
     /// The stream, told when a body ends after its response (see [`Self::ended`]).
     stream: Arc<ConnState>,
+    /// HTTP/2 streams open now (always 0 on HTTP/1.1). The connection is not idle while
+    /// any is, whatever `idle_since_ms` says: a stream that ends as another starts may
+    /// set it after the new one was counted.
+    streams: AtomicU32,
 }
 
 impl HeadClock {
@@ -63,7 +71,34 @@ impl HeadClock {
             open_bodies: AtomicU32::new(0),
             bodies_ended_ms: AtomicU64::new(0),
             stream,
+            streams: AtomicU32::new(0),
         })
+    }
+
+    /// An HTTP/2 connection, not idle until its first stream has ended: the wait for
+    /// the first request is bounded on its own (it ends without a GOAWAY). Its request
+    /// bodies are not watched (their streams are).
+    pub(super) fn http2() -> Arc<Self> {
+        Arc::new(HeadClock {
+            epoch: Instant::now(),
+            idle_since_ms: AtomicU64::new(BUSY),
+            open_bodies: AtomicU32::new(0),
+            bodies_ended_ms: AtomicU64::new(0),
+            stream: Arc::default(),
+            streams: AtomicU32::new(0),
+        })
+    }
+
+    /// An HTTP/2 stream has opened (its request head has arrived); it counts until the
+    /// guard is dropped.
+    pub(super) fn stream_opened(self: &Arc<Self>) -> OpenStream {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(self.clone())
+    }
+
+    /// Whether an HTTP/2 connection has had a stream yet.
+    pub(super) fn had_a_stream(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0 || self.idle_since_ms.load(Ordering::Relaxed) != BUSY
     }
 
     fn now_ms(&self) -> u64 {
@@ -88,6 +123,7 @@ impl HeadClock {
     fn deadline(&self, timeout: Duration) -> Option<Instant> {
         match self.idle_since_ms.load(Ordering::Relaxed) {
             BUSY => None,
+            _ if self.streams.load(Ordering::Relaxed) > 0 => None,
             _ if self.open_bodies.load(Ordering::Acquire) > 0 => None,
             ms => {
                 let ended = self.bodies_ended_ms.load(Ordering::Relaxed);
@@ -122,7 +158,40 @@ impl std::fmt::Debug for HeadClock {
             .field("idle_since_ms", &self.idle_since_ms)
             .field("open_bodies", &self.open_bodies)
             .field("bodies_ended_ms", &self.bodies_ended_ms)
+            .field("streams", &self.streams)
             .finish_non_exhaustive()
+    }
+}
+
+/// An open HTTP/2 stream, counted by its connection's [`HeadClock`] until dropped: with
+/// the response body once sent (it travels in [`Sent`]), or with the request's future
+/// when the stream ends before there is a response (the client reset it).
+#[derive(Debug)]
+pub(super) struct OpenStream(Arc<HeadClock>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        // The last open stream leaves the connection idle from now.
+        if self.0.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.response_sent();
+        }
+    }
+}
+
+impl OpenStream {
+    /// The stream's response body, which ends the stream when dropped.
+    pub(super) fn sent<B>(self, body: B) -> Sent<B, OpenStream> {
+        Sent { body, _end: self }
+    }
+}
+
+/// What marks an HTTP/1.1 connection idle when its response body is dropped.
+#[derive(Debug)]
+pub(super) struct ResponseEnd(Arc<HeadClock>);
+
+impl Drop for ResponseEnd {
+    fn drop(&mut self) {
+        self.0.response_sent();
     }
 }
 
@@ -172,27 +241,26 @@ impl HeadTimer {
     }
 }
 
-/// The body of a response on an HTTP/1.1 connection, which marks the connection idle
-/// when hyper drops it: after the last frame has been written, or when the exchange
-/// is abandoned.
-pub(super) struct Sent<B> {
+/// The body of a response, which marks the connection idle (HTTP/1.1: [`ResponseEnd`])
+/// or ends its stream (HTTP/2: [`OpenStream`]) when hyper drops it: after the last frame
+/// has been written, or when the exchange is abandoned.
+pub(super) struct Sent<B, E = ResponseEnd> {
     body: B,
-    clock: Arc<HeadClock>,
+    /// Dropped with the body, which is all it is for.
+    _end: E,
 }
 
 impl<B> Sent<B> {
+    /// A response on an HTTP/1.1 connection, whose request marked `clock` busy.
     pub(super) fn new(body: B, clock: Arc<HeadClock>) -> Self {
-        Sent { body, clock }
+        Sent {
+            body,
+            _end: ResponseEnd(clock),
+        }
     }
 }
 
-impl<B> Drop for Sent<B> {
-    fn drop(&mut self) {
-        self.clock.response_sent();
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Sent<B> {
+impl<B: Body<Data = Bytes> + Unpin, E: Unpin> Body for Sent<B, E> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -309,6 +377,29 @@ mod tests {
             clock.request_started();
             clock.response_sent();
         }
+        assert_eq!(expiry(&mut timer).await, TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_from_the_end_of_its_last_open_stream() {
+        let clock = HeadClock::http2();
+        let mut timer = HeadTimer::new(clock.clone(), TIMEOUT);
+        // No stream yet: the first request's wait is bounded elsewhere.
+        tokio::time::sleep(TIMEOUT * 3).await;
+        assert!(!expired_now(&mut timer).await);
+        assert!(!clock.had_a_stream());
+        let first = clock.stream_opened();
+        let second = clock.stream_opened();
+        assert!(clock.had_a_stream());
+        // The first stream's response: sent 2 s on, while the other stays open 30 s.
+        let body = first.sent(http_body_util::Empty::<Bytes>::new());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(body);
+        assert_eq!(clock.deadline(TIMEOUT), None);
+        tokio::time::sleep(TIMEOUT * 3).await;
+        assert!(!expired_now(&mut timer).await);
+        // Dropped without a response (a reset stream) ends it all the same.
+        drop(second);
         assert_eq!(expiry(&mut timer).await, TIMEOUT);
     }
 

@@ -15,7 +15,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -33,6 +32,8 @@ use self::io::{write_final_response, ClientStream, ConnState};
 use self::workers::Workers;
 use crate::app::App;
 use crate::config::{ServerConfig, TlsFiles};
+use crate::metrics::Metrics;
+use crate::proxy::ConnectionHold;
 
 /// How often the certificate files are checked for changes.
 const CERT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -96,7 +97,10 @@ pub async fn serve(
             tokio::spawn(cert.watch(CERT_POLL_INTERVAL, stopped.clone()));
             Some(acceptor)
         }
-        None => None,
+        None => {
+            tls::catch_hangup_without_certificate(stopped.clone());
+            None
+        }
     };
     if let Some(addr) = settings.metrics_addr {
         let metrics_listener = TcpListener::bind(addr)
@@ -255,9 +259,9 @@ async fn serve_connection(
     stopped: watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let _open = OpenConnection::count(&shared.app.metrics);
+    let lease = ConnectionLease::start(permit, &shared.app.metrics);
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY");
     }
@@ -282,8 +286,13 @@ async fn serve_connection(
         Ended::Closed(Err(error)) => report_connection_error(error, peer),
         Ended::HeadTimedOut => report_head_timeout(&state, peer, plain),
     };
+    let downstream = Downstream {
+        peer,
+        state: &state,
+        lease,
+    };
     match &shared.tls {
-        None => serve_protocol(&shared, TokioIo::new(stream), protocol, peer, &state, stopped, report).await,
+        None => serve_protocol(&shared, TokioIo::new(stream), protocol, downstream, stopped, report).await,
         Some(acceptor) => match tokio::time::timeout(shared.head_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -291,7 +300,7 @@ async fn serve_connection(
                 } else {
                     Protocol::Http1
                 };
-                serve_protocol(&shared, TokioIo::new(tls), protocol, peer, &state, stopped, report).await
+                serve_protocol(&shared, TokioIo::new(tls), protocol, downstream, stopped, report).await
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -299,19 +308,31 @@ async fn serve_connection(
     }
 }
 
-/// Counts a connection as open for as long as it lives.
-struct OpenConnection<'a>(&'a crate::metrics::Metrics);
+/// A connection's place under `server.max_connections` and its count in the
+/// open-connections gauge, both given back when the last holder drops it: the
+/// connection's task, or a tunnel (WebSocket) made of the connection, which goes on
+/// using its socket after hyper's connection future has ended (the proxy gets it with the
+/// connection's upstream slot, as a [`ConnectionHold`]).
+struct ConnectionLease {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
 
-impl<'a> OpenConnection<'a> {
-    fn count(metrics: &'a crate::metrics::Metrics) -> Self {
+impl ConnectionLease {
+    /// One allocation and one count of the metrics per connection; requests do not
+    /// touch it, a tunnel clones it once.
+    fn start(permit: OwnedSemaphorePermit, metrics: &Arc<Metrics>) -> ConnectionHold {
         metrics.connection_opened();
-        OpenConnection(metrics)
+        Arc::new(ConnectionLease {
+            _permit: permit,
+            metrics: metrics.clone(),
+        })
     }
 }
 
-impl Drop for OpenConnection<'_> {
+impl Drop for ConnectionLease {
     fn drop(&mut self) {
-        self.0.connection_closed();
+        self.metrics.connection_closed();
     }
 }
 
@@ -335,19 +356,28 @@ async fn sniff_h2c(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
     }
 }
 
+/// What a connection's protocol is served with, besides its bytes.
+struct Downstream<'a> {
+    peer: SocketAddr,
+    /// The stream's own state, which the HTTP/1.1 head clock tells about late bodies.
+    state: &'a Arc<ConnState>,
+    /// Goes to the connection's upstream slot, whence a tunnel made of it takes a clone.
+    lease: ConnectionHold,
+}
+
 /// Serves one connection in its protocol until it ends, shutting it down gracefully
 /// (finish in-flight requests, take no new ones) once `stopped` turns true.
 async fn serve_protocol<I>(
     shared: &Shared,
     io: TokioIo<I>,
     protocol: Protocol,
-    peer: SocketAddr,
-    state: &Arc<ConnState>,
+    downstream: Downstream<'_>,
     stopped: watch::Receiver<bool>,
     report: impl FnOnce(Ended<'_>),
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Downstream { peer, state, lease } = downstream;
     // Each service builds its request's future inside the one it returns: that future
     // is large, and one built outside would be moved into it once more per request.
     match protocol {
@@ -356,7 +386,7 @@ async fn serve_protocol<I>(
             let head_timer = HeadTimer::new(clock.clone(), shared.head_timeout);
             // A request body may be read on after its response: the clock is told when
             // it ends (the connection is busy until then).
-            let upstream_slot = shared.app.upstream.slot(peer, Some(clock.clone()));
+            let upstream_slot = shared.app.upstream.slot(peer, lease, Some(clock.clone()));
             // hyper polls an HTTP/1.1 request's future inside this connection's, so the
             // future may borrow what the connection holds: no reference count of the
             // app (shared by every connection on every core) is touched per request.
@@ -370,18 +400,25 @@ async fn serve_protocol<I>(
                 }
             });
             let connection = shared.http1.serve_connection(io, service).with_upgrades();
-            until_done(connection, stopped, |c| c.graceful_shutdown(), Some(head_timer), report).await
+            let idle = Idle::Close(head_timer);
+            until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
         }
         Protocol::Http2 => {
-            // Streams have no head timer (see below): nothing to tell about their bodies.
-            let upstream_slot = shared.app.upstream.slot(peer, None);
-            let served_any = Arc::new(AtomicBool::new(false));
-            let served = served_any.clone();
+            // The clock counts the open streams (which are what is watched here, not
+            // their bodies): once none has been open for the head timeout (the HTTP/1.1
+            // keep-alive bound), the connection is closed with a GOAWAY.
+            let upstream_slot = shared.app.upstream.slot(peer, lease, None);
+            let clock = HeadClock::http2();
+            let idle = Idle::GoAway(HeadTimer::new(clock.clone(), shared.head_timeout));
+            let streams = clock.clone();
             let app = shared.app.clone();
             let service = service_fn(move |request| {
-                served.store(true, Ordering::Relaxed);
+                let stream = streams.stream_opened();
                 let (app, upstream_slot) = (app.clone(), upstream_slot.clone());
-                async move { Ok::<_, Infallible>(app.handle(request, peer, &upstream_slot).await) }
+                async move {
+                    let response = app.handle(request, peer, &upstream_slot).await;
+                    Ok::<_, Infallible>(response.map(|body| stream.sent(body)))
+                }
             });
             // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
             // and first request: a connection that has sent no request within the head
@@ -389,18 +426,28 @@ async fn serve_protocol<I>(
             let connection = shared.http2.serve_connection(io, service);
             let first_request = async {
                 tokio::time::sleep(shared.head_timeout).await;
-                if served_any.load(Ordering::Relaxed) {
+                if clock.had_a_stream() {
                     std::future::pending::<()>().await;
                 }
             };
             tokio::select! {
-                () = until_done(connection, stopped, |c| c.graceful_shutdown(), None, report) => {}
+                () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report) => {}
                 () = first_request => {
                     tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
                 }
             }
         }
     }
+}
+
+/// A connection's [`HeadTimer`], and what [`until_done`] does when it expires.
+enum Idle {
+    /// HTTP/1.1: a request head is late; the connection is dropped at once
+    /// ([`Ended::HeadTimedOut`]).
+    Close(HeadTimer),
+    /// HTTP/2: no stream has been open for the timeout; the connection is asked to finish
+    /// gracefully (a GOAWAY), as on shutdown, and ends by itself.
+    GoAway(HeadTimer),
 }
 
 /// How a connection ended, for [`until_done`]'s caller to report.
@@ -411,18 +458,22 @@ enum Ended<'a> {
     HeadTimedOut,
 }
 
-/// Drives `connection` to its end (or until `head_timer` expires), asking it to finish
-/// gracefully once `stopped` turns true, and hands the outcome to `report` before the
-/// connection is dropped.
+/// Drives `connection` to its end (or until an [`Idle::Close`] timer expires), asking it
+/// to finish gracefully once `stopped` turns true or an [`Idle::GoAway`] timer expires,
+/// and hands the outcome to `report` before the connection is dropped.
 async fn until_done<C>(
     connection: C,
     mut stopped: watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
-    mut head_timer: Option<HeadTimer>,
+    idle: Idle,
     report: impl FnOnce(Ended<'_>),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
+    let (mut head_timer, go_away) = match idle {
+        Idle::Close(timer) => (Some(timer), false),
+        Idle::GoAway(timer) => (Some(timer), true),
+    };
     let mut connection = pin!(connection);
     // The stop future is polled once to register, and again only when the flag has
     // changed since: it is the one thing besides the connection and its head timer that
@@ -436,7 +487,14 @@ async fn until_done<C>(
             .as_mut()
             .is_some_and(|timer| timer.poll_expired(cx).is_ready())
         {
-            return Poll::Ready(None);
+            if !go_away {
+                return Poll::Ready(None);
+            }
+            head_timer = None;
+            if let Some(graceful) = graceful.take() {
+                tracing::debug!("HTTP/2 connection idle for the head timeout; closing it with a GOAWAY");
+                graceful(connection.as_mut());
+            }
         }
         if graceful.is_some() && (!registered || watcher.has_changed().unwrap_or(true)) {
             registered = true;

@@ -1,6 +1,7 @@
 //! TLS termination with rustls: TLS 1.2 and 1.3 only, h2 and http/1.1 offered by ALPN,
 //! and the certificate re-read when its files change or on SIGHUP, without dropping a
 //! connection (new handshakes get the new certificate, open connections keep theirs).
+//! Without a certificate, SIGHUP is caught all the same, and only logged.
 
 use std::fmt;
 use std::path::Path;
@@ -137,6 +138,35 @@ impl ReloadingCert {
             }
         }
     }
+}
+
+/// Without a certificate there is nothing to reload, but SIGHUP must still be caught:
+/// its default action ends the process, and `systemctl reload` (`ExecReload=kill -HUP`)
+/// or an operator's habit sends it. Each one is logged, until `shutdown` turns true
+/// (and ignored after that: tokio keeps the handler once installed).
+///
+/// The handler is installed here, before the listener serves, rather than in the task,
+/// which might first run after a SIGHUP has arrived.
+pub fn catch_hangup_without_certificate(mut shutdown: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        received = hangup.recv() => match received {
+                            Some(()) => tracing::info!("SIGHUP received; nothing to reload (no TLS certificate configured)"),
+                            None => return,
+                        },
+                        () = super::stop_requested(&mut shutdown) => return,
+                    }
+                }
+            });
+        }
+        Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP, which would end portcullis"),
+    }
+    #[cfg(not(unix))]
+    drop(shutdown);
 }
 
 /// A rustls server configuration serving `cert`, TLS 1.2+ and ALPN h2/http1.1.

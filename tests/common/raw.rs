@@ -32,10 +32,16 @@ impl RawResponse {
 /// Sends `head` (request line and header lines, without the final empty line)
 /// to `127.0.0.1:port` with `Connection: close` and reads the whole response.
 pub async fn raw_request(port: u16, head: &[&str]) -> RawResponse {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     let mut text = head.join("\r\n");
     text.push_str("\r\n\r\n");
-    stream.write_all(text.as_bytes()).await.expect("write request");
+    raw_exchange(port, text.as_bytes()).await
+}
+
+/// Sends `request` (a whole request, head and body, as bytes; it should say
+/// `Connection: close`) to `127.0.0.1:port` and reads the whole response.
+pub async fn raw_exchange(port: u16, request: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf))
         .await

@@ -161,7 +161,8 @@ struct Seen {
 
 /// A hyper server (HTTP/1.1 and h2c, upgrades) on 127.0.0.1. Routes:
 /// - `/bytes?n=N[&chunked=1]`: N pattern bytes (Content-Length unless chunked)
-/// - `/sink`: reads the body, answers JSON `{"bytes":N,"mismatch":null|offset,"chunked":bool}`
+/// - `/sink`: reads the body, answers JSON `{"bytes":N,"mismatch":null|offset,"chunked":bool,
+///   "trailers":{name:value}}`
 /// - `/status/<code>`: that status, empty body (204 and 304 need none); 304 has an ETag
 /// - `/slow?ms=N`: answers `slow done` after N ms
 /// - `/ws`: a WebSocket echo (see [`ws`]) that greets first with `hello from upstream`
@@ -323,12 +324,17 @@ async fn route(mut req: Request<Incoming>, seen: Arc<Mutex<Seen>>) -> Response<T
                 .get("transfer-encoding")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
             let mut checker = pattern::Checker::default();
+            let mut trailers = serde_json::Map::new();
             let mut body = req.into_body();
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(frame) => {
                         if let Some(data) = frame.data_ref() {
                             checker.feed(data);
+                        }
+                        for (name, value) in frame.trailers_ref().into_iter().flatten() {
+                            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                            trailers.insert(name.as_str().to_owned(), value.into());
                         }
                     }
                     Err(e) => return full(StatusCode::BAD_REQUEST, format!("body failed: {e}")),
@@ -338,6 +344,7 @@ async fn route(mut req: Request<Incoming>, seen: Arc<Mutex<Seen>>) -> Response<T
                 "bytes": checker.bytes,
                 "mismatch": checker.mismatch,
                 "chunked": chunked,
+                "trailers": trailers,
             });
             let mut resp = full(StatusCode::OK, json.to_string());
             resp.headers_mut()

@@ -1,4 +1,4 @@
-use http::header::{CONNECTION, COOKIE, TE, UPGRADE};
+use http::header::{CONNECTION, COOKIE, TE, TRAILER, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::*;
@@ -73,6 +73,36 @@ fn identity_headers_are_stripped_in_every_case_and_underscore_spelling() {
     ]);
     StripSet::new(&identity(AccessTokenForwarding::None)).strip(&mut headers);
     assert_eq!(names(&headers), ["accept", "authorization", "remote-userx"]);
+}
+
+#[test]
+fn the_default_identity_headers_are_stripped_whatever_the_mapping() {
+    // As the configuration builds it for `identity.headers` naming only two of them.
+    let header = |name: &'static str| IdentityHeader {
+        header: HeaderName::from_static(name),
+        claims: vec!["sub".into()],
+    };
+    let identity = IdentityConfig {
+        headers: vec![header("remote-user"), header("x-email")],
+        strip_headers: vec![
+            HeaderName::from_static("remote-user"),
+            HeaderName::from_static("x-email"),
+        ],
+        access_token: AccessTokenForwarding::None,
+    };
+    let mut headers = map(&[
+        ("Remote-Groups", "admins"),
+        ("remote_groups", "admins"),
+        ("Remote-Name", "Mallory"),
+        ("REMOTE_NAME", "Mallory"),
+        ("Remote-Email", "root@example.com"),
+        ("remote_email", "root@example.com"),
+        ("remote-user", "mallory"),
+        ("X_Email", "root@example.com"),
+        ("accept", "text/html"),
+    ]);
+    StripSet::new(&identity).strip(&mut headers);
+    assert_eq!(names(&headers), ["accept"]);
 }
 
 #[test]
@@ -152,7 +182,7 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
         ("proxy-authenticate", "Basic"),
         ("accept", "*/*"),
     ]);
-    remove_hop_by_hop(&mut headers, false);
+    remove_hop_by_hop(&mut headers, Message::Request, false);
     assert_eq!(names(&headers), ["accept"]);
 }
 
@@ -160,7 +190,7 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
 fn a_lone_upgrade_header_is_removed_outside_an_upgrade() {
     // No `Connection` names it: `Upgrade` is connection-specific anyway (RFC 9110 §7.6.1).
     let mut headers = map(&[("upgrade", "websocket"), ("accept", "*/*")]);
-    remove_hop_by_hop(&mut headers, false);
+    remove_hop_by_hop(&mut headers, Message::Request, false);
     assert_eq!(names(&headers), ["accept"]);
 }
 
@@ -169,7 +199,7 @@ fn the_length_filter_lets_every_hop_by_hop_name_through() {
     let mut lengths: Vec<usize> = HOP_BY_HOP
         .iter()
         .copied()
-        .chain([&TE, &UPGRADE])
+        .chain([&TE, &UPGRADE, &TRAILER])
         .map(|n| n.as_str().len())
         .collect();
     lengths.sort_unstable();
@@ -178,16 +208,20 @@ fn the_length_filter_lets_every_hop_by_hop_name_through() {
 }
 
 #[test]
-fn the_trailer_declaration_is_end_to_end() {
+fn a_responses_trailer_declaration_passes_and_a_requests_goes() {
     let mut headers = map(&[("trailer", "x-checksum"), ("accept", "*/*")]);
-    remove_hop_by_hop(&mut headers, false);
+    remove_hop_by_hop(&mut headers, Message::Response, false);
     assert_eq!(all(&headers, "trailer"), ["x-checksum"]);
+    // The request's trailers are dropped, so its declaration would be a lie.
+    let mut headers = map(&[("Trailer", "Remote-User, X-Forwarded-For"), ("accept", "*/*")]);
+    remove_hop_by_hop(&mut headers, Message::Request, false);
+    assert_eq!(names(&headers), ["accept"]);
 }
 
 #[test]
 fn te_trailers_survives() {
     let mut headers = map(&[("te", "gzip, trailers")]);
-    remove_hop_by_hop(&mut headers, false);
+    remove_hop_by_hop(&mut headers, Message::Request, false);
     assert_eq!(all(&headers, "te"), ["trailers"]);
     assert!(headers.get(TE).is_some());
 }
@@ -201,7 +235,7 @@ fn upgrade_keeps_upgrade_and_reduces_connection_to_upgrade() {
         ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ]);
     assert!(is_upgrade_request(&headers));
-    remove_hop_by_hop(&mut headers, true);
+    remove_hop_by_hop(&mut headers, Message::Request, true);
     assert_eq!(all(&headers, "connection"), ["upgrade"]);
     assert_eq!(all(&headers, "upgrade"), ["websocket"]);
     assert!(!headers.contains_key("x-secret"));
@@ -222,7 +256,7 @@ fn upgrade_needs_both_connection_upgrade_and_an_upgrade_header() {
         ("upgrade", "h2c")
     ])));
     let mut headers = map(&[(CONNECTION.as_str(), "upgrade"), (UPGRADE.as_str(), "x")]);
-    remove_hop_by_hop(&mut headers, false);
+    remove_hop_by_hop(&mut headers, Message::Request, false);
     assert!(headers.is_empty());
 }
 

@@ -756,7 +756,7 @@ async fn the_idle_list_keeps_at_most_its_bound() {
 #[test]
 fn a_slots_debug_form_shows_nothing_of_its_connection() {
     let upstream = upstream(http_target("127.0.0.1:9".parse().unwrap(), "/"), LONG);
-    let slot = upstream.slot("10.0.0.1:4000".parse().unwrap(), None);
+    let slot = upstream.slot("10.0.0.1:4000".parse().unwrap(), Arc::new(()), None);
     assert_eq!(format!("{slot:?}"), "UpstreamSlot { .. }");
 }
 
@@ -764,7 +764,7 @@ fn a_slots_debug_form_shows_nothing_of_its_connection() {
 async fn the_peer_address_is_rendered_once_per_connection_and_canonical() {
     let upstream = upstream(http_target("127.0.0.1:9".parse().unwrap(), "/"), LONG);
     let mapped: SocketAddr = "[::ffff:10.0.0.1]:4000".parse().unwrap();
-    let slot = upstream.slot(mapped, None);
+    let slot = upstream.slot(mapped, Arc::new(()), None);
     assert_eq!(slot.peer_value("10.0.0.1".parse().unwrap()), "10.0.0.1");
     // Another address than the connection's (not a path portcullis takes) is rendered anew.
     assert_eq!(slot.peer_value("2001:db8::1".parse().unwrap()), "2001:db8::1");

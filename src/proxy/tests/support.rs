@@ -382,7 +382,7 @@ pub async fn front_probed(upstream: Arc<Upstream>, probe: Option<Arc<SelfWakes>>
         while let Ok((io, peer)) = listener.accept().await {
             let upstream = upstream.clone();
             let identity = identity.clone();
-            let upstream_slot = upstream.slot(peer, None);
+            let upstream_slot = upstream.slot(peer, Arc::new(()), None);
             let service = service_fn(move |req: Request<Incoming>| {
                 let upstream = upstream.clone();
                 let identity = identity.clone();
