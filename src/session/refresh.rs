@@ -184,6 +184,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unused_turns_are_swept_only_once_the_map_has_grown_by_the_slack() {
+        let gate = RefreshGate::new();
+        for _ in 0..10 {
+            drop(gate.acquire(&SessionId::generate().key()).await);
+        }
+        assert_eq!(gate.len(), 10, "swept on every refresh: the cost is not spread");
+        for _ in 10..SWEEP_SLACK {
+            drop(gate.acquire(&SessionId::generate().key()).await);
+        }
+        assert_eq!(gate.len(), SWEEP_SLACK);
+        drop(gate.acquire(&SessionId::generate().key()).await);
+        assert_eq!(gate.len(), 1, "the sweep left only the turn just taken");
+    }
+
+    #[tokio::test]
+    async fn a_turn_someone_is_about_to_wait_for_is_not_swept_although_its_lock_is_free() {
+        // `acquire` clones the turn under the map's lock and locks it after: a sweep in
+        // between finds the lock free, and must still keep the entry, or the next request
+        // of the session would get a lock of its own.
+        let gate = RefreshGate::new();
+        let key = SessionId::generate().key();
+        drop(gate.acquire(&key).await);
+        let about_to_wait = gate.turns.lock().unwrap().by_session.get(&key).cloned().expect("turn");
+        for _ in 0..2 * SWEEP_SLACK {
+            drop(gate.acquire(&SessionId::generate().key()).await);
+        }
+        let held = about_to_wait.lock_owned().await;
+        let second = tokio::time::timeout(Duration::from_millis(50), gate.acquire(&key)).await;
+        assert!(second.is_err(), "the session got a second turn");
+        drop(held);
+    }
+
+    #[tokio::test]
     async fn unused_turns_are_swept_but_held_and_backing_off_ones_stay() {
         let gate = RefreshGate::new();
         let held_key = SessionId::generate().key();
