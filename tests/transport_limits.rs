@@ -234,18 +234,23 @@ async fn the_head_timeout_spares_busy_connections_and_slow_responses() {
     );
 
     // Then nothing: closed silently a timeout after that response.
-    let idle = Instant::now();
-    let (bytes, closed) = read_until_close(&mut tcp, Duration::from_secs(4)).await;
+    assert_closed_silently_a_timeout_after(&mut tcp, Instant::now(), "the last response").await;
+}
+
+/// The connection gets no byte more and is closed about a 1 s head timeout after `since`
+/// (when `what` ended).
+async fn assert_closed_silently_a_timeout_after(tcp: &mut TcpStream, since: Instant, what: &str) {
+    let (bytes, closed) = read_until_close(tcp, Duration::from_secs(4)).await;
     assert!(closed, "the idle connection was not closed within 4 s of a 1 s timeout");
     assert!(
         bytes.is_empty(),
-        "an idle connection got bytes: {:?}",
+        "the connection got bytes after {what}: {:?}",
         String::from_utf8_lossy(&bytes)
     );
-    let waited = idle.elapsed();
+    let waited = since.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
-        "closed {waited:?} after the last response, for a 1 s timeout"
+        "closed {waited:?} after {what}, for a 1 s timeout"
     );
 }
 
@@ -350,18 +355,7 @@ async fn an_upload_going_on_after_its_answer_is_not_cut_off_by_the_head_timeout(
     .await;
 
     // Then nothing: closed silently a timeout after the upload's end.
-    let (bytes, closed) = read_until_close(&mut tcp, Duration::from_secs(4)).await;
-    assert!(closed, "the idle connection was not closed within 4 s of a 1 s timeout");
-    assert!(
-        bytes.is_empty(),
-        "the connection got bytes after its answer: {:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    let waited = ended.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
-        "closed {waited:?} after the upload's end, for a 1 s timeout"
-    );
+    assert_closed_silently_a_timeout_after(&mut tcp, ended, "the upload's end").await;
     upstream.abort();
 }
 
