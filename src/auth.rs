@@ -153,9 +153,12 @@ impl App {
             self.policy.rule(),
         );
 
-        // A new id at every login (no fixation); the session the browser held before ends.
+        // A new id at every login (no fixation); the session the browser held before ends,
+        // as at a logout.
         if let Some(previous) = self.cookies.session_id(headers) {
-            self.sessions.remove(&previous.key()).await?;
+            if let Some(previous) = self.sessions.remove(&previous.key()).await? {
+                self.revoke(&previous).await;
+            }
         }
         let id = SessionId::generate();
         self.sessions.insert(id.key(), Arc::new(session)).await?;
@@ -176,9 +179,9 @@ impl App {
             });
         }
         if let Some(id) = self.cookies.session_id(request.headers()) {
-            let key = id.key();
-            if let Some(session) = self.sessions.get(&key).await? {
-                self.sessions.remove(&key).await?;
+            // The tokens revoked are the ones removed: a refresh stored between a read
+            // and the removal would otherwise leave its new refresh token alive.
+            if let Some(session) = self.sessions.remove(&id.key()).await? {
                 self.revoke(&session).await;
             }
         }

@@ -210,6 +210,10 @@ async fn every_login_issues_a_new_session_id() {
     let first_id = stack.session_cookie().expect("session after the first login");
     assert_ne!(first_id, planted, "the planted cookie became the session");
     assert_session_cookie_attributes(&first.callback().unwrap().set_cookie(SESSION_COOKIE).unwrap());
+    let first_token = stack.client.me_json(&app).await["accessToken"]
+        .as_str()
+        .expect("accessToken")
+        .to_owned();
 
     // Logging in again while holding a session (the provider remembers john, so
     // no form this time) still rotates the id.
@@ -225,7 +229,20 @@ async fn every_login_issues_a_new_session_id() {
         "the session id was reused at login:\n{}",
         again.describe()
     );
-    assert_eq!(stack.idp.stats().await.authorization_code, 2);
+    let stats = stack.idp.stats().await;
+    assert_eq!(stats.authorization_code, 2);
+
+    // The session held before ends, and its tokens are revoked as at a logout: nobody
+    // holds them any more.
+    let stale = stack.client.fresh();
+    stale.put_cookie(&app, SESSION_COOKIE, &first_id);
+    assert_login_required_json(&stale.api_get(&stack.url("/")).await);
+    assert_eq!(stats.revocation, 1, "{stats:?}");
+    assert_eq!(
+        stack.idp.userinfo_status(&first_token).await,
+        401,
+        "the replaced session's access token still works"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -66,6 +66,7 @@ async fn logout_on_one_replica_ends_the_session_on_the_other() {
     r.share_cookie_with_b(&cookie);
     assert_status(&r.client.api_get(&r.b.url("/before")).await, 200);
     assert_eq!(r.redis.session_keys(PREFIX).await.len(), 1);
+    r.idp.reset_stats().await;
 
     let logout = r.client.navigate(&r.a.url("/.auth/logout")).await;
     assert_status(&logout, 200);
@@ -73,6 +74,8 @@ async fn logout_on_one_replica_ends_the_session_on_the_other() {
         r.redis.session_keys(PREFIX).await.is_empty(),
         "logout left the session in Redis"
     );
+    // The session read back as Redis removed it (GETDEL) names the tokens to revoke.
+    assert_eq!(r.idp.stats().await.revocation, 1);
 
     // B still has the cookie (it never saw the logout's Set-Cookie), and it is worth nothing.
     r.share_cookie_with_b(&cookie);

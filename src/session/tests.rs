@@ -279,8 +279,10 @@ async fn memory_store_returns_what_was_inserted_and_forgets_removed_sessions() {
     store.cache.run_pending_tasks().await;
     assert_eq!((store.len(), store.is_empty()), (2, false));
     assert_eq!(store.get(&key).await.unwrap().unwrap().subject, "0b2f6f4e-sub");
-    store.remove(&key).await.unwrap();
+    let removed = store.remove(&key).await.unwrap();
+    assert_eq!(removed.map(|s| s.subject.clone()).as_deref(), Some("0b2f6f4e-sub"));
     assert!(store.get(&key).await.unwrap().is_none());
+    assert!(store.remove(&key).await.unwrap().is_none(), "removed twice");
     assert!(store.get(&other).await.unwrap().is_some());
     store.cache.run_pending_tasks().await;
     assert_eq!(store.len(), 1);
@@ -553,7 +555,7 @@ async fn memory_store_lookups_see_removals_and_replacements_made_on_other_thread
                             session(json!({"preferred_username": "john.refreshed"}), Duration::from_secs(60));
                         store.insert(key, Arc::new(refreshed)).await.unwrap();
                     }
-                    _ => store.remove(&key).await.unwrap(),
+                    _ => drop(store.remove(&key).await.unwrap()),
                 }
             });
         })

@@ -121,9 +121,9 @@ impl SessionBackend for MemoryStore {
         Ok(())
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.cache.invalidate(key).await;
+    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        let removed = self.cache.remove(key).await;
         self.near.invalidate();
-        Ok(())
+        Ok(removed)
     }
 }

@@ -58,7 +58,12 @@ pub trait SessionBackend {
         key: SessionKey,
         session: Arc<Session>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
-    fn remove(&self, key: &SessionKey) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+    /// Ends a session, returning what was stored, so that the caller revokes the tokens
+    /// it actually removed (a refresh may have stored newer ones since it last looked).
+    fn remove(
+        &self,
+        key: &SessionKey,
+    ) -> impl std::future::Future<Output = Result<Option<Arc<Session>>, StoreError>> + Send;
 }
 
 /// The configured store.
@@ -135,7 +140,8 @@ impl SessionStore {
         }
     }
 
-    pub async fn remove(&self, key: &SessionKey) -> Result<(), StoreError> {
+    /// Ends a session; returns it as it was stored (expired or not), or `None` if there was none.
+    pub async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         match self {
             SessionStore::Memory(store) => store.remove(key).await,
             SessionStore::Redis(store) => store.remove(key).await,

@@ -329,10 +329,23 @@ impl SessionBackend for RedisStore {
         self.write(&key, &session, false).await.map(drop)
     }
 
-    async fn remove(&self, key: &SessionKey) -> Result<(), StoreError> {
+    /// `GETDEL`: the session is read and removed in one step, so no refresh on another
+    /// replica can store newer tokens between the read and the removal.
+    async fn remove(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         self.inner.opened.forget(key);
-        let del = redis::cmd("DEL").arg(self.session_key(key)).to_owned();
-        self.run::<i64>(Command::One(&del)).await.map(drop)
+        let store_key = self.session_key(key);
+        let getdel = redis::cmd("GETDEL").arg(&store_key).to_owned();
+        let value: Option<Vec<u8>> = self.run(Command::One(&getdel)).await?;
+        // Only its tokens are wanted (to revoke them): no headers or verdict to prepare.
+        Ok(
+            value.and_then(|value| match self.inner.sealer.open(store_key.as_bytes(), &value) {
+                Ok(session) => Some(Arc::new(session)),
+                Err(error) => {
+                    tracing::warn!(session = ?key, %error, "removed a stored value that is no session");
+                    None
+                }
+            }),
+        )
     }
 }
 
