@@ -244,3 +244,37 @@ async fn groups_changed_at_the_provider_count_from_the_next_refresh() {
     assert_status(&resp, 403);
     assert_eq!(stack.idp.stats().await.refresh_token, 2);
 }
+
+/// A provider issuing access tokens shorter than `session.refresh_before_expiry` (here the
+/// default, 30 s) gets one refresh per half token lifetime, not one per request: each
+/// fresh token would otherwise be due for a refresh as soon as it arrived.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_shorter_than_the_refresh_lead_are_not_refreshed_on_every_request() {
+    let stack = Stack::builder()
+        .idp(|o| o.access_token_ttl = Some(4))
+        .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .env("PORTCULLIS_SESSION_REFRESH_BEFORE_EXPIRY", "30s")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    stack.idp.reset_stats().await;
+    five_requests(&stack, "early").await;
+    let stats = stack.idp.stats().await;
+    assert_eq!(
+        stats.refresh_token, 0,
+        "tokens refreshed as soon as they arrived: {stats:?}"
+    );
+
+    // Past half the token's lifetime: one refresh, and its new token is not due either.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    five_requests(&stack, "later").await;
+    let stats = stack.idp.stats().await;
+    assert_eq!(stats.refresh_token, 1, "{stats:?}");
+}
+
+async fn five_requests(stack: &Stack, phase: &str) {
+    for i in 0..5 {
+        let resp = stack.client.api_get(&stack.url(&format!("/{phase}/{i}"))).await;
+        assert_eq!(resp.echo().values("remote-user"), ["john"], "{phase} {i}");
+    }
+}

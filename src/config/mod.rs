@@ -148,7 +148,8 @@ pub struct SessionConfig {
     pub max_lifetime: Duration,
     /// Upper bound of the memory the in-memory store may use, in bytes (default 256 MiB).
     pub max_memory_bytes: u64,
-    /// Refresh the access token this long before it expires (default 30 s).
+    /// Refresh the access token this long before it expires (default 30 s), but at most
+    /// half its lifetime before ([`crate::oidc::TokenSet::refresh_lead`]).
     pub refresh_before_expiry: Duration,
     /// How long a pending login (sealed cookie) is valid (default 10 min).
     pub login_timeout: Duration,

@@ -46,13 +46,13 @@ impl TokenResponse {
             Some(s) if !s.trim().is_empty() => s.split_whitespace().collect::<Vec<_>>().join(" "),
             _ => requested.join(" "),
         };
+        let now = SystemTime::now();
         TokenSet {
             access_token: Secret::new(self.access_token),
             token_type: self.token_type,
             // checked_add: a huge `expires_in` from the provider must not panic.
-            expires_at: self
-                .expires_in
-                .and_then(|s| SystemTime::now().checked_add(Duration::from_secs(s))),
+            expires_at: self.expires_in.and_then(|s| now.checked_add(Duration::from_secs(s))),
+            received_at: Some(now),
             refresh_token: self
                 .refresh_token
                 .map(Secret::new)

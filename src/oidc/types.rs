@@ -1,7 +1,7 @@
 //! The data that crosses the module boundary: what the caller keeps between
 //! `begin_login` and `complete_login`, the callback query, tokens and outcomes.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -70,12 +70,31 @@ pub struct TokenSet {
     pub access_token: Secret,
     pub token_type: String,
     pub expires_at: Option<SystemTime>,
+    /// When the tokens arrived: with `expires_at`, their lifetime, which bounds how early
+    /// they are refreshed. Absent in sessions stored by versions before 0.17.
+    #[serde(default)]
+    pub received_at: Option<SystemTime>,
     pub refresh_token: Option<Secret>,
     /// The raw ID token (JWS compact form).
     pub id_token: Option<Secret>,
     /// Granted scopes, space-separated as in OAuth's `scope` (one allocation per session,
     /// not one per scope).
     pub scopes: String,
+}
+
+impl TokenSet {
+    /// How long before `expires_at` to refresh: `lead`, but at most half the access
+    /// token's lifetime. A provider issuing tokens shorter than the lead would otherwise
+    /// have every request refresh, as each fresh token is already due.
+    pub fn refresh_lead(&self, lead: Duration) -> Duration {
+        match (self.received_at, self.expires_at) {
+            (Some(received), Some(expires)) => {
+                let lifetime = expires.duration_since(received).unwrap_or(Duration::ZERO);
+                lead.min(lifetime / 2)
+            }
+            _ => lead,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -205,10 +205,11 @@ impl Session {
         claims
     }
 
-    /// Whether the access token should be refreshed now (expired or about to).
-    pub fn needs_refresh(&self, now: SystemTime, leeway: Duration) -> bool {
+    /// Whether the access token should be refreshed now: expired, or within `lead` of
+    /// expiring (at most half its lifetime, [`TokenSet::refresh_lead`]).
+    pub fn needs_refresh(&self, now: SystemTime, lead: Duration) -> bool {
         match (self.tokens.expires_at, &self.tokens.refresh_token) {
-            (Some(expires_at), Some(_)) => now + leeway >= expires_at,
+            (Some(expires_at), Some(_)) => now + self.tokens.refresh_lead(lead) >= expires_at,
             _ => false,
         }
     }

@@ -55,6 +55,7 @@ pub(crate) fn session(claims: serde_json::Value, lifetime: Duration) -> Session 
                 access_token: Secret::new("authelia_at_example"),
                 token_type: "bearer".into(),
                 expires_at: Some(now + Duration::from_secs(3600)),
+                received_at: Some(now),
                 refresh_token: Some(Secret::new("authelia_rt_example")),
                 id_token: None,
                 scopes: "openid".into(),
@@ -257,11 +258,36 @@ fn the_size_estimate_counts_every_byte_held_once_plus_a_bounded_overhead() {
 fn refresh_is_due_only_with_a_refresh_token_near_expiry() {
     let mut session = session(json!({"sub": "abc"}), Duration::from_secs(60));
     let now = SystemTime::now();
+    session.tokens.received_at = Some(now - Duration::from_secs(3580));
     session.tokens.expires_at = Some(now + Duration::from_secs(20));
     assert!(session.needs_refresh(now, Duration::from_secs(30)));
     assert!(!session.needs_refresh(now, Duration::ZERO));
     session.tokens.refresh_token = None;
     assert!(!session.needs_refresh(now + Duration::from_secs(60), Duration::ZERO));
+}
+
+#[test]
+fn tokens_shorter_than_the_refresh_lead_are_refreshed_at_half_their_lifetime_not_at_once() {
+    let mut session = session(json!({"sub": "abc"}), Duration::from_secs(60));
+    let received = SystemTime::now();
+    let lead = Duration::from_secs(30);
+    session.tokens.received_at = Some(received);
+    session.tokens.expires_at = Some(received + Duration::from_secs(20));
+    assert!(!session.needs_refresh(received, lead), "due as soon as it arrived");
+    assert!(!session.needs_refresh(received + Duration::from_millis(9_999), lead));
+    assert!(session.needs_refresh(received + Duration::from_secs(10), lead));
+    // A long-lived token keeps the whole lead.
+    session.tokens.expires_at = Some(received + Duration::from_secs(3600));
+    assert!(!session.needs_refresh(received + Duration::from_secs(3569), lead));
+    assert!(session.needs_refresh(received + Duration::from_secs(3570), lead));
+    // A session stored before `received_at` existed keeps the configured lead.
+    session.tokens.received_at = None;
+    session.tokens.expires_at = Some(received + Duration::from_secs(20));
+    assert!(session.needs_refresh(received, lead));
+    // A clock set back past the arrival counts as a lifetime of zero: due at expiry.
+    session.tokens.received_at = Some(received + Duration::from_secs(60));
+    assert!(!session.needs_refresh(received + Duration::from_secs(19), lead));
+    assert!(session.needs_refresh(received + Duration::from_secs(20), lead));
 }
 
 #[tokio::test]
