@@ -150,6 +150,7 @@ pub fn session(i: u64, config: &Config) -> Session {
         access_token: Secret::new(authelia_token("authelia_at_")),
         token_type: "bearer".to_string(),
         expires_at: Some(now + Duration::from_secs(3600)),
+        received_at: Some(now),
         refresh_token: Some(Secret::new(authelia_token("authelia_rt_"))),
         id_token: Some(Secret::new(id_token)),
         scopes: "openid profile email groups offline_access".to_owned(),
