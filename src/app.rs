@@ -287,7 +287,10 @@ impl App {
         let Some(refresh_token) = current.tokens.refresh_token.clone() else {
             return Ok(Some(ActiveSession { session: current }));
         };
-        let outcome = self.oidc.refresh(&refresh_token, &current.subject).await;
+        let outcome = self
+            .oidc
+            .refresh(&refresh_token, &current.subject, &current.id_token_claims())
+            .await;
         match &outcome {
             Err(OidcError::NotReady | OidcError::ProviderUnreachable(_)) => permit.met_outage(Instant::now()),
             _ => permit.settled(),

@@ -275,3 +275,77 @@ rogue_test! {
         code_redeemed: true,
     };
 }
+
+/// Logs in through the rogue in `mode` with refresh tokens and 1 s access tokens, lets
+/// the access token expire, and checks what the next request gets: the session `kept`
+/// (refreshed), or ended. OIDC Core §12.2: a refreshed ID token must be about the login's
+/// authentication (same `auth_time`, and the same `nonce` if it carries one); another's
+/// ends the session as a refused refresh does.
+async fn refresh_through_the_rogue(mode: &str, kept: bool) {
+    let app = AppAddr::reserve();
+    let redirect_uri = app.redirect_uri();
+    let (rogue, echo) = tokio::join!(Rogue::start_with_access_ttl(mode, &redirect_uri, 1), Echo::start());
+    let portcullis = Portcullis::builder(app, &rogue.issuer, &echo.url)
+        .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .start()
+        .await;
+    let client = Browserless::new();
+    let protected = portcullis.url(PROTECTED);
+    // To the rogue, back to the redirect URI, back to the protected URL.
+    let mut hop = client.navigate(&protected).await;
+    for _ in 0..2 {
+        let next = hop
+            .location()
+            .unwrap_or_else(|| panic!("[{mode}] login stopped at {}", describe(&hop)));
+        hop = client.navigate(next.as_str()).await;
+    }
+    assert_eq!(
+        hop.location().map(|u| u.to_string()),
+        Some(protected.clone()),
+        "[{mode}] {}",
+        describe(&hop)
+    );
+    assert_eq!(client.api_get(&protected).await.echo().values("remote-user"), ["rogue"]);
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let after = client.api_get(&protected).await;
+    let stats = rogue.stats().await;
+    assert_eq!(stats.refresh, 1, "[{mode}] {stats:?}\n{}", portcullis.log_tail());
+    if kept {
+        assert_eq!(
+            after.echo().values("remote-user"),
+            ["rogue"],
+            "[{mode}] {}",
+            describe(&after)
+        );
+    } else {
+        assert_login_required_json(&after);
+        let log = portcullis.log_tail();
+        assert!(log.contains("token refresh refused"), "[{mode}] {log}");
+        // Ended, not retried.
+        assert_login_required_json(&client.api_get(&protected).await);
+        assert_eq!(rogue.stats().await.refresh, 1);
+    }
+    let log = portcullis.log_tail();
+    for (what, secret) in rogue.issued().await.secrets() {
+        assert!(
+            !log.contains(&secret),
+            "[{mode}] the portcullis log shows the {what}:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refreshed_id_token_with_the_logins_auth_time_and_nonce_keeps_the_session() {
+    refresh_through_the_rogue("honest", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refreshed_id_token_from_another_authentication_time_ends_the_session() {
+    refresh_through_the_rogue("refresh-other-auth-time", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refreshed_id_token_with_another_nonce_ends_the_session() {
+    refresh_through_the_rogue("refresh-other-nonce", false).await;
+}

@@ -213,7 +213,14 @@ impl OidcClient {
 
     /// Refresh grant. The caller must serialise refreshes per session (Authelia revokes
     /// the grant on concurrent use) and end the session on [`OidcError::RefreshRejected`].
-    pub async fn refresh(&self, refresh_token: &Secret, expected_subject: &str) -> Result<RefreshOutcome, OidcError> {
+    /// A new ID token must be about `expected_subject` and about the authentication of
+    /// `previous_id_token` (the claims of the session's last one; OIDC Core §12.2).
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        expected_subject: &str,
+        previous_id_token: &Claims,
+    ) -> Result<RefreshOutcome, OidcError> {
         let provider = self.ready()?;
         let response = tokens::refresh(
             &self.inner.http,
@@ -230,6 +237,7 @@ impl OidcClient {
                 if token.subject != expected_subject {
                     return Err(OidcError::SubjectMismatch);
                 }
+                verify::same_authentication(previous_id_token, &token.claims)?;
                 Some(token.claims)
             }
             None => None,

@@ -25,7 +25,8 @@ use super::{Claims, OidcError};
 pub(super) enum NonceCheck<'a> {
     /// Login: the claim must be present and equal.
     Expect(&'a str),
-    /// Refresh: ID tokens from a refresh carry no nonce of ours (or the original one).
+    /// Refresh: ID tokens from a refresh carry no nonce, or the login's, which
+    /// [`same_authentication`] compares.
     Ignore,
 }
 
@@ -136,6 +137,29 @@ pub(super) fn validate(
     let subject = claims.subject().as_str().to_owned();
     let claims = raw_payload(raw).ok_or_else(|| Failure::Invalid("payload is not a JSON object".into()))?;
     Ok(ValidIdToken { subject, claims })
+}
+
+/// OIDC Core §12.2: the ID token of a refresh is about the authentication the session's
+/// previous one was about: the same `auth_time`, and the same `nonce` where both carry
+/// one (a provider may leave it out). `iss`, `aud` and `sub` are already held to the
+/// login's by [`validate`] and the caller.
+pub(super) fn same_authentication(previous: &Claims, refreshed: &Claims) -> Result<(), OidcError> {
+    for claim in ["auth_time", "nonce"] {
+        let (Some(before), Some(after)) = (previous.get(claim), refreshed.get(claim)) else {
+            continue;
+        };
+        // Numbers by value: `1700000000` and `1700000000.0` are one time.
+        let same = match (before.as_f64(), after.as_f64()) {
+            (Some(before), Some(after)) => before.total_cmp(&after).is_eq(),
+            _ => before == after,
+        };
+        if !same {
+            return Err(OidcError::InvalidIdToken(format!(
+                "the refreshed ID token's {claim} is not the login's"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn classify(e: ClaimsVerificationError) -> Failure {

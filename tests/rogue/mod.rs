@@ -14,6 +14,7 @@ pub struct Issued {
     pub code: Option<String>,
     pub access_token: Option<String>,
     pub id_token: Option<String>,
+    pub refresh_token: Option<String>,
 }
 
 impl Issued {
@@ -23,6 +24,9 @@ impl Issued {
         let mut out = vec![("client secret", "insecure_secret".to_owned())];
         if let Some(at) = &self.access_token {
             out.push(("access token", at.clone()));
+        }
+        if let Some(rt) = &self.refresh_token {
+            out.push(("refresh token", rt.clone()));
         }
         if let Some(id) = &self.id_token {
             out.push(("ID token", id.clone()));
@@ -45,6 +49,8 @@ pub struct RogueStats {
     pub par: u64,
     pub authorization: u64,
     pub token: u64,
+    /// Refresh grants (counted in `token` too).
+    pub refresh: u64,
     pub userinfo: u64,
     pub revocation: u64,
 }
@@ -60,8 +66,14 @@ pub struct Rogue {
 impl Rogue {
     /// Starts the rogue in `mode`, accepting only `redirect_uri`.
     pub async fn start(mode: &str, redirect_uri: &str) -> Rogue {
+        Self::start_with_access_ttl(mode, redirect_uri, 300).await
+    }
+
+    /// As [`Rogue::start`], its access tokens living `access_ttl` seconds.
+    pub async fn start_with_access_ttl(mode: &str, redirect_uri: &str, access_ttl: u64) -> Rogue {
         let mut cmd = node("tests/rogue/server.mjs");
-        cmd.env("ROGUE_PORT", "0")
+        cmd.env("ROGUE_ACCESS_TTL", access_ttl.to_string())
+            .env("ROGUE_PORT", "0")
             .env("ROGUE_MODE", mode)
             .env("ROGUE_REDIRECT_URI", redirect_uri);
         let (proc, issuer) = ChildProcess::spawn_announcing("rogue", cmd, "ROGUE_READY").await;

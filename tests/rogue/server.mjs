@@ -6,7 +6,11 @@
 //   ROGUE_REDIRECT_URI=http://localhost:4180/callback ROGUE_MODE=honest node tests/rogue/server.mjs
 //
 // Environment: ROGUE_PORT (0 = any free port), ROGUE_MODE (default honest),
-// ROGUE_REDIRECT_URI (when set, PAR refuses any other redirect_uri).
+// ROGUE_REDIRECT_URI (when set, PAR refuses any other redirect_uri), ROGUE_ACCESS_TTL
+// (access-token lifetime in seconds, default 300). With `offline_access` in the scope,
+// refresh tokens are issued and rotated at each refresh, as Authelia does; a refreshed
+// ID token keeps the login's auth_time and nonce (OIDC Core §12.2) except in the
+// `refresh-*` modes.
 // Prints one line on stdout when ready: `ROGUE_READY http://127.0.0.1:<port>` (its issuer).
 // Test control: GET /__rogue/last → the last code and tokens issued (for "never shown"
 // checks); GET /__rogue/stats → request counts per endpoint.
@@ -25,11 +29,13 @@ const MODES = [
   'multi-aud-no-azp', 'expired', 'future-iat', 'wrong-nonce', 'missing-nonce',
   'bad-at-hash', 'callback-wrong-iss', 'callback-no-iss', 'userinfo-sub-mismatch',
   'token-error', 'token-garbage', 'slow-token', 'unknown-kid',
+  'refresh-other-auth-time', 'refresh-other-nonce',
 ];
 const MODE = process.env.ROGUE_MODE || 'honest';
 if (!MODES.includes(MODE)) die(`unknown ROGUE_MODE ${JSON.stringify(MODE)}; one of ${MODES.join(', ')}`);
 const PORT = Number(process.env.ROGUE_PORT || 0);
 const REDIRECT_URI = process.env.ROGUE_REDIRECT_URI || '';
+const ACCESS_TTL = Number(process.env.ROGUE_ACCESS_TTL || 300);
 const CLIENT_ID = 'Express.js';
 const CLIENT_SECRET = 'insecure_secret';
 const SUBJECT = 'rogue-subject-7f3a';
@@ -52,7 +58,10 @@ const publicPem = publicKey.export({ format: 'pem', type: 'spki' });
 const pushed = new Map(); // request_uri → PAR params
 const codes = new Map(); // code → PAR params
 const accessTokens = new Map(); // access token → subject
-const stats = { discovery: 0, jwks: 0, par: 0, authorization: 0, token: 0, userinfo: 0, revocation: 0 };
+const refreshTokens = new Map(); // refresh token → { p: PAR params, authTime }
+const stats = {
+  discovery: 0, jwks: 0, par: 0, authorization: 0, token: 0, refresh: 0, userinfo: 0, revocation: 0,
+};
 let last = {};
 let issuer = '';
 
@@ -88,13 +97,20 @@ function clientAuthenticated(req) {
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest();
 const atHash = (token) => b64u(sha256(token).subarray(0, 16));
 
-// The ID token of this mode for a code whose PAR params are `p`.
-async function idToken(p, accessToken) {
+// The ID token of this mode for a login whose PAR params are `p`, authenticated at
+// `authTime`; `refreshed` for one answering a refresh grant.
+async function idToken(p, accessToken, authTime, refreshed = false) {
   const now = Math.floor(Date.now() / 1000);
   const claims = {
-    iss: issuer, sub: SUBJECT, aud: CLIENT_ID, iat: now, exp: now + 300, auth_time: now,
+    iss: issuer, sub: SUBJECT, aud: CLIENT_ID, iat: now, exp: now + 300, auth_time: authTime,
     nonce: p.get('nonce'), at_hash: atHash(accessToken), amr: ['pwd'],
   };
+  if (refreshed) {
+    // Another authentication's token: what §12.2 has the client refuse.
+    if (MODE === 'refresh-other-auth-time') claims.auth_time = authTime - 600;
+    if (MODE === 'refresh-other-nonce') claims.nonce = random();
+    return new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', typ: 'JWT', kid: KID }).sign(privateKey);
+  }
   switch (MODE) {
     case 'wrong-iss': claims.iss = 'http://127.0.0.1:1/not-the-issuer'; break;
     case 'wrong-aud': claims.aud = 'another-client'; break;
@@ -164,7 +180,8 @@ async function token(req, res) {
   stats.token += 1;
   if (!clientAuthenticated(req)) return oauthError(res, 401, 'invalid_client', 'client authentication failed');
   const f = await readForm(req);
-  if (f.get('grant_type') !== 'authorization_code') return oauthError(res, 400, 'unsupported_grant_type', 'code only');
+  if (f.get('grant_type') === 'refresh_token') return refresh(f, res);
+  if (f.get('grant_type') !== 'authorization_code') return oauthError(res, 400, 'unsupported_grant_type', 'grant_type');
   const p = codes.get(f.get('code') || '');
   codes.delete(f.get('code') || ''); // one use, even when the rest is wrong
   if (!p) return oauthError(res, 400, 'invalid_grant', 'unknown or used code');
@@ -182,13 +199,33 @@ async function token(req, res) {
       return setTimeout(() => oauthError(res, 503, 'temporarily_unavailable', 'too late'), 35_000).unref();
     default: break;
   }
+  return issue(res, p, Math.floor(Date.now() / 1000), false);
+}
+
+// Tokens for a login (`refreshed` false) or a refresh grant; a refresh token when the
+// login asked for offline_access.
+async function issue(res, p, authTime, refreshed) {
   const accessToken = `rogue-at-${random()}`;
   accessTokens.set(accessToken, SUBJECT);
-  const id = await idToken(p, accessToken);
-  last = { ...last, access_token: accessToken, id_token: id };
-  return send(res, 200, {
-    access_token: accessToken, token_type: 'Bearer', expires_in: 300, id_token: id, scope: p.get('scope'),
-  });
+  const id = await idToken(p, accessToken, authTime, refreshed);
+  const body = {
+    access_token: accessToken, token_type: 'Bearer', expires_in: ACCESS_TTL, id_token: id, scope: p.get('scope'),
+  };
+  if ((p.get('scope') || '').split(' ').includes('offline_access')) {
+    body.refresh_token = `rogue-rt-${random()}`;
+    refreshTokens.set(body.refresh_token, { p, authTime });
+  }
+  last = { ...last, access_token: accessToken, id_token: id, refresh_token: body.refresh_token };
+  return send(res, 200, body);
+}
+
+// Refresh grant: single use, rotated (Authelia's behaviour).
+function refresh(f, res) {
+  stats.refresh += 1;
+  const grant = refreshTokens.get(f.get('refresh_token') || '');
+  refreshTokens.delete(f.get('refresh_token') || '');
+  if (!grant) return oauthError(res, 400, 'invalid_grant', 'unknown or used refresh token');
+  return issue(res, grant.p, grant.authTime, true);
 }
 
 function userinfo(req, res) {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::{assert_no_secret, config, ready_client, SECRET};
 use crate::config::{ParMode, Secret};
 use crate::oidc::test_provider::{id_claims, jwks, key, sign_rs256, Canned, TestProvider, CLIENT_ID};
-use crate::oidc::{CallbackParams, OidcClient, OidcError, PendingAuth, TokenTypeHint};
+use crate::oidc::{CallbackParams, Claims, OidcClient, OidcError, PendingAuth, TokenTypeHint};
 
 const PAR: &str = "/api/oidc/pushed-authorization-request";
 const TOKEN: &str = "/api/oidc/token";
@@ -439,7 +439,10 @@ async fn refresh_returns_rotated_tokens_and_validates_the_new_id_token() {
         "refresh_token": "authelia_rt_new", "id_token": id_token}),
         ),
     );
-    let out = client.refresh(&Secret::new(RT), SUB).await.expect("refresh");
+    let out = client
+        .refresh(&Secret::new(RT), SUB, &Claims::new())
+        .await
+        .expect("refresh");
     assert_eq!(out.tokens.access_token.expose(), "authelia_at_new");
     assert_eq!(
         out.tokens.refresh_token.as_ref().map(Secret::expose),
@@ -453,8 +456,25 @@ async fn refresh_returns_rotated_tokens_and_validates_the_new_id_token() {
 
     // Another user's ID token on refresh.
     assert!(matches!(
-        client.refresh(&Secret::new(RT), "another-subject").await,
+        client
+            .refresh(&Secret::new(RT), "another-subject", &Claims::new())
+            .await,
         Err(OidcError::SubjectMismatch)
+    ));
+
+    // About the login's authentication (OIDC Core §12.2): its auth_time, and its nonce
+    // where both carry one; this refreshed token carries none.
+    let mut login: Claims = claims.as_object().cloned().expect("object");
+    login.insert("nonce".into(), json!("n-of-the-login"));
+    client
+        .refresh(&Secret::new(RT), SUB, &login)
+        .await
+        .expect("the same authentication");
+    let auth_time = claims["auth_time"].as_i64().expect("auth_time");
+    login.insert("auth_time".into(), json!(auth_time - 600));
+    assert!(matches!(
+        client.refresh(&Secret::new(RT), SUB, &login).await,
+        Err(OidcError::InvalidIdToken(detail)) if detail.contains("auth_time")
     ));
 
     // No rotated token, no ID token: keep the old refresh token.
@@ -462,7 +482,10 @@ async fn refresh_returns_rotated_tokens_and_validates_the_new_id_token() {
         TOKEN,
         Canned::json(200, json!({"access_token": "authelia_at_3", "token_type": "Bearer"})),
     );
-    let out = client.refresh(&Secret::new(RT), SUB).await.expect("refresh");
+    let out = client
+        .refresh(&Secret::new(RT), SUB, &Claims::new())
+        .await
+        .expect("refresh");
     assert_eq!(out.tokens.refresh_token.as_ref().map(Secret::expose), Some(RT));
     assert!(out.id_token_claims.is_none());
 }
@@ -479,7 +502,10 @@ async fn refresh_fetches_userinfo_anew_with_the_new_access_token() {
         USERINFO,
         Canned::json(200, json!({"sub": SUB, "groups": ["dev", "ops"]})),
     );
-    let out = client.refresh(&Secret::new(RT), SUB).await.expect("refresh");
+    let out = client
+        .refresh(&Secret::new(RT), SUB, &Claims::new())
+        .await
+        .expect("refresh");
     assert_eq!(out.userinfo.expect("userinfo")["groups"], json!(["dev", "ops"]));
     let asked = p.requests(USERINFO);
     assert_eq!(asked.len(), 1);
@@ -488,13 +514,16 @@ async fn refresh_fetches_userinfo_anew_with_the_new_access_token() {
     // Another user's userinfo ends the session, like another user's ID token.
     p.set(USERINFO, Canned::json(200, json!({"sub": "another-subject"})));
     assert!(matches!(
-        client.refresh(&Secret::new(RT), SUB).await,
+        client.refresh(&Secret::new(RT), SUB, &Claims::new()).await,
         Err(OidcError::SubjectMismatch)
     ));
 
     // A userinfo that fails otherwise keeps the tokens and the previous claims.
     p.set(USERINFO, Canned::json(503, json!({"error": "temporarily_unavailable"})));
-    let out = client.refresh(&Secret::new(RT), SUB).await.expect("refresh");
+    let out = client
+        .refresh(&Secret::new(RT), SUB, &Claims::new())
+        .await
+        .expect("refresh");
     assert_eq!(out.tokens.access_token.expose(), "authelia_at_new");
     assert!(out.userinfo.is_none());
 }
@@ -515,7 +544,10 @@ async fn refresh_rejections_and_outages_are_told_apart() {
                 json!({"error": error, "error_description": format!("token {RT} is bad")}),
             ),
         );
-        let e = client.refresh(&Secret::new(RT), SUB).await.expect_err("error");
+        let e = client
+            .refresh(&Secret::new(RT), SUB, &Claims::new())
+            .await
+            .expect_err("error");
         assert!(matches!(&e, OidcError::RefreshRejected(code) if code == error), "{e:?}");
         assert_no_secret(&e, &[RT, SECRET]);
     }
@@ -551,7 +583,10 @@ async fn refresh_rejections_and_outages_are_told_apart() {
         (429, Canned::json(429, json!({"error": "invalid_request"}))),
     ] {
         p.set(TOKEN, body);
-        let e = client.refresh(&Secret::new(RT), SUB).await.expect_err("error");
+        let e = client
+            .refresh(&Secret::new(RT), SUB, &Claims::new())
+            .await
+            .expect_err("error");
         assert!(
             matches!(&e, OidcError::ProviderUnreachable(detail) if detail.contains(&status.to_string())),
             "HTTP {status}: {e:?}"
@@ -674,7 +709,10 @@ async fn redirects_from_the_provider_are_not_followed() {
         "/elsewhere",
         Canned::json(200, json!({"access_token": "x", "token_type": "bearer"})),
     );
-    let e = client.refresh(&Secret::new(RT), SUB).await.expect_err("error");
+    let e = client
+        .refresh(&Secret::new(RT), SUB, &Claims::new())
+        .await
+        .expect_err("error");
     assert!(
         matches!(e, OidcError::RefreshRejected(ref c) if c == "HTTP 307"),
         "{e:?}"

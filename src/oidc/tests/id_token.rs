@@ -8,7 +8,9 @@ use openidconnect::core::{CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
 use serde_json::{json, Value};
 
 use crate::oidc::test_provider::{id_claims, jwks, key, now, sign_hs256, sign_rs256, unsigned, CLIENT_ID, KEY_1_PEM};
-use crate::oidc::verify::{parse, validate, validate_with_rotation, Expectations, Failure, NonceCheck};
+use crate::oidc::verify::{
+    parse, same_authentication, validate, validate_with_rotation, Expectations, Failure, NonceCheck,
+};
 use crate::oidc::OidcError;
 
 const ISS: &str = "https://auth.example.com";
@@ -254,4 +256,35 @@ fn garbage_is_malformed_without_echoing_it() {
             super::assert_no_secret(&e, &[raw]);
         }
     }
+}
+
+#[test]
+fn a_refreshed_token_must_be_about_the_logins_authentication() {
+    let object = |value: Value| value.as_object().cloned().expect("object");
+    let login = object(json!({"auth_time": 1_700_000_000, "nonce": "n-login", "iat": 1}));
+    let same = [
+        json!({"auth_time": 1_700_000_000, "nonce": "n-login", "iat": 2}),
+        json!({"auth_time": 1_700_000_000}),
+        json!({"auth_time": 1_700_000_000.0}),
+        json!({}),
+    ];
+    for refreshed in same {
+        assert!(
+            same_authentication(&login, &object(refreshed.clone())).is_ok(),
+            "{refreshed}"
+        );
+    }
+    let other = [
+        (json!({"auth_time": 1_700_000_600, "nonce": "n-login"}), "auth_time"),
+        (json!({"auth_time": "1700000000"}), "auth_time"),
+        (json!({"auth_time": 1_700_000_000, "nonce": "n-other"}), "nonce"),
+    ];
+    for (refreshed, claim) in other {
+        match same_authentication(&login, &object(refreshed.clone())) {
+            Err(OidcError::InvalidIdToken(detail)) => assert!(detail.contains(claim), "{refreshed}: {detail}"),
+            outcome => panic!("{refreshed}: {outcome:?}"),
+        }
+    }
+    // Nothing to hold a refreshed token to when the previous one said nothing.
+    assert!(same_authentication(&object(json!({})), &object(json!({"auth_time": 5, "nonce": "x"}))).is_ok());
 }
