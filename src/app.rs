@@ -254,7 +254,15 @@ impl App {
     /// hands the others its result.
     async fn refresh(&self, key: SessionKey) -> Result<Option<ActiveSession>, AppError> {
         let mut permit = self.refresh_gate.acquire(&key).await;
-        let Some(current) = self.sessions.get(&key).await? else {
+        let stored = self.sessions.get(&key).await?;
+        match (permit.take_unstored(stored.as_deref()), &stored) {
+            (Some(Ok(refreshed)), Some(previous)) => {
+                return self.store_refreshed(key, refreshed, previous, &mut permit).await;
+            }
+            (Some(Err(orphaned)), _) => self.revoke(&orphaned).await,
+            _ => {}
+        }
+        let Some(current) = stored else {
             return Ok(None);
         };
         let leeway = self.config.session.refresh_before_expiry;
@@ -303,16 +311,9 @@ impl App {
                     &self.config.identity,
                     self.policy.rule(),
                 );
-                let refreshed = Arc::new(refreshed);
-                if !self.sessions.replace(key, refreshed.clone()).await? {
-                    tracing::info!(session = ?key, "session ended during its token refresh (logout)");
-                    // The logout revoked the tokens it saw; these were issued after it.
-                    self.revoke(&refreshed).await;
-                    return Ok(None);
-                }
                 self.metrics.refresh(RefreshOutcome::Refreshed);
                 tracing::debug!(session = ?key, "access token refreshed");
-                Ok(Some(ActiveSession { session: refreshed }))
+                self.store_refreshed(key, Arc::new(refreshed), &current, permit).await
             }
             Err(error @ (OidcError::NotReady | OidcError::ProviderUnreachable(_))) => {
                 // The provider is down: the session stays valid on its last tokens, so the
@@ -327,6 +328,38 @@ impl App {
                 tracing::info!(session = ?key, error = %error, "token refresh refused; ending the session");
                 self.sessions.remove(&key).await?;
                 Ok(None)
+            }
+        }
+    }
+
+    /// Stores a refreshed session in place of `previous`, unless the session ended
+    /// meanwhile (then its new tokens are revoked). When the store fails, the request
+    /// goes on with the new tokens and they are kept in the refresh gate for the
+    /// session's next turn: the provider has already rotated the refresh token, so the
+    /// stored one is spent, and a refresh with it would end the grant.
+    async fn store_refreshed(
+        &self,
+        key: SessionKey,
+        refreshed: Arc<Session>,
+        previous: &Session,
+        permit: &mut RefreshState,
+    ) -> Result<Option<ActiveSession>, AppError> {
+        match self.sessions.replace(key, refreshed.clone()).await {
+            Ok(true) => Ok(Some(ActiveSession { session: refreshed })),
+            Ok(false) => {
+                tracing::info!(session = ?key, "session ended during its token refresh (logout)");
+                // The logout revoked the tokens it removed; these were issued after it.
+                self.revoke(&refreshed).await;
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    session = ?key,
+                    %error,
+                    "refreshed tokens could not be stored; this process keeps them until the store takes them"
+                );
+                permit.keep_unstored(refreshed.clone(), previous);
+                Ok(Some(ActiveSession { session: refreshed }))
             }
         }
     }

@@ -521,3 +521,71 @@ async fn the_access_rule_is_judged_by_the_replica_that_loads_the_session() {
     assert!(seen.iter().any(|r| r == "GET /again-on-a"), "{seen:?}");
     assert!(!seen.iter().any(|r| r.ends_with(" /on-b")), "{seen:?}");
 }
+
+/// Redis fails after the provider has rotated the refresh token (here it is killed while
+/// the refresh grant's answer is on its way). The stored session still holds the spent
+/// refresh token, and a refresh with it would make the provider end the grant: the
+/// replica keeps the new tokens, serves the request with them, and stores them once Redis
+/// is back, so the session survives with one refresh at the provider.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_rotated_while_redis_fails_are_stored_once_it_is_back_not_lost() {
+    // Long enough for the refreshed token to stay fresh while Redis restarts.
+    const LONGER_TTL: u64 = 4;
+    let mut r = Replicas::builder()
+        .idp(|o| {
+            o.access_token_ttl = Some(LONGER_TTL);
+            o.refresh_delay = Duration::from_millis(1500);
+        })
+        .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .start()
+        .await;
+    let cookie = r.login_through_a("john", "/").await;
+    let before = r.client.me_json(&r.a.base_url()).await;
+    r.redis.save().await;
+    r.idp.reset_stats().await;
+    tokio::time::sleep(Duration::from_millis(LONGER_TTL * 1000 + 600)).await;
+
+    let (client, url) = (r.client.clone(), r.a.url("/during"));
+    let during = tokio::spawn(async move { client.api_get(&url).await });
+    eventually(
+        "the refresh grant to be carried out",
+        Duration::from_secs(5),
+        || async { (r.idp.stats().await.refresh_token == 1).then_some(()) },
+    )
+    .await;
+    r.redis.stop().await;
+    let during = during.await.expect("request task");
+    assert_eq!(
+        during.echo().values("remote-user"),
+        ["john"],
+        "the request whose refresh went through was not served:\n{}",
+        r.a.log_tail()
+    );
+
+    // Back with the data saved before the refresh: the spent refresh token.
+    r.redis.restart().await;
+    let url = r.a.url("/after");
+    let client = r.client.clone();
+    let after = eventually("the session to work again", Duration::from_secs(10), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { Some(client.api_get(&url).await).filter(|resp| resp.status != 503) }
+    })
+    .await;
+    assert_eq!(after.echo().values("remote-user"), ["john"], "{}", r.a.log_tail());
+    let stats = r.idp.stats().await;
+    assert_eq!(
+        stats.refresh_token, 1,
+        "the spent refresh token was used again: {stats:?}"
+    );
+
+    // Redis now holds the rotated tokens: the other replica uses them without a refresh.
+    r.share_cookie_with_b(&cookie);
+    let on_b = r.client.me_json(&r.b.base_url()).await;
+    assert_ne!(on_b["refreshToken"], before["refreshToken"]);
+    assert!(on_b["refreshToken"].is_string(), "{on_b:#}");
+    assert_eq!(r.idp.stats().await.refresh_token, 1);
+    assert!(
+        r.a.log_text().contains("refreshed tokens could not be stored"),
+        "the log does not say what happened"
+    );
+}

@@ -11,14 +11,20 @@
 //! [`RETRY_AFTER_OUTAGE`], use the session's last tokens instead of each trying again:
 //! one after another, each waiting out the provider's timeout, a page's twenty requests
 //! would take minutes, and a struggling provider would get twenty grants per session.
+//!
+//! A refresh whose result the store could not take (a Redis blip after the provider had
+//! rotated the refresh token) leaves that result here ([`RefreshState::keep_unstored`]):
+//! the stored session's refresh token is spent, and using it again would make Authelia
+//! end the grant, so the session's next turn stores these tokens instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::SessionKey;
+use super::{Session, SessionKey};
+use crate::config::Secret;
 
 /// How long a session's refresh is not tried again after it met an outage.
 pub const RETRY_AFTER_OUTAGE: Duration = Duration::from_secs(10);
@@ -44,6 +50,15 @@ struct Turns {
 #[derive(Debug, Default)]
 pub struct RefreshState {
     outage_at: Option<Instant>,
+    unstored: Option<Unstored>,
+}
+
+/// Refreshed tokens the store did not take, and the access token of the session they
+/// follow: they apply only while the store still holds that session.
+#[derive(Debug)]
+struct Unstored {
+    session: Arc<Session>,
+    follows: Secret,
 }
 
 /// The right to refresh one session; others of the session wait until it is dropped.
@@ -65,6 +80,35 @@ impl RefreshState {
     /// Records that a refresh went through (or ended the session).
     pub fn settled(&mut self) {
         self.outage_at = None;
+    }
+
+    /// Keeps `refreshed`, which the store could not take in place of `previous`, for
+    /// this session's next turn.
+    pub fn keep_unstored(&mut self, refreshed: Arc<Session>, previous: &Session) {
+        self.unstored = Some(Unstored {
+            session: refreshed,
+            follows: previous.tokens.access_token.clone(),
+        });
+    }
+
+    /// Takes the tokens kept by [`keep_unstored`](Self::keep_unstored), if any.
+    /// `stored` is what the store holds now: `Ok` with the session to store in its
+    /// place, or `Err` with tokens nobody will use (the session ended meanwhile), to be
+    /// revoked. When the store holds a newer session than the one they follow (another
+    /// replica refreshed it), they are dropped: that session's tokens are as good.
+    pub fn take_unstored(&mut self, stored: Option<&Session>) -> Option<Result<Arc<Session>, Arc<Session>>> {
+        let unstored = self.unstored.take()?;
+        match stored {
+            None => Some(Err(unstored.session)),
+            Some(stored) if stored.tokens.access_token == unstored.follows => Some(Ok(unstored.session)),
+            Some(_) => None,
+        }
+    }
+
+    /// Whether the sweep must keep this turn: it remembers a recent outage, or tokens
+    /// the store has yet to take for a session that has not reached its end.
+    fn worth_keeping(&self, now: Instant, wall: SystemTime) -> bool {
+        self.backing_off(now) || self.unstored.as_ref().is_some_and(|u| !u.session.is_expired(wall))
     }
 }
 
@@ -95,15 +139,17 @@ impl RefreshGate {
 }
 
 impl Turns {
-    /// Drops the entries nobody holds or waits for and that remember no recent outage.
+    /// Drops the entries nobody holds or waits for and that remember neither a recent
+    /// outage nor tokens to store.
     /// Runs under the map's lock, where no new holder can appear, and only once the map
     /// has grown by [`SWEEP_SLACK`], so its cost is spread over that many refreshes.
     fn sweep_if_grown(&mut self, now: Instant) {
         if self.by_session.len() < self.sweep_at.saturating_add(SWEEP_SLACK) {
             return;
         }
+        let wall = SystemTime::now();
         self.by_session.retain(|_, turn| {
-            Arc::strong_count(turn) > 1 || turn.try_lock().map_or(true, |state| state.backing_off(now))
+            Arc::strong_count(turn) > 1 || turn.try_lock().map_or(true, |state| state.worth_keeping(now, wall))
         });
         self.sweep_at = self.by_session.len();
     }
@@ -214,6 +260,57 @@ mod tests {
         let second = tokio::time::timeout(Duration::from_millis(50), gate.acquire(&key)).await;
         assert!(second.is_err(), "the session got a second turn");
         drop(held);
+    }
+
+    fn session_with_access_token(token: &str, lifetime: Duration) -> Arc<Session> {
+        let mut session = crate::session::tests::session(serde_json::json!({}), lifetime);
+        session.tokens.access_token = Secret::new(token);
+        Arc::new(session)
+    }
+
+    #[test]
+    fn unstored_tokens_apply_only_while_the_store_holds_the_session_they_follow() {
+        let previous = session_with_access_token("at-1", Duration::from_secs(60));
+        let refreshed = session_with_access_token("at-2", Duration::from_secs(60));
+        let mut state = RefreshState::default();
+        assert!(state.take_unstored(Some(&previous)).is_none(), "nothing kept");
+
+        state.keep_unstored(refreshed.clone(), &previous);
+        let taken = state.take_unstored(Some(&previous));
+        assert!(matches!(&taken, Some(Ok(s)) if Arc::ptr_eq(s, &refreshed)), "{taken:?}");
+        assert!(state.take_unstored(Some(&previous)).is_none(), "taken once");
+
+        // The session ended meanwhile: the tokens are nobody's, to be revoked.
+        state.keep_unstored(refreshed.clone(), &previous);
+        assert!(matches!(state.take_unstored(None), Some(Err(s)) if Arc::ptr_eq(&s, &refreshed)));
+
+        // Another replica stored a newer session: ours are dropped, not stored over it.
+        state.keep_unstored(refreshed.clone(), &previous);
+        let newer = session_with_access_token("at-3", Duration::from_secs(60));
+        assert!(state.take_unstored(Some(&newer)).is_none());
+        assert!(state.take_unstored(Some(&previous)).is_none(), "dropped for good");
+    }
+
+    #[tokio::test]
+    async fn a_turn_holding_unstored_tokens_survives_sweeps_until_its_session_ends() {
+        let gate = RefreshGate::new();
+        let previous = session_with_access_token("at-1", Duration::from_secs(60));
+        let live_key = SessionId::generate().key();
+        let ended_key = SessionId::generate().key();
+        gate.acquire(&live_key)
+            .await
+            .keep_unstored(session_with_access_token("at-2", Duration::from_secs(60)), &previous);
+        gate.acquire(&ended_key)
+            .await
+            .keep_unstored(session_with_access_token("at-2", Duration::ZERO), &previous);
+        for _ in 0..SWEEP_SLACK + 10 {
+            drop(gate.acquire(&SessionId::generate().key()).await);
+        }
+        assert!(gate.len() < SWEEP_SLACK, "swept: {} left", gate.len());
+        let kept = gate.acquire(&live_key).await.take_unstored(Some(&previous));
+        assert!(matches!(kept, Some(Ok(_))), "the tokens to store were swept: {kept:?}");
+        let gone = gate.acquire(&ended_key).await.take_unstored(Some(&previous));
+        assert!(gone.is_none(), "an ended session's tokens were kept: {gone:?}");
     }
 
     #[tokio::test]
