@@ -14,6 +14,7 @@ use openidconnect::{AdditionalProviderMetadata, IssuerUrl, JsonWebKeySetUrl, Pro
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::http::BoundedFetch;
 use super::OidcError;
 
 /// Metadata beyond what `openidconnect` models.
@@ -143,7 +144,11 @@ pub(super) async fn discover(http: &reqwest::Client, issuer: &str) -> Result<(Pr
         endpoint: "discovery",
         detail: e.to_string(),
     })?;
-    let metadata = Metadata::discover_async(issuer_url, http)
+    let fetch = BoundedFetch {
+        http,
+        endpoint: "discovery",
+    };
+    let metadata = Metadata::discover_async(issuer_url, &fetch)
         .await
         .map_err(discovery_error)?;
     let provider = Provider::from_metadata(&metadata, issuer)?;
@@ -152,13 +157,17 @@ pub(super) async fn discover(http: &reqwest::Client, issuer: &str) -> Result<(Pr
 
 /// Fetches the JWKS (initial load is done by [`discover`]; this is the rotation path).
 pub(super) async fn fetch_jwks(http: &reqwest::Client, uri: &JsonWebKeySetUrl) -> Result<CoreJsonWebKeySet, OidcError> {
-    CoreJsonWebKeySet::fetch_async(uri, http).await.map_err(discovery_error)
+    let fetch = BoundedFetch { http, endpoint: "JWKS" };
+    CoreJsonWebKeySet::fetch_async(uri, &fetch)
+        .await
+        .map_err(discovery_error)
 }
 
-fn discovery_error<E: std::error::Error + 'static>(e: openidconnect::DiscoveryError<E>) -> OidcError {
+fn discovery_error(e: openidconnect::DiscoveryError<OidcError>) -> OidcError {
     use openidconnect::DiscoveryError as D;
     match e {
-        D::Request(inner) => OidcError::ProviderUnreachable(format!("discovery: {}", error_chain(&inner))),
+        // Already classified by `http::send`: unreachable, or an oversized body.
+        D::Request(inner) => inner,
         D::Response(status, _, msg) if status.is_server_error() => {
             OidcError::ProviderUnreachable(format!("discovery: HTTP {}: {msg}", status.as_u16()))
         }

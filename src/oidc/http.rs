@@ -3,6 +3,8 @@
 //! credentials, bounded response bodies and OAuth error bodies turned into [`OidcError`]s
 //! that never carry a secret.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -101,6 +103,39 @@ pub(super) async fn send(endpoint: &'static str, request: reqwest::RequestBuilde
         media_type,
         body,
     })
+}
+
+/// The HTTP client `openidconnect` gets for discovery and the JWKS: its calls go through
+/// [`send`], so their bodies are bounded too (the crate's own reqwest glue reads a body
+/// whole, however large). The response carries the status, the media type and the body,
+/// all the crate reads.
+pub(super) struct BoundedFetch<'a> {
+    pub http: &'a reqwest::Client,
+    pub endpoint: &'static str,
+}
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for BoundedFetch<'_> {
+    type Error = OidcError;
+    type Future = Pin<Box<dyn Future<Output = Result<openidconnect::HttpResponse, OidcError>> + Send + 'c>>;
+
+    fn call(&'c self, request: openidconnect::HttpRequest) -> Self::Future {
+        let (head, body) = request.into_parts();
+        let request = self
+            .http
+            .request(head.method, head.uri.to_string())
+            .headers(head.headers)
+            .body(body);
+        let endpoint = self.endpoint;
+        Box::pin(async move {
+            let reply = send(endpoint, request).await?;
+            let mut response = openidconnect::HttpResponse::new(reply.body);
+            *response.status_mut() = reply.status;
+            if let Some(media_type) = reply.media_type.and_then(|m| HeaderValue::from_str(&m).ok()) {
+                response.headers_mut().insert(CONTENT_TYPE, media_type);
+            }
+            Ok(response)
+        })
+    }
 }
 
 #[derive(Deserialize)]

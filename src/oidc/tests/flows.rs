@@ -772,3 +772,51 @@ async fn a_failed_discovery_is_an_outage_only_when_the_provider_answers_5xx() {
         other => panic!("a 404 is a wrong issuer, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn discovery_and_jwks_bodies_are_bounded_like_every_other_provider_answer() {
+    const DISCOVERY: &str = "/.well-known/openid-configuration";
+    let p = TestProvider::start().await;
+    let http = crate::oidc::http::build_client(Duration::from_secs(5)).expect("client");
+    let oversized = |value: Value| Canned {
+        status: 200,
+        content_type: "application/json",
+        // Valid JSON, padded past the limit: refused for its size, not its syntax.
+        body: {
+            let mut object = value.as_object().cloned().expect("object");
+            object.insert("padding".into(), json!("x".repeat(1024 * 1024)));
+            Value::Object(object).to_string()
+        },
+    };
+    let discovery = crate::oidc::test_provider::authelia_discovery(&p.issuer);
+    p.set(DISCOVERY, oversized(discovery.clone()));
+    match crate::oidc::discovery::discover(&http, &p.issuer).await {
+        Err(OidcError::InvalidResponse { endpoint, detail }) => {
+            assert_eq!(endpoint, "discovery");
+            assert!(detail.contains("larger than 1048576 bytes"), "{detail}");
+        }
+        other => panic!("an oversized discovery document was read: {:?}", other.map(|_| ())),
+    }
+
+    // The same documents within the limit load (the media type and status still reach
+    // `openidconnect`), and an oversized JWKS is refused on its own.
+    p.set(DISCOVERY, Canned::json(200, discovery));
+    assert!(crate::oidc::discovery::discover(&http, &p.issuer).await.is_ok());
+    p.set("/jwks.json", oversized(jwks(&[&key(1)])));
+    assert!(
+        matches!(
+            crate::oidc::discovery::discover(&http, &p.issuer).await,
+            Err(OidcError::InvalidResponse { endpoint: "discovery", detail }) if detail.contains("larger than")
+        ),
+        "an oversized JWKS was read at discovery"
+    );
+    // And on the key-rotation path.
+    let uri = openidconnect::JsonWebKeySetUrl::new(format!("{}/jwks.json", p.issuer)).expect("url");
+    match crate::oidc::discovery::fetch_jwks(&http, &uri).await {
+        Err(OidcError::InvalidResponse { endpoint, detail }) => {
+            assert_eq!(endpoint, "JWKS");
+            assert!(detail.contains("larger than"), "{detail}");
+        }
+        other => panic!("an oversized JWKS was read: {:?}", other.map(|_| ())),
+    }
+}
