@@ -254,10 +254,15 @@ impl App {
     /// hands the others its result.
     async fn refresh(&self, key: SessionKey) -> Result<Option<ActiveSession>, AppError> {
         let mut permit = self.refresh_gate.acquire(&key).await;
-        let stored = self.sessions.get(&key).await?;
+        let mut stored = self.sessions.get(&key).await?;
         match (permit.take_unstored(stored.as_deref()), &stored) {
             (Some(Ok(refreshed)), Some(previous)) => {
-                return self.store_refreshed(key, refreshed, previous, &mut permit).await;
+                match self.store_refreshed(key, refreshed, previous, &mut permit).await? {
+                    // Stored: on as with any session just read, which may be due by now.
+                    Some(active) if !permit.holds_unstored() => stored = Some(active.session),
+                    // Ended meanwhile, or the store failed again and still has to take it.
+                    outcome => return Ok(outcome),
+                }
             }
             (Some(Err(orphaned)), _) => self.revoke(&orphaned).await,
             _ => {}

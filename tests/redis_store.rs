@@ -529,6 +529,18 @@ async fn the_access_rule_is_judged_by_the_replica_that_loads_the_session() {
 /// is back, so the session survives with one refresh at the provider.
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_rotated_while_redis_fails_are_stored_once_it_is_back_not_lost() {
+    rotated_tokens_survive_a_redis_failure(false).await;
+}
+
+/// As above, with Redis down until the rescued access token has expired too: once Redis
+/// is back, the rescued tokens are stored and refreshed at once (with the rotated refresh
+/// token), so no request goes upstream with an expired access token.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_rotated_while_redis_fails_are_refreshed_if_they_expired_meanwhile() {
+    rotated_tokens_survive_a_redis_failure(true).await;
+}
+
+async fn rotated_tokens_survive_a_redis_failure(expire_while_down: bool) {
     // Long enough for the refreshed token to stay fresh while Redis restarts.
     const LONGER_TTL: u64 = 4;
     let mut r = Replicas::builder()
@@ -537,6 +549,7 @@ async fn tokens_rotated_while_redis_fails_are_stored_once_it_is_back_not_lost() 
             o.refresh_delay = Duration::from_millis(1500);
         })
         .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
+        .env("PORTCULLIS_IDENTITY_ACCESS_TOKEN", "x-forwarded-access-token")
         .start()
         .await;
     let cookie = r.login_through_a("john", "/").await;
@@ -561,6 +574,10 @@ async fn tokens_rotated_while_redis_fails_are_stored_once_it_is_back_not_lost() 
         "the request whose refresh went through was not served:\n{}",
         r.a.log_tail()
     );
+    let rescued_token = during.echo().values("x-forwarded-access-token").join(",");
+    if expire_while_down {
+        tokio::time::sleep(Duration::from_millis(LONGER_TTL * 1000 + 600)).await;
+    }
 
     // Back with the data saved before the refresh: the spent refresh token.
     r.redis.restart().await;
@@ -572,18 +589,26 @@ async fn tokens_rotated_while_redis_fails_are_stored_once_it_is_back_not_lost() 
     })
     .await;
     assert_eq!(after.echo().values("remote-user"), ["john"], "{}", r.a.log_tail());
+    let forwarded = after.echo().values("x-forwarded-access-token").join(",");
     let stats = r.idp.stats().await;
-    assert_eq!(
-        stats.refresh_token, 1,
-        "the spent refresh token was used again: {stats:?}"
-    );
+    if expire_while_down {
+        assert_eq!(stats.refresh_token, 2, "{stats:?}");
+        assert_ne!(forwarded, rescued_token, "an expired access token went upstream");
+    } else {
+        assert_eq!(
+            stats.refresh_token, 1,
+            "the spent refresh token was used again: {stats:?}"
+        );
+        assert_eq!(forwarded, rescued_token);
+    }
+    assert_eq!(stats.revocation, 0, "{stats:?}");
 
-    // Redis now holds the rotated tokens: the other replica uses them without a refresh.
+    // Redis now holds the newest tokens: the other replica uses them without a refresh.
     r.share_cookie_with_b(&cookie);
     let on_b = r.client.me_json(&r.b.base_url()).await;
     assert_ne!(on_b["refreshToken"], before["refreshToken"]);
-    assert!(on_b["refreshToken"].is_string(), "{on_b:#}");
-    assert_eq!(r.idp.stats().await.refresh_token, 1);
+    assert_eq!(on_b["accessToken"].as_str(), Some(forwarded.as_str()), "{on_b:#}");
+    assert_eq!(r.idp.stats().await.refresh_token, stats.refresh_token);
     assert!(
         r.a.log_text().contains("refreshed tokens could not be stored"),
         "the log does not say what happened"

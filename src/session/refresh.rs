@@ -105,6 +105,11 @@ impl RefreshState {
         }
     }
 
+    /// Whether tokens wait here for the store to take them.
+    pub fn holds_unstored(&self) -> bool {
+        self.unstored.is_some()
+    }
+
     /// Whether the sweep must keep this turn: it remembers a recent outage, or tokens
     /// the store has yet to take for a session that has not reached its end.
     fn worth_keeping(&self, now: Instant, wall: SystemTime) -> bool {
@@ -276,8 +281,10 @@ mod tests {
         assert!(state.take_unstored(Some(&previous)).is_none(), "nothing kept");
 
         state.keep_unstored(refreshed.clone(), &previous);
+        assert!(state.holds_unstored());
         let taken = state.take_unstored(Some(&previous));
         assert!(matches!(&taken, Some(Ok(s)) if Arc::ptr_eq(s, &refreshed)), "{taken:?}");
+        assert!(!state.holds_unstored());
         assert!(state.take_unstored(Some(&previous)).is_none(), "taken once");
 
         // The session ended meanwhile: the tokens are nobody's, to be revoked.

@@ -264,7 +264,9 @@ impl RedisStore {
         let store_key = self.session_key(key);
         let Some(ttl) = write_ttl(SystemTime::now(), session.expires_at, self.inner.idle_timeout) else {
             // Already past its deadline: there is nothing to keep.
-            self.remove(key).await?;
+            self.inner.opened.forget(key);
+            let del = redis::cmd("DEL").arg(&store_key).to_owned();
+            self.run::<i64>(Command::One(&del)).await?;
             return Ok(false);
         };
         let sealed = self.inner.sealer.seal(store_key.as_bytes(), session).map_err(|error| {
