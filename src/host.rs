@@ -105,25 +105,12 @@ pub fn is_host(value: &[u8]) -> bool {
 
 /// A host cut into its name (an IPv6 literal with its brackets) and port (`None` when
 /// absent or empty); `None` when it is no host.
+///
+/// One pass over a name, a table lookup per byte: it runs for every request.
 fn split(value: &[u8]) -> Option<(&[u8], Option<u16>)> {
-    let (name, port) = if let Some(literal) = value.strip_prefix(b"[") {
-        let end = literal.iter().position(|&b| b == b']')?;
-        std::str::from_utf8(&literal[..end]).ok()?.parse::<Ipv6Addr>().ok()?;
-        let (name, rest) = value.split_at(end + 2);
-        match rest {
-            [] => (name, None),
-            [b':', port @ ..] => (name, Some(port)),
-            _ => return None,
-        }
-    } else {
-        let (name, port) = match value.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
-            None => (value, None),
-        };
-        if !is_reg_name(name) {
-            return None;
-        }
-        (name, port)
+    let (name, port) = match value.first() {
+        Some(b'[') => ipv6_literal(value)?,
+        _ => reg_name(value)?,
     };
     let port = match port {
         None | Some([]) => None,
@@ -132,22 +119,61 @@ fn split(value: &[u8]) -> Option<(&[u8], Option<u16>)> {
     Some((name, port))
 }
 
-/// Letters, digits, `-`, `.`, `_`, `~`, and no empty label (a final dot is allowed).
-fn is_reg_name(name: &[u8]) -> bool {
-    let labels = name.strip_suffix(b".").unwrap_or(name);
-    !labels.is_empty()
-        && labels
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-        && labels.split(|&b| b == b'.').all(|label| !label.is_empty())
+/// Bytes of a name: letters, digits, `-`, `_`, `~` (the `.` between labels is apart).
+static NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'~';
+        b += 1;
+    }
+    table
+};
+
+/// A name up to the first `:` and what follows it: labels of [`NAME_BYTE`]s, none empty,
+/// with one final dot allowed.
+fn reg_name(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let mut i = 0;
+    loop {
+        let label = i;
+        while value.get(i).is_some_and(|&b| NAME_BYTE[usize::from(b)]) {
+            i += 1;
+        }
+        // `i > 0` at the end: a label was read, or the last one is empty after a dot.
+        match value.get(i) {
+            Some(b'.') if i > label => i += 1,
+            None if i > 0 => return Some((value, None)),
+            Some(b':') if i > 0 => return Some((&value[..i], Some(&value[i + 1..]))),
+            _ => return None,
+        }
+    }
+}
+
+/// `[IPv6]` and what follows it after a `:`.
+fn ipv6_literal(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let end = value.iter().position(|&b| b == b']')?;
+    std::str::from_utf8(&value[1..end]).ok()?.parse::<Ipv6Addr>().ok()?;
+    let (name, rest) = value.split_at(end + 1);
+    match rest {
+        [] => Some((name, None)),
+        [b':', port @ ..] => Some((name, Some(port))),
+        _ => None,
+    }
 }
 
 /// Decimal digits (no sign, as `u16::from_str` would take) up to 65535.
 fn port_number(digits: &[u8]) -> Option<u16> {
-    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.len() > 5 {
         return None;
     }
-    let port = digits.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+    let mut port = 0u32;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        port = port * 10 + u32::from(d - b'0');
+    }
     u16::try_from(port).ok()
 }
 

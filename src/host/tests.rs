@@ -23,8 +23,11 @@ const HOSTS: [&str; 16] = [
 ];
 
 /// Values hyper lets through as a `Host` (visible ASCII and spaces), none of them a host.
-const NOT_HOSTS: [&str; 33] = [
+const NOT_HOSTS: [&str; 36] = [
     "",
+    ":80",
+    "a:b:c",
+    "bücher.example",
     " ",
     "a b",
     "a\tb",
