@@ -1,5 +1,5 @@
-//! The request path, as ordered phases: route → policy (public?) → session → policy
-//! (allowed?) → proxy; the middle three are [`App::admit`].
+//! The request path, as ordered phases: host → route → policy (public?) → session →
+//! policy (allowed?) → proxy; the middle three are [`App::admit`].
 //!
 //! [`App`] holds what every request shares (configuration, provider client, session
 //! store, access policy, upstream client) and [`App::handle`] drives one request through
@@ -133,22 +133,28 @@ impl App {
             let client = self.upstream.client_ip(client_addr.ip(), request.headers());
             (request.method().clone(), request.uri().clone(), client)
         });
+        // The host first, for every route: RFC 9112 §3.2 has a server refuse any request
+        // that names no valid host, whatever it would do with it. Only the proxy passes
+        // it on (portcullis' own URLs come from `base_url`); a refused request starts no
+        // login and reaches no upstream.
+        let host = crate::host::request_host(&request);
         // The routes other than the proxied one are boxed: their futures (provider calls)
         // are many kilobytes, and every request's future would otherwise be as large as
         // the largest of them, and be moved and laid out in memory at that size.
-        let result = match route {
-            Route::Healthz => Ok(pages::text_response(StatusCode::OK, "ok\n")),
-            Route::Readyz => Ok(Box::pin(self.readiness()).await),
-            Route::Login => Box::pin(self.login(&request)).await,
-            Route::Callback => Box::pin(self.callback(&request)).await,
-            Route::Logout => Box::pin(self.logout(request)).await,
-            Route::Me => Box::pin(self.me(&request)).await,
-            Route::ReservedUnknown => Err(AppError::NotFound),
+        let result = match (route, host) {
+            (_, Err(invalid)) => Err(invalid.into()),
+            (Route::Healthz, _) => Ok(pages::text_response(StatusCode::OK, "ok\n")),
+            (Route::Readyz, _) => Ok(Box::pin(self.readiness()).await),
+            (Route::Login, _) => Box::pin(self.login(&request)).await,
+            (Route::Callback, _) => Box::pin(self.callback(&request)).await,
+            (Route::Logout, _) => Box::pin(self.logout(request)).await,
+            (Route::Me, _) => Box::pin(self.me(&request)).await,
+            (Route::ReservedUnknown, _) => Err(AppError::NotFound),
             // The request is handed straight to the proxy: each async function it passes
             // through by value stores and moves it (some 250 bytes) once more.
-            Route::Protected => match self.admit(&request).await {
+            (Route::Protected, Ok(host)) => match self.admit(&request).await {
                 Ok(Admission::Forward(session)) => {
-                    let ctx = self.forward_context(session.as_deref(), client_addr, upstream_slot);
+                    let ctx = self.forward_context(session.as_deref(), host.as_ref(), client_addr, upstream_slot);
                     match self.upstream.forward(request, ctx).await {
                         Ok(response) if access.is_some() => Ok(with_subject(response, session)),
                         Ok(response) => Ok(response),
@@ -214,16 +220,18 @@ impl App {
         Ok(Admission::Forward(Some(active.session)))
     }
 
-    /// What the proxy is told besides the request: the session's identity headers
-    /// (prepared at login), or none.
+    /// What the proxy is told besides the request: the host it names (checked), the
+    /// session's identity headers (prepared at login), or none.
     fn forward_context<'a>(
         &'a self,
         session: Option<&'a Session>,
+        host: Option<&'a HeaderValue>,
         client_addr: SocketAddr,
         upstream_slot: &'a Arc<UpstreamSlot>,
     ) -> ForwardContext<'a> {
         let headers = session.map(|session| &session.upstream_headers);
         ForwardContext {
+            host,
             client_addr,
             client_scheme: self.public_scheme,
             identity: headers.map_or(&[], |headers| &headers.identity),

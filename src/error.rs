@@ -10,6 +10,7 @@
 use http::header::{ALLOW, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::host::InvalidHost;
 use crate::oidc::OidcError;
 use crate::pages;
 use crate::policy::Forbidden;
@@ -30,6 +31,11 @@ pub enum AppError {
     /// domain not allowed or unverified). Only `policy` can make a [`Forbidden`].
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
+    /// The request names no host that may be passed on: `Host` missing, repeated or
+    /// malformed, or at odds with HTTP/2's `:authority` (RFC 9112 §3.2, RFC 9113 §8.3.1).
+    /// Checked before routing, so every route answers it alike.
+    #[error(transparent)]
+    InvalidHost(#[from] InvalidHost),
     /// A request to the redirect URI without `state`: not a response to our login.
     #[error("callback without state")]
     CallbackWithoutState,
@@ -93,6 +99,8 @@ impl AppError {
                 message: format!("This request cannot be forwarded: {reason}."),
                 fault: Fault::Downstream,
             },
+            // As nginx: a plain 400 that names the rule, never the value sent.
+            AppError::InvalidHost(_) => r(S::BAD_REQUEST, "invalid_host", "Bad request", "This request does not name a valid host: its Host header is missing, repeated, malformed or at odds with the request target.", Fault::Downstream),
             AppError::Proxy(ProxyError::Config(_)) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "The proxy is misconfigured.", Fault::Internal),
             // One generic message whatever the rule: which one failed is for the log.
             AppError::Forbidden(_) => r(S::FORBIDDEN, "forbidden", "Access denied", "You are signed in, but this account may not use this application. Ask its administrator for access, or sign out and sign in with another account.", Fault::Downstream),
@@ -286,6 +294,17 @@ mod tests {
             assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{endpoint} {error}");
             assert_eq!(body["error"], "idp_rejected", "{endpoint} {error}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_host_is_a_400_that_offers_no_way_forward() {
+        let (response, body) = json_of(AppError::InvalidHost(InvalidHost::Repeated)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"], "invalid_host");
+        assert_eq!(body.get("login_url"), None);
+        let page = AppError::InvalidHost(InvalidHost::Malformed).into_response(false, &router());
+        assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+        assert!(page.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
     }
 
     #[tokio::test]

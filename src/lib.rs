@@ -3,10 +3,12 @@
 //! protected app with identity headers.
 //!
 //! # Layout
-//! A request flows one way: [`server`] → [`router`] → [`session`] → [`policy`] → [`proxy`],
-//! driven by [`app::App::handle`]; errors become responses in [`error`].
+//! A request flows one way: [`server`] → [`host`] → [`router`] → [`session`] → [`policy`]
+//! → [`proxy`], driven by [`app::App::handle`]; errors become responses in [`error`].
 //! - [`config`]: file + environment → validated, immutable [`config::Config`].
 //! - [`server`]: the listener, HTTP/1 + HTTP/2, graceful shutdown.
+//! - [`host`]: the host a request names (`Host`, an absolute target, `:authority`), or
+//!   why it names none that may be passed on.
 //! - [`router`]: portcullis' own routes vs the protected app.
 //! - [`app`]: the phase driver (public-path decision, session phase with single-flight
 //!   refresh, access check, proxy).
@@ -31,6 +33,7 @@ mod auth;
 mod body;
 pub mod config;
 pub mod error;
+pub mod host;
 pub mod limit;
 pub mod metrics;
 pub mod oidc;

@@ -1,11 +1,16 @@
 //! Forwarded headers and Host: a client's `X-Forwarded-*` are replaced unless the
 //! peer is a trusted proxy (then the chain is appended to); `Host` is the client's by
-//! default and the upstream's with `preserve_host = false`.
+//! default and the upstream's with `preserve_host = false`; a request that names no
+//! valid host gets 400 on every route and never reaches the upstream.
 
 mod common;
 
+use common::h1::{self, h2_over};
 use common::*;
+use http::{Request, Version};
 use reqwest::header::ACCEPT;
+use serde_json::Value;
+use tokio::net::TcpStream;
 
 /// GET `path` as the logged-in client with extra headers; the echo's report.
 async fn seen_with(stack: &Stack, path: &str, headers: &[(&str, &str)]) -> EchoSeen {
@@ -105,4 +110,183 @@ async fn host_is_the_clients_by_default_and_the_upstreams_when_not_preserved() {
         [format!("localhost:{port}")],
         "the client's Host is still told in X-Forwarded-Host"
     );
+}
+
+/// `GET target` as raw HTTP/1.1 with `lines` (Host lines included, or not) and the
+/// session `cookie`, asking for JSON.
+async fn raw_get_with(port: u16, target: &str, lines: &[&str], cookie: &str) -> RawResponse {
+    let request_line = format!("GET {target} HTTP/1.1");
+    let cookie = format!("Cookie: {SESSION_COOKIE}={cookie}");
+    let mut head = vec![request_line.as_str()];
+    head.extend_from_slice(lines);
+    head.extend([cookie.as_str(), "Accept: application/json", "Connection: close"]);
+    raw_request(port, &head).await
+}
+
+/// A 400 that says the host is invalid, and echoes nothing of what was sent.
+#[track_caller]
+fn assert_invalid_host(resp: &RawResponse, sent: &str) {
+    assert_eq!(resp.status, 400, "{sent:?}: {resp:?}");
+    let body: Value = serde_json::from_slice(&resp.body).unwrap_or_else(|e| panic!("{sent:?}: {e}: {resp:?}"));
+    assert_eq!(body["error"], "invalid_host", "{sent:?}: {body}");
+    assert!(
+        !resp.body_text().contains("evil"),
+        "{sent:?}: the value came back: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_names_no_valid_host_gets_400_on_every_route_and_never_reaches_the_upstream() {
+    let stack = Stack::start().await;
+    stack.login("john", "/").await;
+    let port = stack.portcullis.app.port;
+    let cookie = stack.session_cookie().expect("session cookie");
+    let good = format!("Host: localhost:{port}");
+    let refused: [&[&str]; 10] = [
+        &["Host: evil.example bad"],
+        &["Host: evil.example/path"],
+        &["Host: evil.example@localhost"],
+        &["Host: localhost, evil.example"],
+        &["Host: evil.example;x=1"],
+        &["Host: ..evil.example"],
+        &["Host: evil.example:80:80"],
+        &[&good, "Host: evil.example"],
+        &[&good, &good],
+        &[],
+    ];
+    for lines in refused {
+        let sent = lines.join(" | ");
+        assert_invalid_host(&raw_get_with(port, "/bad-host", lines, &cookie).await, &sent);
+        // Portcullis' own routes too, and a refused login is not started.
+        assert_invalid_host(&raw_get_with(port, "/.auth/healthz", lines, &cookie).await, &sent);
+        assert_invalid_host(&raw_get_with(port, "/.auth/login?rd=/x", lines, "").await, &sent);
+    }
+    assert_eq!(
+        stack.idp.stats().await.par,
+        1,
+        "only the test's own login reached the provider"
+    );
+    let received = stack.echo.received().await;
+    assert!(
+        received.iter().all(|r| !r.contains("/bad-host")),
+        "a request without a valid host reached the upstream: {received:#?}"
+    );
+
+    // The same request with one valid Host goes through.
+    let resp = raw_get_with(port, "/good-host", &[&good], &cookie).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen: EchoSeen = serde_json::from_slice(&resp.body).expect("echo JSON");
+    assert_eq!(seen.values("host"), [format!("localhost:{port}")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absolute_form_target_names_the_host_and_http_1_0_may_name_none() {
+    let stack = Stack::start().await;
+    stack.login("john", "/").await;
+    let port = stack.portcullis.app.port;
+    let cookie = stack.session_cookie().expect("session cookie");
+
+    // RFC 9112 §3.2.2: the target's authority replaces Host, whatever Host said.
+    let target = "http://App.Example.test:8080/abs?q=1";
+    let resp = raw_get_with(port, target, &["Host: evil.example"], &cookie).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen: EchoSeen = serde_json::from_slice(&resp.body).expect("echo JSON");
+    assert_eq!(seen.url, "/abs?q=1");
+    assert_eq!(seen.values("host"), ["App.Example.test:8080"]);
+    assert_eq!(seen.values("x-forwarded-host"), ["App.Example.test:8080"]);
+    // User information in the target is refused as in Host.
+    let target = "http://evil.example@app.example.test/abs";
+    assert_invalid_host(
+        &raw_get_with(port, target, &["Host: app.example.test"], &cookie).await,
+        target,
+    );
+
+    let head = [
+        "GET /old HTTP/1.0".to_owned(),
+        format!("Cookie: {SESSION_COOKIE}={cookie}"),
+        "Accept: application/json".to_owned(),
+    ];
+    let resp = raw_request(port, &head.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen: EchoSeen = serde_json::from_slice(&resp.body).expect("echo JSON");
+    let upstream_authority = stack.echo.url.trim_start_matches("http://");
+    assert_eq!(
+        seen.values("host"),
+        [upstream_authority],
+        "no client host: the upstream's"
+    );
+    assert!(seen.values("x-forwarded-host").is_empty(), "{:?}", seen.raw_headers);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http2_a_host_header_must_name_the_authority() {
+    let stack = Stack::builder().env("PORTCULLIS_SERVER_H2C", "true").start().await;
+    stack.login("john", "/").await;
+    let port = stack.portcullis.app.port;
+    let cookie = format!("{SESSION_COOKIE}={}", stack.session_cookie().expect("session cookie"));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let send = h2_over(tcp).await.expect("h2c handshake");
+    let get = |host: Option<&str>| {
+        let mut send = send.clone();
+        let mut request = Request::get(format!("http://localhost:{port}/h2-host"))
+            .header("cookie", &cookie)
+            .header("accept", "application/json");
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let request = request.body(h1::empty()).expect("request");
+        async move {
+            let resp = send.send_request(request).await.expect("h2 response");
+            assert_eq!(resp.version(), Version::HTTP_2);
+            let status = resp.status();
+            (status, h1::text(resp).await.expect("body"))
+        }
+    };
+
+    for host in [None, Some(format!("LOCALHOST:{port}"))] {
+        let (status, body) = get(host.as_deref()).await;
+        assert_eq!(status, 200, "Host {host:?}: {body}");
+        let seen: EchoSeen = serde_json::from_str(&body).expect("echo JSON");
+        assert_eq!(
+            seen.values("host"),
+            [format!("localhost:{port}")],
+            "the :authority is sent"
+        );
+    }
+    for host in [
+        "evil.example".to_owned(),
+        format!("localhost:{}", port + 1),
+        "a b".to_owned(),
+    ] {
+        let (status, body) = get(Some(&host)).await;
+        assert_eq!(status, 400, "Host {host:?}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body["error"], "invalid_host");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_started_under_a_foreign_host_still_returns_to_the_configured_base_url() {
+    let stack = Stack::start().await;
+    let port = stack.portcullis.app.port;
+    let resp = raw_request(
+        port,
+        &[
+            "GET /.auth/login?rd=/x HTTP/1.1",
+            "Host: evil.example:8443",
+            "Accept: text/html",
+            "Connection: close",
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 302, "{resp:?}");
+    let location = resp.header("location").expect("a Location");
+    assert!(
+        location.starts_with(stack.idp.issuer_url().as_str().trim_end_matches('/')),
+        "not sent to the provider: {location}"
+    );
+    assert!(!location.contains("evil"), "{location}");
+    // The provider accepts only the redirect URI registered for the base URL, and it
+    // took this login's (sent in the pushed request, not in the Location).
+    assert_eq!(stack.idp.stats().await.par, 1);
 }

@@ -252,3 +252,117 @@ async fn an_idle_http2_connection_is_closed_after_the_head_timeout_and_a_busy_on
         "closed {waited:?} after the last response, for a 1 s timeout"
     );
 }
+
+/// An HTTP/2 frame: type, flags, stream and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).expect("a short frame").to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads one frame (type, flags, stream, payload); `None` once the connection is closed.
+async fn read_h2_frame(tcp: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.ok()?;
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; length];
+    tcp.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_never_answers_the_idle_goaway_is_closed_a_head_timeout_later() {
+    use tokio::io::AsyncWriteExt;
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const GOAWAY: u8 = 7;
+    const ACK: u8 = 1;
+    const END_STREAM: u8 = 1;
+    const END_HEADERS: u8 = 4;
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_H2C", "true")
+        .env("PORTCULLIS_SERVER_HEADER_READ_TIMEOUT", "1s")
+        .start()
+        .await;
+    let port = stack.portcullis.app.port;
+
+    // A hand-made client, as no client library leaves a PING unanswered: the preface,
+    // its settings, and one GET on stream 1 (HPACK: `:method GET` and `:scheme http`
+    // from the static table, `:path` and `:authority` as literals not indexed).
+    let mut block = vec![0x82, 0x86];
+    for (index, value) in [(4u8, "/.auth/healthz".to_owned()), (1, format!("localhost:{port}"))] {
+        block.extend([index, u8::try_from(value.len()).expect("a short value")]);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    hello.extend(h2_frame(1, END_STREAM | END_HEADERS, 1, &block));
+    tcp.write_all(&hello).await.expect("send the request");
+
+    // Then it reads everything, acknowledges the server's settings (a client that stopped
+    // there would be another case), and answers nothing else: not the GOAWAY's PING.
+    let (mut answered, mut goaway, mut pings) = (None, None, 0);
+    let read = async {
+        while let Some((kind, flags, stream, payload)) = read_h2_frame(&mut tcp).await {
+            match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    tcp.write_all(&h2_frame(SETTINGS, ACK, 0, &[]))
+                        .await
+                        .expect("settings ack");
+                }
+                // The response's HEADERS (`:status 200` is static-table entry 8).
+                1 if stream == 1 => {
+                    assert_eq!(payload.first(), Some(&0x88), "not a 200: {payload:?}");
+                    if flags & END_STREAM != 0 {
+                        answered = Some(Instant::now());
+                    }
+                }
+                0 if stream == 1 && flags & END_STREAM != 0 => answered = Some(Instant::now()),
+                GOAWAY => {
+                    assert_eq!(payload[..4], [0x7f, 0xff, 0xff, 0xff], "not a graceful GOAWAY");
+                    assert_eq!(payload[4..8], [0, 0, 0, 0], "a GOAWAY with an error");
+                    goaway = Some(Instant::now());
+                }
+                PING if flags & ACK == 0 => pings += 1,
+                _ => {}
+            }
+        }
+    };
+    // hyper's keep-alive (a PING every 30 s, 20 s for its answer) would end it after 50 s.
+    let closed = tokio::time::timeout(Duration::from_secs(15), read).await;
+    let answered = answered.expect("no complete response to the request");
+    let goaway = goaway.expect("no GOAWAY on the idle connection");
+    assert!(
+        closed.is_ok(),
+        "the connection was still open 15 s after its GOAWAY went unanswered"
+    );
+    let closed = Instant::now();
+    assert!(pings >= 1, "the GOAWAY came without the PING that ends it");
+    let idle = goaway - answered;
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2500),
+        "GOAWAY {idle:?} after the response, for a 1 s timeout"
+    );
+    let grace = closed - goaway;
+    assert!(
+        grace >= Duration::from_millis(900) && grace < Duration::from_millis(2500),
+        "closed {grace:?} after the unanswered GOAWAY, for a 1 s timeout"
+    );
+    eventually(
+        "the log line of the closed connection",
+        Duration::from_secs(5),
+        || async {
+            stack
+                .portcullis
+                .log_text()
+                .contains("still open a head timeout after its GOAWAY")
+                .then_some(())
+        },
+    )
+    .await;
+}

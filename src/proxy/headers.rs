@@ -6,7 +6,7 @@
 //! Nothing here does I/O, so every rule is unit-tested in `headers/tests.rs`.
 
 use http::header::{
-    AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    AUTHORIZATION, CONNECTION, COOKIE, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -204,15 +204,6 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, message: Message, upgra
     } else if has_upgrade {
         headers.remove(UPGRADE);
     }
-}
-
-/// The `Host` the client asked for: its `Host` header, else the URI authority
-/// (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target).
-pub(super) fn client_host(headers: &HeaderMap, uri: &http::Uri) -> Option<HeaderValue> {
-    if let Some(host) = headers.get(HOST) {
-        return Some(host.clone());
-    }
-    uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 /// Removes portcullis' cookies (the session cookie, every pending-login cookie) from

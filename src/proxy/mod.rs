@@ -74,6 +74,10 @@ use upgrade::Tunnels;
 /// What the proxy needs to know about the downstream request beyond the request itself.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardContext<'a> {
+    /// The host the request names, as [`crate::host::request_host`] found it (checked:
+    /// one host, valid, agreeing with the target): sent as `X-Forwarded-Host`, and as
+    /// `Host` with `preserve_host`. `None` when it names none.
+    pub host: Option<&'a HeaderValue>,
     /// Peer address of the downstream connection (for `X-Forwarded-For`; when it is a
     /// trusted proxy, the client's forwarding headers are kept and appended to).
     pub client_addr: SocketAddr,
@@ -120,8 +124,8 @@ pub enum ProxyError {
     #[error("upstream configuration invalid: {0}")]
     Config(String),
     /// The downstream request cannot be forwarded at all (a `CONNECT`, `OPTIONS *`, a
-    /// WebSocket upgrade when the upstream speaks HTTP/2, a `Host` that cannot be an
-    /// HTTP/2 `:authority`). Downstream's fault: 400, not logged as an error.
+    /// WebSocket upgrade when the upstream speaks HTTP/2). Downstream's fault: 400, not
+    /// logged as an error.
     #[error("request cannot be forwarded: {0}")]
     BadRequest(&'static str),
 }
@@ -305,10 +309,8 @@ impl Upstream {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
-        // Read before the URI rewrite, which replaces an HTTP/2 authority.
-        let client_host = headers::client_host(&parts.headers, &parts.uri);
-        let (authority, host) = self.upstream_host(client_host.as_ref())?;
-        self.request_headers(&mut parts.headers, upgrade, host, client_host, &ctx);
+        let (authority, host) = self.upstream_host(ctx.host)?;
+        self.request_headers(&mut parts.headers, upgrade, host, ctx.host.cloned(), &ctx);
         // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
         // mean nothing to the upstream connection.
         parts.extensions = Extensions::new();
@@ -391,11 +393,9 @@ impl Upstream {
         if !self.http2 {
             return Ok((None, client_host.clone()));
         }
-        let bad = || ProxyError::BadRequest("Host is not a valid authority");
-        if client_host.as_bytes().contains(&b'@') {
-            return Err(bad());
-        }
-        let authority = Authority::try_from(client_host.as_bytes()).map_err(|_| bad())?;
+        // The host was checked (`crate::host`): every one that passes is an authority.
+        let authority = Authority::try_from(client_host.as_bytes())
+            .map_err(|_| ProxyError::BadRequest("Host is not a valid authority"))?;
         Ok((Some(authority), client_host.clone()))
     }
 

@@ -23,8 +23,10 @@
 //! An HTTP/2 connection is idle by the same rule once no stream is open: its clock
 //! counts the open streams ([`HeadClock::stream_opened`], [`OpenStream`]) and is idle
 //! from when the last one ended, and its timer's expiry closes it gracefully (GOAWAY)
-//! rather than at once. A stream costs an increment and a decrement of the count, which
-//! only the connection's own thread touches, and the clock read when it ends.
+//! rather than at once; the timer then starts over ([`HeadTimer::start_over`]) and its
+//! next expiry drops a connection whose client never finished the GOAWAY. A stream costs
+//! an increment and a decrement of the count, which only the connection's own thread
+//! touches, and the clock read when it ends.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -215,6 +217,12 @@ impl HeadTimer {
         }
     }
 
+    /// Starts the wait over, as if the connection had become idle now: the next expiry
+    /// comes a full timeout from here (later if a stream or request is open then).
+    pub(super) fn start_over(&mut self) {
+        self.clock.response_sent();
+    }
+
     /// Ready once the connection has waited longer than the timeout for a head. Cheap
     /// while the sleep has not fired (one atomic load), so it can be polled along with
     /// the connection on every wake; always from the connection's task, since the sleep
@@ -400,6 +408,25 @@ mod tests {
         assert!(!expired_now(&mut timer).await);
         // Dropped without a response (a reset stream) ends it all the same.
         drop(second);
+        assert_eq!(expiry(&mut timer).await, TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_started_over_expires_a_full_idle_timeout_later() {
+        let clock = HeadClock::http2();
+        let mut timer = HeadTimer::new(clock.clone(), TIMEOUT);
+        drop(clock.stream_opened());
+        assert_eq!(expiry(&mut timer).await, TIMEOUT);
+        // The GOAWAY: expired, and it stays so until started over.
+        assert!(expired_now(&mut timer).await);
+        timer.start_over();
+        assert!(!expired_now(&mut timer).await);
+        // A stream opened meanwhile holds it off until a timeout after its end.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let late = clock.stream_opened();
+        tokio::time::sleep(TIMEOUT * 2).await;
+        assert!(!expired_now(&mut timer).await);
+        drop(late);
         assert_eq!(expiry(&mut timer).await, TIMEOUT);
     }
 

@@ -285,6 +285,10 @@ async fn serve_connection(
         Ended::Closed(Ok(())) => {}
         Ended::Closed(Err(error)) => report_connection_error(error, peer),
         Ended::HeadTimedOut => report_head_timeout(&state, peer, plain),
+        // No 408 here: the connection speaks HTTP/2.
+        Ended::GoAwayIgnored => {
+            tracing::info!(%peer, "HTTP/2 connection still open a head timeout after its GOAWAY; closing")
+        }
     };
     let downstream = Downstream {
         peer,
@@ -446,7 +450,9 @@ enum Idle {
     /// ([`Ended::HeadTimedOut`]).
     Close(HeadTimer),
     /// HTTP/2: no stream has been open for the timeout; the connection is asked to finish
-    /// gracefully (a GOAWAY), as on shutdown, and ends by itself.
+    /// gracefully (a GOAWAY), as on shutdown. It ends by itself once the client has
+    /// answered the GOAWAY's PING; if it is still there, with no stream open, a timeout
+    /// after the GOAWAY, it is dropped ([`Ended::GoAwayIgnored`]).
     GoAway(HeadTimer),
 }
 
@@ -456,11 +462,21 @@ enum Ended<'a> {
     Closed(&'a Result<(), hyper::Error>),
     /// No request head arrived within the head timeout.
     HeadTimedOut,
+    /// An HTTP/2 connection told to go away was still open, idle, a head timeout later.
+    GoAwayIgnored,
 }
 
 /// Drives `connection` to its end (or until an [`Idle::Close`] timer expires), asking it
 /// to finish gracefully once `stopped` turns true or an [`Idle::GoAway`] timer expires,
 /// and hands the outcome to `report` before the connection is dropped.
+///
+/// A graceful finish is bounded as shutdown's drain is: by a timer, then the connection
+/// is dropped. For shutdown that is the grace period over every connection (in
+/// [`serve`]); for a connection told to go away it is its own head timer, started over
+/// at the GOAWAY: hyper (h2) closes only once the client has answered the GOAWAY's PING,
+/// and a client that never does (gone without a FIN, or ignoring it) would otherwise
+/// keep the connection until the keep-alive pings give up, some 50 s on. Streams the
+/// client opens meanwhile are served: the timer runs only while none is open.
 async fn until_done<C>(
     connection: C,
     mut stopped: watch::Receiver<bool>,
@@ -471,8 +487,8 @@ async fn until_done<C>(
     C: Future<Output = Result<(), hyper::Error>>,
 {
     let (mut head_timer, go_away) = match idle {
-        Idle::Close(timer) => (Some(timer), false),
-        Idle::GoAway(timer) => (Some(timer), true),
+        Idle::Close(timer) => (timer, false),
+        Idle::GoAway(timer) => (timer, true),
     };
     let mut connection = pin!(connection);
     // The stop future is polled once to register, and again only when the flag has
@@ -483,17 +499,17 @@ async fn until_done<C>(
     let mut registered = false;
     let mut graceful = Some(graceful);
     let result = std::future::poll_fn(|cx| {
-        if head_timer
-            .as_mut()
-            .is_some_and(|timer| timer.poll_expired(cx).is_ready())
-        {
-            if !go_away {
-                return Poll::Ready(None);
-            }
-            head_timer = None;
-            if let Some(graceful) = graceful.take() {
-                tracing::debug!("HTTP/2 connection idle for the head timeout; closing it with a GOAWAY");
-                graceful(connection.as_mut());
+        while head_timer.poll_expired(cx).is_ready() {
+            match graceful.take() {
+                Some(graceful) if go_away => {
+                    tracing::debug!("HTTP/2 connection idle for the head timeout; closing it with a GOAWAY");
+                    graceful(connection.as_mut());
+                    // Polled again by the loop, so that it is set for the new deadline.
+                    head_timer.start_over();
+                }
+                // A request head is late, or a connection told to go away (idle, or on
+                // shutdown) has not gone in a timeout of idleness since.
+                _ => return Poll::Ready(None),
             }
         }
         if graceful.is_some() && (!registered || watcher.has_changed().unwrap_or(true)) {
@@ -509,6 +525,7 @@ async fn until_done<C>(
     .await;
     match &result {
         Some(result) => report(Ended::Closed(result)),
+        None if go_away => report(Ended::GoAwayIgnored),
         None => report(Ended::HeadTimedOut),
     }
 }

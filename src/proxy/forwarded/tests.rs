@@ -5,7 +5,6 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use super::*;
-use crate::proxy::headers::client_host;
 
 fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -32,7 +31,7 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 
 /// What `Upstream::request_headers` does, minus the strip: capture when trusted, set.
 fn forward(headers: &mut HeaderMap, peer: &str, trusted: &[IpNet], scheme: &'static str) {
-    let host = client_host(headers, &"/x".parse().unwrap());
+    let host = headers.get(HOST).cloned();
     let peer = ip(peer);
     let relayed = is_trusted(peer.to_canonical(), trusted).then(|| Relayed::take(headers));
     for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
@@ -76,15 +75,20 @@ fn untrusted_peer_with_a_spoofed_chain_is_replaced_even_when_other_peers_are_tru
 #[test]
 fn http2_authority_stands_in_for_a_missing_host() {
     let mut headers = map(&[("x-forwarded-host", "evil.example")]);
-    let host = client_host(&headers, &"https://app.example.com:8443/x".parse().unwrap());
+    let request = http::Request::builder()
+        .version(http::Version::HTTP_2)
+        .uri("https://app.example.com:8443/x")
+        .body(())
+        .unwrap();
+    let host = crate::host::request_host(&request).unwrap();
     assert_eq!(host.as_ref().unwrap(), "app.example.com:8443");
     set_forwarded(&mut headers, address_value(ip("::1")), "https", host, None);
     assert_eq!(all(&headers, "x-forwarded-host"), ["app.example.com:8443"]);
     assert_eq!(all(&headers, "x-forwarded-for"), ["::1"]);
 
+    // A request that names no host (HTTP/1.0) leaves X-Forwarded-Host out.
     let mut headers = map(&[("x-forwarded-host", "evil.example")]);
-    let host = client_host(&headers, &"/x".parse().unwrap());
-    set_forwarded(&mut headers, address_value(ip("::1")), "https", host, None);
+    set_forwarded(&mut headers, address_value(ip("::1")), "https", None, None);
     assert!(!headers.contains_key("x-forwarded-host"));
     assert!(!headers.contains_key(HOST));
 }

@@ -389,7 +389,12 @@ pub async fn front_probed(upstream: Arc<Upstream>, probe: Option<Arc<SelfWakes>>
                 let upstream_slot = upstream_slot.clone();
                 async move {
                     let token = HeaderValue::from_static("Bearer real-token");
+                    // The app refuses a request that names no valid host before the proxy
+                    // sees it; here one is forwarded as naming none (the pool's tests send
+                    // HTTP/1.1 without `Host`).
+                    let host = crate::host::request_host(&req).unwrap_or(None);
                     let ctx = ForwardContext {
+                        host: host.as_ref(),
                         client_addr: peer,
                         client_scheme: "http",
                         identity: &identity,

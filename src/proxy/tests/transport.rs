@@ -172,17 +172,6 @@ async fn http2_upstream_refuses_upgrades() {
     assert_eq!(proxy_error(&response), "bad-request");
 }
 
-#[tokio::test]
-async fn http2_upstream_refuses_a_host_that_is_no_authority() {
-    let upstream_addr = h2c_upstream().await;
-    let mut config = upstream_config(http_target(upstream_addr, ""), LONG);
-    config.http2 = true;
-    let front = front_for(&config).await;
-    let request = get(front, "/").header(HOST, "user@evil.example").body(empty()).unwrap();
-    let response = client().request(request).await.unwrap();
-    assert_eq!(proxy_error(&response), "bad-request");
-}
-
 /// A test CA (its certificate in a PEM file) and a server configuration whose leaf
 /// certificate, signed by it, is valid for `names` only.
 fn pki(names: &[&str], alpn: &[&[u8]]) -> (NamedTempFile, rustls::ServerConfig) {
