@@ -57,6 +57,10 @@ pub enum InvalidHost {
     /// host ([`is_host`]), although `http` parsed it (it accepts user information).
     #[error("the request target's authority is not a valid host")]
     MalformedAuthority,
+    /// A request target in authority form (`app.example.com:80`), which only CONNECT
+    /// uses (RFC 9112 §3.2.3).
+    #[error("request target in authority form (only CONNECT uses it)")]
+    AuthorityForm,
     /// HTTP/2: `Host` and `:authority` name different hosts or ports (RFC 9113 §8.3.1).
     #[error("Host and :authority differ")]
     Conflicting,
@@ -81,6 +85,11 @@ pub fn request_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>, Inva
             header => Ok(header.cloned()),
         };
     };
+    if request.uri().scheme().is_none() {
+        // Authority form (`GET app.example.com:80`) is CONNECT's alone (RFC 9112 §3.2.3),
+        // and a reverse proxy opens no tunnels: there is no path to forward.
+        return Err(InvalidHost::AuthorityForm);
+    }
     let authority = authority.as_str().as_bytes();
     if !is_host(authority) {
         return Err(InvalidHost::MalformedAuthority);

@@ -172,6 +172,17 @@ async fn a_request_that_names_no_valid_host_gets_400_on_every_route_and_never_re
         "a request without a valid host reached the upstream: {received:#?}"
     );
 
+    // A target in authority form (CONNECT's) names a host and no path: no request to forward.
+    let resp = raw_get_with(port, &format!("localhost:{port}"), &[&good], &cookie).await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    let body: Value = serde_json::from_slice(&resp.body).expect("JSON");
+    assert_eq!(body["error"], "invalid_host", "{body}");
+    assert_eq!(
+        stack.echo.received().await.len(),
+        received.len(),
+        "it reached the upstream"
+    );
+
     // The same request with one valid Host goes through.
     let resp = raw_get_with(port, "/good-host", &[&good], &cookie).await;
     assert_eq!(resp.status, 200, "{resp:?}");

@@ -211,3 +211,11 @@ fn http_2_host_and_authority_must_name_the_same_host_and_port() {
         );
     }
 }
+
+#[test]
+fn an_authority_form_target_is_refused_it_names_no_path() {
+    for target in ["app.example.com:80", "app.example.com:443", "[::1]:8080"] {
+        let host = host_of(H11, target, &["app.example.com"]);
+        assert_eq!(host, Err(InvalidHost::AuthorityForm), "{target}");
+    }
+}
