@@ -238,7 +238,7 @@ impl Upstream {
                 } else {
                     None
                 };
-                UpstreamConnector::http(target.dial_uri(), upstream.connect_timeout, tls)?
+                UpstreamConnector::http(target.dial_uri()?, upstream.connect_timeout, tls)?
             }
             UpstreamTarget::Unix(path) => UpstreamConnector::unix(path, upstream.connect_timeout),
         };
@@ -250,7 +250,7 @@ impl Upstream {
         } else {
             Transport::Http1
         };
-        let http1 = Http1Pool::new(connector, target.dial_uri(), MAX_IDLE_UPSTREAM_CONNECTIONS);
+        let http1 = Http1Pool::new(connector, target.dial_uri()?, MAX_IDLE_UPSTREAM_CONNECTIONS);
         let access_token_header = match identity.access_token {
             AccessTokenForwarding::None => None,
             AccessTokenForwarding::AuthorizationBearer => Some(AUTHORIZATION),
@@ -386,9 +386,8 @@ impl Upstream {
     /// which must equal `Host` (RFC 9113 §8.3.1), so it is the host sent.
     fn upstream_host(&self, client_host: Option<&HeaderValue>) -> Result<(Option<Authority>, HeaderValue), ProxyError> {
         let target = self.target.authority();
-        let target_host = || HeaderValue::from_str(target.as_str()).expect("an authority is a valid header value");
         let Some(client_host) = client_host.filter(|_| self.preserve_host) else {
-            return Ok((self.http2.then(|| target.clone()), target_host()));
+            return Ok((self.http2.then(|| target.clone()), self.target.host().clone()));
         };
         if !self.http2 {
             return Ok((None, client_host.clone()));

@@ -1,8 +1,9 @@
 //! Where a request goes: the upstream's scheme, authority and path prefix, parsed
 //! once from the configuration, and the per-request URI rewrite.
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::Uri;
+use http::{HeaderValue, Uri};
 
 use super::ProxyError;
 use crate::config::UpstreamTarget;
@@ -14,6 +15,8 @@ pub(super) struct Target {
     /// For a unix socket `localhost`. The connector dials it (TCP) or ignores it
     /// (unix); it is the `Host` sent when the client's is not preserved.
     authority: Authority,
+    /// `authority` as the `Host` value sent when the client's is not preserved.
+    host: HeaderValue,
     /// Path prefix of the upstream URL without its trailing `/` (`""` for none), so
     /// that `/app/` + `/x` gives `/app/x` as nginx's `proxy_pass http://h/app/` does.
     prefix: Box<str>,
@@ -26,6 +29,7 @@ impl Target {
                 return Ok(Target {
                     scheme: Scheme::HTTP,
                     authority: Authority::from_static("localhost"),
+                    host: HeaderValue::from_static("localhost"),
                     prefix: "".into(),
                 })
             }
@@ -63,6 +67,7 @@ impl Target {
         PathAndQuery::try_from(format!("{prefix}/")).map_err(|e| ProxyError::Config(format!("upstream path: {e}")))?;
         Ok(Target {
             scheme,
+            host: unshared_header_value(authority.as_str())?,
             authority,
             prefix: prefix.into(),
         })
@@ -113,15 +118,30 @@ impl Target {
         &self.authority
     }
 
+    /// The target's authority as a `Host` value.
+    pub(super) fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
     /// Where the connector dials: `scheme://authority/`.
-    pub(super) fn dial_uri(&self) -> Uri {
+    pub(super) fn dial_uri(&self) -> Result<Uri, ProxyError> {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query("/")
             .build()
-            .expect("scheme and authority were validated in Target::new")
+            .map_err(|e| ProxyError::Config(format!("upstream URL: {e}")))
     }
+}
+
+/// A header value whose clones share no reference count: every request on every core
+/// sends a copy, and a shared count would be a cache line all of them write. Its bytes
+/// are made `'static` by leaking them, once per configured upstream: they would live as
+/// long as the process anyway.
+fn unshared_header_value(text: &str) -> Result<HeaderValue, ProxyError> {
+    let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    HeaderValue::from_maybe_shared(Bytes::from_static(text.as_bytes()))
+        .map_err(|_| ProxyError::Config(format!("upstream host {text:?} is not a valid Host value")))
 }
 
 #[cfg(test)]
@@ -158,6 +178,24 @@ mod tests {
         assert_eq!(t.origin_form(&uri).unwrap().to_string(), "/x?y");
         let uri: Uri = "*".parse().unwrap();
         assert!(matches!(t.origin_form(&uri), Err(ProxyError::BadRequest(_))));
+    }
+
+    #[test]
+    fn the_targets_host_value_is_its_authority_and_clones_without_a_shared_count() {
+        for (url, host) in [
+            ("http://10.0.0.1:8080/app/", "10.0.0.1:8080"),
+            ("https://[::1]/", "[::1]"),
+            ("http://Upstream.Example:80/", "upstream.example"),
+        ] {
+            let t = target(url);
+            assert_eq!(t.host(), host, "{url}");
+            assert_eq!(t.dial_uri().unwrap().authority().map(Authority::as_str), Some(host));
+            // Made once: a clone is the same bytes, not a copy made per request.
+            let copy = t.host().clone();
+            assert_eq!(copy.as_bytes().as_ptr(), t.host().as_bytes().as_ptr());
+        }
+        let unix = Target::new(&UpstreamTarget::Unix("/run/app.sock".into())).unwrap();
+        assert_eq!(unix.host(), "localhost");
     }
 
     #[test]
