@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::app::{redirect, require_get_or_head, App};
 use crate::error::AppError;
 use crate::limit::LoginRefused;
-use crate::metrics::LoginOutcome;
+use crate::metrics::{LoginLimit, LoginOutcome};
 use crate::oidc::{CallbackParams, TokenTypeHint};
 use crate::pages::{self, DumpFields};
 use crate::policy;
@@ -115,12 +115,30 @@ impl App {
     }
 
     /// Spends one login start of the client's share and of the global budget, or says
-    /// which limit refused it.
+    /// which limit refused it. Refusals are counted; the first of a run is logged too
+    /// (one line per flood, not one per request).
     fn limit_login(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), LoginRefused> {
         // The address after trusted proxies: behind a load balancer the peer is the
         // balancer, one address for every client.
         let client = self.upstream.client_ip(peer.ip(), headers);
-        self.login_limiter.try_acquire(client)
+        let Err(refused) = self.login_limiter.try_acquire(client) else {
+            return Ok(());
+        };
+        match refused {
+            LoginRefused::Client { client, first } => {
+                self.metrics.login_rate_limited(LoginLimit::Client);
+                if first {
+                    tracing::info!(%client, "a client reached its login rate limit (oidc.login_rate_per_client_*): its login starts are refused until its share refills");
+                }
+            }
+            LoginRefused::Global { first } => {
+                self.metrics.login_rate_limited(LoginLimit::Global);
+                if first {
+                    tracing::warn!("the global login rate limit is reached (oidc.login_rate_per_second, _burst): login starts are refused until it refills");
+                }
+            }
+        }
+        Err(refused)
     }
 
     /// The redirect URI: check the response against the pending login, exchange the code,
