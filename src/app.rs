@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::error::AppError;
-use crate::limit::RateLimiter;
+use crate::limit::LoginLimiter;
 use crate::metrics::{Metrics, RefreshOutcome, RouteKind, ScrapeGauges};
 use crate::oidc::{OidcClient, OidcError};
 use crate::pages;
@@ -39,7 +39,8 @@ pub struct App {
     pub(crate) upstream: Upstream,
     pub(crate) router: Router,
     pub(crate) policy: Policy,
-    pub(crate) login_limiter: RateLimiter,
+    /// Asked by login starts only, never by a request that has a session.
+    pub(crate) login_limiter: LoginLimiter,
     pub(crate) metrics: Arc<Metrics>,
     started: Instant,
     /// Scheme of the public base URL, sent upstream as `X-Forwarded-Proto`.
@@ -89,7 +90,7 @@ impl App {
             upstream,
             router: Router::new(&config.routes),
             policy: Policy::new(&config.policy),
-            login_limiter: RateLimiter::new(config.oidc.login_rate_per_second, config.oidc.login_rate_burst),
+            login_limiter: LoginLimiter::new(&config.oidc),
             metrics: Metrics::new(),
             started: Instant::now(),
             public_scheme: if config.base_url.scheme() == "https" {
@@ -145,14 +146,14 @@ impl App {
             (_, Err(invalid)) => Err(invalid.into()),
             (Route::Healthz, _) => Ok(pages::text_response(StatusCode::OK, "ok\n")),
             (Route::Readyz, _) => Ok(Box::pin(self.readiness()).await),
-            (Route::Login, _) => Box::pin(self.login(&request)).await,
+            (Route::Login, _) => Box::pin(self.login(&request, client_addr)).await,
             (Route::Callback, _) => Box::pin(self.callback(&request)).await,
             (Route::Logout, _) => Box::pin(self.logout(request)).await,
-            (Route::Me, _) => Box::pin(self.me(&request)).await,
+            (Route::Me, _) => Box::pin(self.me(&request, client_addr)).await,
             (Route::ReservedUnknown, _) => Err(AppError::NotFound),
             // The request is handed straight to the proxy: each async function it passes
             // through by value stores and moves it (some 250 bytes) once more.
-            (Route::Protected, Ok(host)) => match self.admit(&request).await {
+            (Route::Protected, Ok(host)) => match self.admit(&request, client_addr).await {
                 Ok(Admission::Forward(session)) => {
                     let ctx = self.forward_context(session.as_deref(), host.as_ref(), client_addr, upstream_slot);
                     match self.upstream.forward(request, ctx).await {
@@ -206,14 +207,15 @@ impl App {
     /// is down). It is forwarded with no identity at all, even when the client holds a
     /// valid session: identity headers on a public path would make the upstream's answer
     /// depend on who asked, while the path promises it does not. The access rule comes
-    /// after the session phase, because it judges the session.
-    async fn admit(&self, request: &Request<Incoming>) -> Result<Admission, AppError> {
+    /// after the session phase, because it judges the session. `client_addr` (the
+    /// downstream peer) is for the login rate limit, should a login start here.
+    async fn admit(&self, request: &Request<Incoming>, client_addr: SocketAddr) -> Result<Admission, AppError> {
         if self.policy.decide(request.uri()) == Decision::Public {
             return Ok(Admission::Forward(None));
         }
         let Some(active) = self.session_phase(request.headers()).await? else {
             // Boxed, as the refresh below: rare, and their provider calls are large futures.
-            let answer = Box::pin(self.unauthenticated(request)).await?;
+            let answer = Box::pin(self.unauthenticated(request, client_addr)).await?;
             return Ok(Admission::Answered(Box::new(answer)));
         };
         self.policy.authorize(&active.session, request.uri().path())?;
@@ -378,9 +380,11 @@ impl App {
     }
 
     /// No session: browsers are sent to log in and come back here; everything else gets 401.
+    /// `client_addr` is the downstream peer.
     pub(crate) async fn unauthenticated(
         &self,
         request: &Request<Incoming>,
+        client_addr: SocketAddr,
     ) -> Result<Response<ResponseBody>, AppError> {
         let return_to = request
             .uri()
@@ -390,7 +394,7 @@ impl App {
             .unwrap_or("/");
         let stale_cookie = self.cookies.has_session_cookie(request.headers());
         let mut response = if policy::is_browser_navigation(request.method(), request.headers()) {
-            self.start_login(request.headers(), return_to).await?
+            self.start_login(request.headers(), return_to, client_addr).await?
         } else {
             let login_url = self.login_url(return_to);
             let mut response = pages::error_json(

@@ -1,5 +1,6 @@
 //! The routes that begin and end sessions, and the dump page: login, callback, logout, me.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,7 +12,8 @@ use serde_json::Value;
 
 use crate::app::{redirect, require_get_or_head, App};
 use crate::error::AppError;
-use crate::metrics::LoginOutcome;
+use crate::limit::LoginRefused;
+use crate::metrics::{LoginLimit, LoginOutcome};
 use crate::oidc::{CallbackParams, TokenTypeHint};
 use crate::pages::{self, DumpFields};
 use crate::policy;
@@ -56,26 +58,31 @@ async fn form_return_target(request: Request<Incoming>) -> Option<String> {
 }
 
 impl App {
-    /// `/.auth/login?rd=/path`: start a login that returns to `rd`.
-    pub(crate) async fn login(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
+    /// `/.auth/login?rd=/path`: start a login that returns to `rd`. `client_addr` is the
+    /// downstream peer.
+    pub(crate) async fn login(
+        &self,
+        request: &Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Result<Response<ResponseBody>, AppError> {
         require_get_or_head(request.method())?;
         let return_to = return_target(request).unwrap_or_else(|| "/".to_owned());
-        self.start_login(request.headers(), &return_to).await
+        self.start_login(request.headers(), &return_to, client_addr).await
     }
 
     /// Asks the provider for an authorization URL (through PAR when in use) and redirects
-    /// there, remembering the attempt in a sealed cookie of its own.
+    /// there, remembering the attempt in a sealed cookie of its own. `client_addr` is the
+    /// downstream peer, whose login rate limit the attempt spends.
     pub(crate) async fn start_login(
         &self,
         headers: &HeaderMap,
         return_to: &str,
+        client_addr: SocketAddr,
     ) -> Result<Response<ResponseBody>, AppError> {
         if !self.oidc.is_ready() {
             return Err(AppError::Oidc(crate::oidc::OidcError::NotReady));
         }
-        if !self.login_limiter.try_acquire() {
-            return Err(AppError::LoginRateLimited);
-        }
+        self.limit_login(client_addr, headers)?;
         let login = self.oidc.begin_login().await?;
         self.metrics.login_started();
         let now = SystemTime::now();
@@ -105,6 +112,33 @@ impl App {
         }
         cookies.append(SET_COOKIE, sealed);
         Ok(response)
+    }
+
+    /// Spends one login start of the client's share and of the global budget, or says
+    /// which limit refused it. Refusals are counted; the first of a run is logged too
+    /// (one line per flood, not one per request).
+    fn limit_login(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), LoginRefused> {
+        // The address after trusted proxies: behind a load balancer the peer is the
+        // balancer, one address for every client.
+        let client = self.upstream.client_ip(peer.ip(), headers);
+        let Err(refused) = self.login_limiter.try_acquire(client) else {
+            return Ok(());
+        };
+        match refused {
+            LoginRefused::Client { client, first } => {
+                self.metrics.login_rate_limited(LoginLimit::Client);
+                if first {
+                    tracing::info!(%client, "a client reached its login rate limit (oidc.login_rate_per_client_*): its login starts are refused until its share refills");
+                }
+            }
+            LoginRefused::Global { first } => {
+                self.metrics.login_rate_limited(LoginLimit::Global);
+                if first {
+                    tracing::warn!("the global login rate limit is reached (oidc.login_rate_per_second, _burst): login starts are refused until it refills");
+                }
+            }
+        }
+        Err(refused)
     }
 
     /// The redirect URI: check the response against the pending login, exchange the code,
@@ -215,10 +249,14 @@ impl App {
     }
 
     /// `/.auth/me`: the tokens, claims, scopes and fresh userinfo of the session.
-    pub(crate) async fn me(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
+    pub(crate) async fn me(
+        &self,
+        request: &Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Result<Response<ResponseBody>, AppError> {
         require_get_or_head(request.method())?;
         let Some(active) = self.session_phase(request.headers()).await? else {
-            return self.unauthenticated(request).await;
+            return self.unauthenticated(request, client_addr).await;
         };
         let session = &active.session;
         let userinfo = self

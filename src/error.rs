@@ -11,6 +11,7 @@ use http::header::{ALLOW, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::host::InvalidHost;
+use crate::limit::LoginRefused;
 use crate::oidc::OidcError;
 use crate::pages;
 use crate::policy::Forbidden;
@@ -43,9 +44,10 @@ pub enum AppError {
     /// (a replayed callback), or started in another browser.
     #[error("no pending login matches the callback")]
     LoginNotFound,
-    /// More logins started per second than configured; protects the provider.
-    #[error("login rate limit reached")]
-    LoginRateLimited,
+    /// A login start refused by a login rate limit: the client's own share, or the
+    /// global cap that protects the provider.
+    #[error(transparent)]
+    LoginRateLimited(#[from] LoginRefused),
     /// One of portcullis' own routes asked with a method it does not serve; `allow`
     /// lists those it does, for the `Allow` header a 405 must carry (RFC 9110, 15.5.6).
     #[error("method not allowed")]
@@ -107,7 +109,9 @@ impl AppError {
             AppError::Store(_) => r(S::SERVICE_UNAVAILABLE, "session_store_unavailable", "Session store unavailable", "The session store is unavailable, so your session cannot be checked right now. Try again shortly.", Fault::Upstream),
             AppError::CallbackWithoutState => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "This address is only used to finish a sign-in, and the request carries no sign-in to finish.", Fault::Downstream),
             AppError::LoginNotFound => r(S::BAD_REQUEST, "login_expired", "Sign-in expired", "This sign-in has expired, was already completed, or was started in another browser. Please sign in again.", Fault::Downstream),
-            AppError::LoginRateLimited => r(S::SERVICE_UNAVAILABLE, "login_rate_limited", "Too many sign-ins", "Too many sign-ins are being started right now. Try again in a moment.", Fault::Downstream),
+            // One answer for both limits: to the browser a flood is a flood, and which
+            // limit refused is for the metric and the log.
+            AppError::LoginRateLimited(_) => r(S::SERVICE_UNAVAILABLE, "login_rate_limited", "Too many sign-ins", "Too many sign-ins are being started right now. Try again in a moment.", Fault::Downstream),
             AppError::MethodNotAllowed { .. } => r(S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", "This address does not accept that method.", Fault::Downstream),
             AppError::Internal(_) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "Something went wrong in the proxy.", Fault::Internal),
             AppError::NotFound => r(S::NOT_FOUND, "not_found", "Not found", "There is nothing at this address.", Fault::Downstream),
@@ -250,7 +254,11 @@ mod tests {
     #[tokio::test]
     async fn a_503_says_when_to_retry_and_other_statuses_do_not() {
         for error in [
-            AppError::LoginRateLimited,
+            AppError::LoginRateLimited(LoginRefused::Global { first: true }),
+            AppError::LoginRateLimited(LoginRefused::Client {
+                client: crate::limit::ClientKey::of([192, 0, 2, 1].into()),
+                first: false,
+            }),
             AppError::Store(StoreError::Timeout(std::time::Duration::from_millis(250))),
             AppError::Oidc(OidcError::NotReady),
         ] {
@@ -261,6 +269,17 @@ mod tests {
         let (response, _) = json_of(AppError::Proxy(ProxyError::Timeout)).await;
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(response.headers().get(RETRY_AFTER), None);
+    }
+
+    #[tokio::test]
+    async fn both_login_rate_limits_give_the_same_answer() {
+        let client = crate::limit::ClientKey::of([192, 0, 2, 1].into());
+        let (global, global_body) = json_of(AppError::LoginRateLimited(LoginRefused::Global { first: false })).await;
+        let (own, own_body) = json_of(AppError::LoginRateLimited(LoginRefused::Client { client, first: true })).await;
+        assert_eq!(global_body["error"], "login_rate_limited");
+        assert_eq!(own_body, global_body);
+        assert_eq!((own.status(), own.headers()), (global.status(), global.headers()));
+        assert!(!own_body.to_string().contains("192.0.2.1"), "{own_body}");
     }
 
     #[tokio::test]

@@ -19,7 +19,8 @@
 //!   domains), local-redirect checks, browser detection.
 //! - [`proxy`]: the upstream client and header rewriting.
 //! - [`pages`]: every body portcullis writes itself, escaped.
-//! - [`limit`]: rate limiting of calls made to the provider for anonymous clients.
+//! - [`limit`]: rate limiting of calls made to the provider for anonymous clients, per
+//!   client and in all.
 //! - [`metrics`]: counters and histograms, served to Prometheus on their own listener.
 //!
 //! These docs are for the people working on portcullis, private items included:

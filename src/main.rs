@@ -95,6 +95,7 @@ fn run(config: Config) -> ExitCode {
         .server
         .warnings()
         .into_iter()
+        .chain(config.oidc.warnings())
         .chain(config.policy.warnings(&config.oidc.scopes))
     {
         tracing::warn!("{warning}");

@@ -82,6 +82,15 @@ pub enum LoginOutcome {
     Failed,
 }
 
+/// Which login rate limit refused a login start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginLimit {
+    /// The client's own share (`oidc.login_rate_per_client_*`).
+    Client,
+    /// The global cap (`oidc.login_rate_per_second`, `oidc.login_rate_burst`).
+    Global,
+}
+
 /// Upper bounds of the latency buckets, in microseconds (0.5 ms to 10 s).
 const BUCKETS_US: [u64; 14] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
@@ -133,6 +142,7 @@ pub struct Metrics {
     refreshes: [AtomicU64; 3],
     logins_started: AtomicU64,
     logins: [AtomicU64; 2],
+    logins_rate_limited: [AtomicU64; 2],
     connections_open: AtomicI64,
     connections_total: AtomicU64,
     connections_refused: AtomicU64,
@@ -170,6 +180,10 @@ impl Metrics {
 
     pub fn login(&self, outcome: LoginOutcome) {
         self.logins[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn login_rate_limited(&self, limit: LoginLimit) {
+        self.logins_rate_limited[limit as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_opened(&self) {
@@ -259,6 +273,19 @@ impl Metrics {
         );
         for (result, count) in ["completed", "failed"].iter().zip(&self.logins) {
             let _ = writeln!(out, "portcullis_logins_total{{result=\"{result}\"}} {}", get(count));
+        }
+        header(
+            &mut out,
+            "portcullis_logins_rate_limited_total",
+            "counter",
+            "Login starts refused before reaching the provider, by the limit that refused them: the client's own share, or the global cap.",
+        );
+        for (limit, count) in ["client", "global"].iter().zip(&self.logins_rate_limited) {
+            let _ = writeln!(
+                out,
+                "portcullis_logins_rate_limited_total{{limit=\"{limit}\"}} {}",
+                get(count)
+            );
         }
         header(
             &mut out,
@@ -509,12 +536,16 @@ mod tests {
         metrics.refresh(RefreshOutcome::Refused);
         metrics.login_started();
         metrics.login(LoginOutcome::Completed);
+        metrics.login_rate_limited(LoginLimit::Client);
+        metrics.login_rate_limited(LoginLimit::Client);
+        metrics.login_rate_limited(LoginLimit::Global);
         let text = metrics.render(&gauges());
         for name in [
             "portcullis_requests_total",
             "portcullis_request_duration_seconds",
             "portcullis_logins_started_total",
             "portcullis_logins_total",
+            "portcullis_logins_rate_limited_total",
             "portcullis_token_refreshes_total",
             "portcullis_connections_open",
             "portcullis_connections_total",
@@ -532,6 +563,8 @@ mod tests {
         assert!(text.contains("portcullis_token_refreshes_total{result=\"refused\"} 1\n"));
         assert!(text.contains("portcullis_logins_total{result=\"completed\"} 1\n"));
         assert!(text.contains("portcullis_logins_started_total 1\n"));
+        assert!(text.contains("portcullis_logins_rate_limited_total{limit=\"client\"} 2\n"));
+        assert!(text.contains("portcullis_logins_rate_limited_total{limit=\"global\"} 1\n"));
         assert!(text.contains("portcullis_sessions 3\n"));
         assert!(text.contains("portcullis_ready 1\n"));
         assert!(text.contains("portcullis_uptime_seconds 42\n"));

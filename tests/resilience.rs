@@ -1,9 +1,11 @@
-//! When things go away: the provider down at start or later, the upstream down, a
-//! client while its request is with the upstream, sessions ended by idleness or age
-//! (logout: tests/logout.rs).
+//! When things go away or come in floods: the provider down at start or later, the
+//! upstream down, a client while its request is with the upstream, sessions ended by
+//! idleness or age (logout: tests/logout.rs), one client flooding logins.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::upstream::read_request_head;
@@ -219,4 +221,118 @@ async fn a_client_that_leaves_while_its_request_is_upstream_has_the_upstream_req
             "half_close={half_close}: the upstream connection closed only after {open_for:?}"
         );
     }
+}
+
+/// A navigation without a session from `from` (an `X-Forwarded-For` that portcullis
+/// believes when loopback is a trusted proxy): each one would start a login.
+async fn navigate_from(client: &Browserless, url: &str, from: &str) -> Resp {
+    client
+        .send(
+            client
+                .get(url)
+                .header(reqwest::header::ACCEPT, ACCEPT_HTML)
+                .header("sec-fetch-mode", "navigate")
+                .header("x-forwarded-for", from),
+        )
+        .await
+}
+
+/// One client flooding the app with navigations (each a login start, each a PAR at the
+/// provider) is held to its own share of the login budget, and someone else signs in
+/// while the flood goes on: the global limit protects the provider, but one client can
+/// no longer use it all up. An IPv6 client is its /64.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_flooding_logins_is_held_to_its_share_while_others_still_sign_in() {
+    let metrics_port = free_port();
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_TRUSTED_PROXIES", "127.0.0.1/32")
+        .env("PORTCULLIS_SERVER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        // Three logins per client, and no more during the test.
+        .env("PORTCULLIS_OIDC_LOGIN_RATE_PER_CLIENT_PER_MINUTE", "1")
+        .env("PORTCULLIS_OIDC_LOGIN_RATE_PER_CLIENT_BURST", "3")
+        // Room for every login below, refilled slowly: a flood that could spend it
+        // would keep it empty.
+        .env("PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND", "1")
+        .env("PORTCULLIS_OIDC_LOGIN_RATE_BURST", "10")
+        .start()
+        .await;
+    let flooder = stack.client.fresh();
+    const FLOODER: &str = "203.0.113.7";
+
+    let mut opening = Vec::new();
+    for n in 0..20 {
+        opening.push(navigate_from(&flooder, &stack.url(&format!("/flood/{n}")), FLOODER).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let (flooder, url, stop) = (flooder.clone(), stack.url("/flood/more"), stop.clone());
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                answers.push(navigate_from(&flooder, &url, FLOODER).await);
+            }
+            answers
+        }
+    });
+    // The one who is not flooding signs in, from loopback itself, while the flood goes on.
+    stack.login("john", "/while-flooded").await;
+    stop.store(true, Ordering::Relaxed);
+    let flooded = flood.await.expect("the flood task");
+
+    for started in &opening[..3] {
+        assert_redirects_to_provider(started, &stack.idp);
+    }
+    assert!(!flooded.is_empty());
+    for refused in opening[3..].iter().chain(&flooded) {
+        assert_status(refused, 503);
+        assert_eq!(refused.header("retry-after"), Some("5"), "{}", refused.summary());
+        assert_html_page(refused);
+        assert_mentions(refused, "Too many sign-ins");
+        assert!(
+            !refused
+                .set_cookies()
+                .iter()
+                .any(|c| c.name().starts_with(LOGIN_COOKIE_PREFIX)),
+            "a refused login start left a pending login:\n{}",
+            refused.summary()
+        );
+    }
+    assert_eq!(
+        stack.idp.stats().await.par,
+        4,
+        "refused login starts reached the provider"
+    );
+
+    // Every address of a /64 is one client; the next /64 is another.
+    for n in 1..=3 {
+        let started = navigate_from(&flooder, &stack.url("/v6"), &format!("2001:db8:7:7::{n}")).await;
+        assert_redirects_to_provider(&started, &stack.idp);
+    }
+    let same_host = navigate_from(&flooder, &stack.url("/v6"), "[2001:db8:7:7:ffff::9]:4711").await;
+    assert_status(&same_host, 503);
+    let next_net = navigate_from(&flooder, &stack.url("/v6"), "2001:db8:7:8::1").await;
+    assert_redirects_to_provider(&next_net, &stack.idp);
+
+    // Operators see which limit refused, and one log line per flooding client.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let refused = 17 + flooded.len() + 1;
+    for series in [
+        format!("portcullis_logins_rate_limited_total{{limit=\"client\"}} {refused}\n"),
+        "portcullis_logins_rate_limited_total{limit=\"global\"} 0\n".to_owned(),
+    ] {
+        assert!(metrics.contains(&series), "no {series:?} in\n{metrics}");
+    }
+    let log = stack.portcullis.log_text();
+    let reached = |client: &str| {
+        log.lines()
+            .filter(|l| l.contains("a client reached its login rate limit") && l.contains(&format!("client={client}")))
+            .count()
+    };
+    assert_eq!(reached(FLOODER), 1, "{log}");
+    assert_eq!(reached("2001:db8:7:7::/64"), 1, "{log}");
 }

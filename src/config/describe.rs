@@ -66,6 +66,28 @@ impl Config {
         writeln!(out, "revoke_on_logout = {}", o.revoke_on_logout)?;
         writeln!(out, "login_rate_per_second = {}", o.login_rate_per_second)?;
         writeln!(out, "login_rate_burst = {}", o.login_rate_burst)?;
+        let table = crate::limit::client_table_size(o);
+        let off = if table.is_none() {
+            "  # off: the global limit alone"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "login_rate_per_client_per_minute = {}{off}",
+            o.login_rate_per_client_per_minute
+        )?;
+        writeln!(out, "login_rate_per_client_burst = {}", o.login_rate_per_client_burst)?;
+        if let Some((slots, bytes)) = table {
+            writeln!(
+                out,
+                "# per client: an IPv4 address or an IPv6 /64; {slots} clients tracked at most ({} KiB, fixed)",
+                bytes.div_ceil(1024)
+            )?;
+        }
+        for warning in o.warnings() {
+            writeln!(out, "# warning: {warning}")?;
+        }
 
         let s = &self.session;
         writeln!(out, "\n[session]")?;

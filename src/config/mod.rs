@@ -126,6 +126,11 @@ pub struct OidcConfig {
     /// Ceiling of new logins started per second, so a flood cannot be amplified onto the provider (default 20/s, burst 100).
     pub login_rate_per_second: u32,
     pub login_rate_burst: u32,
+    /// Ceiling of new logins one client (an IPv4 address, or an IPv6 /64) starts per
+    /// minute, asked before the global one so that one client cannot use it all up
+    /// (default 60/min, burst 30); 0 turns the per-client limit off.
+    pub login_rate_per_client_per_minute: u32,
+    pub login_rate_per_client_burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -284,5 +289,23 @@ impl RoutePaths {
     }
     pub fn readyz(&self) -> String {
         format!("{}/readyz", self.prefix)
+    }
+}
+
+impl OidcConfig {
+    /// Settings that are valid but probably not what was meant. Logged at start-up and
+    /// shown by `portcullis check`.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        let per_client = self.login_rate_per_client_per_minute;
+        let global_per_minute = u64::from(self.login_rate_per_second) * 60;
+        if per_client > 0
+            && (u64::from(per_client) >= global_per_minute || self.login_rate_per_client_burst >= self.login_rate_burst)
+        {
+            warnings.push(
+                "oidc.login_rate_per_client_per_minute or _burst is not below the global login rate (oidc.login_rate_per_second × 60, oidc.login_rate_burst): one client can use the whole login budget and keep everyone else from signing in",
+            );
+        }
+        warnings
     }
 }

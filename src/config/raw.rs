@@ -49,6 +49,8 @@ struct RawOidc {
     revoke_on_logout: Leaf,
     login_rate_per_second: Leaf,
     login_rate_burst: Leaf,
+    login_rate_per_client_per_minute: Leaf,
+    login_rate_per_client_burst: Leaf,
 }
 
 #[derive(Deserialize)]

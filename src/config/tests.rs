@@ -90,6 +90,9 @@ fn seed_environment_alone_is_a_working_config() {
     assert_eq!(config.oidc.http_timeout, Duration::from_secs(10));
     assert_eq!(config.oidc.login_rate_per_second, 20);
     assert_eq!(config.oidc.login_rate_burst, 100);
+    assert_eq!(config.oidc.login_rate_per_client_per_minute, 60);
+    assert_eq!(config.oidc.login_rate_per_client_burst, 30);
+    assert!(config.oidc.warnings().is_empty());
     assert!(config.oidc.revoke_on_logout);
     assert_eq!(config.session.secret.expose(), SESSION_SECRET);
     assert!(!config.session.secret_is_ephemeral);
@@ -792,6 +795,83 @@ fn session_limits() {
             .max_memory_bytes,
         65536
     );
+}
+
+#[test]
+fn the_per_client_login_limit_is_read_checked_and_shown() {
+    let config = ok(
+        "[oidc]\nlogin_rate_per_client_per_minute = 12\nlogin_rate_per_client_burst = 4",
+        &seed_env(),
+    );
+    assert_eq!(
+        (
+            config.oidc.login_rate_per_client_per_minute,
+            config.oidc.login_rate_per_client_burst
+        ),
+        (12, 4)
+    );
+    let shown = config.describe();
+    for line in [
+        "login_rate_per_client_per_minute = 12\n",
+        "login_rate_per_client_burst = 4\n",
+        // A bucket refills in 20 s: 100 + 20 × 20 clients hold state at most, four slots each.
+        "# per client: an IPv4 address or an IPv6 /64; 2048 clients tracked at most (",
+    ] {
+        assert!(shown.contains(line), "{line:?} not in\n{shown}");
+    }
+    // 0 turns it off; the burst then does nothing, but is still checked.
+    let env = [
+        ("PORTCULLIS_OIDC_LOGIN_RATE_PER_CLIENT_PER_MINUTE", "0"),
+        ("PORTCULLIS_OIDC_LOGIN_RATE_PER_CLIENT_BURST", "7"),
+    ];
+    let off = ok("", &with(seed_env(), &env));
+    assert_eq!(off.oidc.login_rate_per_client_per_minute, 0);
+    assert!(off
+        .describe()
+        .contains("login_rate_per_client_per_minute = 0  # off: the global limit alone\n"));
+    assert!(!off.describe().contains("clients tracked"));
+    rejects_env(
+        &[("PORTCULLIS_OIDC_LOGIN_RATE_PER_CLIENT_BURST", "0")],
+        "PORTCULLIS_OIDC_LOGIN_RATE_PER_CLIENT_BURST",
+        "between 1",
+    );
+    rejects(
+        "[oidc]\nlogin_rate_per_client_per_minute = -1",
+        "oidc.login_rate_per_client_per_minute",
+        "whole number",
+    );
+    rejects(
+        "[oidc]\nlogin_rate_per_client_per_minute = \"often\"",
+        "oidc.login_rate_per_client_per_minute",
+        "whole number",
+    );
+}
+
+#[test]
+fn a_per_client_login_limit_no_stricter_than_the_global_one_is_warned_about() {
+    for toml in [
+        // 20/s is 1200/min.
+        "[oidc]\nlogin_rate_per_client_per_minute = 1200",
+        "[oidc]\nlogin_rate_per_client_burst = 100",
+        "[oidc]\nlogin_rate_per_second = 1\nlogin_rate_burst = 5",
+    ] {
+        let config = ok(toml, &seed_env());
+        let warnings = config.oidc.warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("one client can use the whole login budget"),
+            "{toml}: {warnings:?}"
+        );
+        assert!(
+            config.describe().contains("# warning: oidc.login_rate_per_client"),
+            "{toml}"
+        );
+    }
+    for quiet in [
+        "[oidc]\nlogin_rate_per_client_per_minute = 1199\nlogin_rate_per_client_burst = 99",
+        "[oidc]\nlogin_rate_per_client_per_minute = 0\nlogin_rate_per_client_burst = 500",
+    ] {
+        assert!(ok(quiet, &seed_env()).oidc.warnings().is_empty(), "{quiet}");
+    }
 }
 
 #[test]

@@ -83,7 +83,7 @@ impl ServerConfig {
         let mut warnings = Vec::new();
         if self.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
             warnings.push(
-                "server.trusted_proxies trusts every address (a /0 range): any client can then choose the X-Forwarded-For, -Proto and -Host that the upstream and the access log see",
+                "server.trusted_proxies trusts every address (a /0 range): any client can then choose the X-Forwarded-For, -Proto and -Host that the upstream and the access log see, and the address its login rate limit counts",
             );
         }
         warnings

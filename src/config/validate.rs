@@ -196,6 +196,8 @@ fn oidc(src: &mut Source<'_>, base_url: Option<&Url>, routes: &RoutePaths) -> Op
     let max = u64::from(u32::MAX);
     let rate = src.integer("oidc.login_rate_per_second", 20, (1, max));
     let burst = src.integer("oidc.login_rate_burst", 100, (1, max));
+    let client_rate = src.integer("oidc.login_rate_per_client_per_minute", 60, (0, max));
+    let client_burst = src.integer("oidc.login_rate_per_client_burst", 30, (1, max));
 
     let redirect_url = base_url.map(|base| {
         let mut url = base.clone();
@@ -220,6 +222,8 @@ fn oidc(src: &mut Source<'_>, base_url: Option<&Url>, routes: &RoutePaths) -> Op
         revoke_on_logout,
         login_rate_per_second: u32::try_from(rate).unwrap_or(u32::MAX),
         login_rate_burst: u32::try_from(burst).unwrap_or(u32::MAX),
+        login_rate_per_client_per_minute: u32::try_from(client_rate).unwrap_or(u32::MAX),
+        login_rate_per_client_burst: u32::try_from(client_burst).unwrap_or(u32::MAX),
     })
 }
 

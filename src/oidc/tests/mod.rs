@@ -33,6 +33,8 @@ pub fn config(issuer: &str) -> OidcConfig {
         revoke_on_logout: true,
         login_rate_per_second: 20,
         login_rate_burst: 100,
+        login_rate_per_client_per_minute: 60,
+        login_rate_per_client_burst: 30,
     }
 }
 
