@@ -418,6 +418,17 @@ mod tests {
         assert_eq!(expiry(&mut timer).await, TIMEOUT);
     }
 
+    #[test]
+    fn the_debug_form_shows_the_clocks_state() {
+        let clock = HeadClock::new(Arc::default());
+        clock.opened();
+        let shown = format!("{clock:?}");
+        assert!(
+            shown.starts_with("HeadClock {") && shown.contains("open_bodies: 1"),
+            "{shown}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn dropping_the_response_body_marks_the_connection_idle() {
         let clock = HeadClock::new(Arc::default());
