@@ -431,6 +431,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_opened_after_the_connection_went_idle_keeps_it_busy() {
+        // Opening a stream does not mark the connection busy (as an HTTP/1.1 request head
+        // does): only the count of open streams tells that it is, whatever time the last
+        // stream to end left behind.
+        let clock = HeadClock::http2();
+        let mut timer = HeadTimer::new(clock.clone(), TIMEOUT);
+        drop(clock.stream_opened());
+        let open = clock.stream_opened();
+        tokio::time::sleep(TIMEOUT * 3).await;
+        assert!(!expired_now(&mut timer).await, "expired with a stream open");
+        drop(open);
+        assert_eq!(expiry(&mut timer).await, TIMEOUT);
+    }
+
+    #[test]
+    fn the_debug_form_shows_the_clocks_state() {
+        let clock = HeadClock::new(Arc::default());
+        clock.opened();
+        let shown = format!("{clock:?}");
+        assert!(
+            shown.starts_with("HeadClock {") && shown.contains("open_bodies: 1"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn dropping_the_response_body_marks_the_connection_idle() {
         let clock = HeadClock::new(Arc::default());
         clock.request_started();
