@@ -219,3 +219,16 @@ fn an_authority_form_target_is_refused_it_names_no_path() {
         assert_eq!(host, Err(InvalidHost::AuthorityForm), "{target}");
     }
 }
+
+#[test]
+fn without_a_scheme_no_port_counts_as_a_default_one() {
+    // Only a scheme says which port is the default one (RFC 3986 §6.2.3).
+    assert!(!same_host(b"app.example.com", b"app.example.com:80", None));
+    assert!(!same_host(b"app.example.com:443", b"app.example.com", None));
+    assert!(same_host(b"app.example.com:80", b"APP.example.com:80", None));
+    assert!(same_host(
+        b"app.example.com",
+        b"app.example.com:80",
+        Some(&Scheme::HTTP)
+    ));
+}
