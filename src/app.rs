@@ -27,7 +27,7 @@ use crate::router::{Route, Router};
 use crate::session::cookies::CookieCodec;
 use crate::session::refresh::{RefreshGate, RefreshState};
 use crate::session::store::{RefreshTurn, SessionStore};
-use crate::session::{Session, SessionKey};
+use crate::session::{Session, SessionKey, SessionKeyMemo};
 use crate::ResponseBody;
 
 pub struct App {
@@ -116,12 +116,14 @@ impl App {
     }
 
     /// Answers one request. Never fails: every error is turned into a response here.
-    /// `upstream_slot` is the downstream connection's (from [`Upstream::slot`]).
+    /// `upstream_slot` and `session_keys` are the downstream connection's (from
+    /// [`Upstream::slot`], and one [`SessionKeyMemo`] per connection).
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         client_addr: SocketAddr,
         upstream_slot: &Arc<UpstreamSlot>,
+        session_keys: &SessionKeyMemo,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let route = self.router.classify(request.uri().path());
@@ -149,11 +151,11 @@ impl App {
             (Route::Login, _) => Box::pin(self.login(&request, client_addr)).await,
             (Route::Callback, _) => Box::pin(self.callback(&request)).await,
             (Route::Logout, _) => Box::pin(self.logout(request)).await,
-            (Route::Me, _) => Box::pin(self.me(&request, client_addr)).await,
+            (Route::Me, _) => Box::pin(self.me(&request, client_addr, session_keys)).await,
             (Route::ReservedUnknown, _) => Err(AppError::NotFound),
             // The request is handed straight to the proxy: each async function it passes
             // through by value stores and moves it (some 250 bytes) once more.
-            (Route::Protected, Ok(host)) => match self.admit(&request, client_addr).await {
+            (Route::Protected, Ok(host)) => match self.admit(&request, client_addr, session_keys).await {
                 Ok(Admission::Forward(session)) => {
                     let ctx = self.forward_context(session.as_deref(), host.as_ref(), client_addr, upstream_slot);
                     match self.upstream.forward(request, ctx).await {
@@ -209,11 +211,16 @@ impl App {
     /// depend on who asked, while the path promises it does not. The access rule comes
     /// after the session phase, because it judges the session. `client_addr` (the
     /// downstream peer) is for the login rate limit, should a login start here.
-    async fn admit(&self, request: &Request<Incoming>, client_addr: SocketAddr) -> Result<Admission, AppError> {
+    async fn admit(
+        &self,
+        request: &Request<Incoming>,
+        client_addr: SocketAddr,
+        session_keys: &SessionKeyMemo,
+    ) -> Result<Admission, AppError> {
         if self.policy.decide(request.uri()) == Decision::Public {
             return Ok(Admission::Forward(None));
         }
-        let Some(active) = self.session_phase(request.headers()).await? else {
+        let Some(active) = self.session_phase(request.headers(), session_keys).await? else {
             // Boxed, as the refresh below: rare, and their provider calls are large futures.
             let answer = Box::pin(self.unauthenticated(request, client_addr)).await?;
             return Ok(Admission::Answered(Box::new(answer)));
@@ -244,11 +251,19 @@ impl App {
 
     /// Loads the session named by the cookie and refreshes its tokens when due.
     /// `None` means not authenticated (no cookie, unknown, expired, or ended by a refused refresh).
-    pub(crate) async fn session_phase(&self, headers: &http::HeaderMap) -> Result<Option<ActiveSession>, AppError> {
-        let Some(id) = self.cookies.session_id(headers) else {
+    /// `session_keys` is the connection's memo of its cookie's store key.
+    pub(crate) async fn session_phase(
+        &self,
+        headers: &http::HeaderMap,
+        session_keys: &SessionKeyMemo,
+    ) -> Result<Option<ActiveSession>, AppError> {
+        let Some(key) = self
+            .cookies
+            .session_cookie_value(headers)
+            .and_then(|value| session_keys.key_of(value))
+        else {
             return Ok(None);
         };
-        let key = id.key();
         let Some(session) = self.sessions.get(&key).await? else {
             return Ok(None);
         };

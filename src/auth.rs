@@ -18,7 +18,7 @@ use crate::oidc::{CallbackParams, TokenTypeHint};
 use crate::pages::{self, DumpFields};
 use crate::policy;
 use crate::session::cookies::{unix_seconds, PendingLogin};
-use crate::session::{NewSession, Session, SessionId};
+use crate::session::{NewSession, Session, SessionId, SessionKeyMemo};
 use crate::ResponseBody;
 
 /// The `rd` query parameter, if it is a local path.
@@ -253,9 +253,10 @@ impl App {
         &self,
         request: &Request<Incoming>,
         client_addr: SocketAddr,
+        session_keys: &SessionKeyMemo,
     ) -> Result<Response<ResponseBody>, AppError> {
         require_get_or_head(request.method())?;
-        let Some(active) = self.session_phase(request.headers()).await? else {
+        let Some(active) = self.session_phase(request.headers(), session_keys).await? else {
             return self.unauthenticated(request, client_addr).await;
         };
         let session = &active.session;

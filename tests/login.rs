@@ -601,3 +601,61 @@ async fn without_access_token_forwarding_the_clients_own_authorization_passes_th
     assert!(me["accessToken"].is_string(), "tokens are shown by default: {me:#}");
     assert_eq!(me.get("tokensHidden"), None);
 }
+
+/// A reverse proxy in front that pools its connections sends the requests of many users,
+/// one after another, on one connection: each must be judged by its own cookie, even
+/// though a connection remembers the store key of the cookie it saw last.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_carrying_several_users_gives_each_request_its_own_identity() {
+    let stack = Stack::start().await;
+    let app = stack.base_url();
+    let port = stack.portcullis.app.port;
+    stack.login("john", "/").await;
+    let john = format!("{SESSION_COOKIE}={}", stack.session_cookie().expect("john's session"));
+    let other = stack.client.fresh();
+    other.login(&stack.url("/"), "harry", PASSWORD).await;
+    let harry = format!(
+        "{SESSION_COOKIE}={}",
+        other.cookie(&app, SESSION_COOKIE).expect("harry's session")
+    );
+    let unknown = format!("{SESSION_COOKIE}={}", "A".repeat(43));
+
+    let mut connection = common::h1::h1_connect(port).await;
+    let mut ask = async |cookie: &str| {
+        connection
+            .ready()
+            .await
+            .expect("the kept connection takes the next request");
+        let resp = connection
+            .send_request(common::h1::get(port, "/who", cookie))
+            .await
+            .expect("response on the kept connection");
+        let status = resp.status().as_u16();
+        let body = common::h1::text(resp).await.expect("body");
+        match status {
+            200 => serde_json::from_str::<EchoSeen>(&body)
+                .expect("echo JSON")
+                .values("remote-user")
+                .join(","),
+            status => status.to_string(),
+        }
+    };
+    for (whose, cookie, expected) in [
+        ("john's", &john, "john"),
+        ("john's", &john, "john"),
+        ("harry's", &harry, "harry"),
+        ("john's", &john, "john"),
+        ("an unknown", &unknown, "401"),
+        ("harry's", &harry, "harry"),
+        ("harry's", &harry, "harry"),
+    ] {
+        assert_eq!(ask(cookie).await, expected, "with {whose} cookie");
+    }
+
+    // john logs out elsewhere: his cookie on this connection is refused from then on.
+    let resp = stack.client.navigate(&stack.url("/.auth/logout")).await;
+    assert!(resp.status.as_u16() < 400, "logout: {}", resp.summary());
+    assert_eq!(ask(&john).await, "401");
+    assert_eq!(ask(&harry).await, "harry");
+    assert_eq!(ask(&john).await, "401");
+}

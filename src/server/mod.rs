@@ -34,6 +34,7 @@ use crate::app::App;
 use crate::config::{ServerConfig, TlsFiles};
 use crate::metrics::Metrics;
 use crate::proxy::ConnectionHold;
+use crate::session::SessionKeyMemo;
 
 /// How often the certificate files are checked for changes.
 const CERT_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -391,15 +392,16 @@ async fn serve_protocol<I>(
             // A request body may be read on after its response: the clock is told when
             // it ends (the connection is busy until then).
             let upstream_slot = shared.app.upstream.slot(peer, lease, Some(clock.clone()));
+            let session_keys = SessionKeyMemo::default();
             // hyper polls an HTTP/1.1 request's future inside this connection's, so the
             // future may borrow what the connection holds: no reference count of the
             // app (shared by every connection on every core) is touched per request.
-            let (app, upstream_slot) = (&*shared.app, &upstream_slot);
+            let (app, upstream_slot, session_keys) = (&*shared.app, &upstream_slot, &session_keys);
             let service = service_fn(move |request| {
                 clock.request_started();
                 let clock = clock.clone();
                 async move {
-                    let response = app.handle(request, peer, upstream_slot).await;
+                    let response = app.handle(request, peer, upstream_slot, session_keys).await;
                     Ok::<_, Infallible>(response.map(|body| Sent::new(body, clock)))
                 }
             });
@@ -412,15 +414,16 @@ async fn serve_protocol<I>(
             // their bodies): once none has been open for the head timeout (the HTTP/1.1
             // keep-alive bound), the connection is closed with a GOAWAY.
             let upstream_slot = shared.app.upstream.slot(peer, lease, None);
+            let session_keys = Arc::new(SessionKeyMemo::default());
             let clock = HeadClock::http2();
             let idle = Idle::GoAway(HeadTimer::new(clock.clone(), shared.head_timeout));
             let streams = clock.clone();
             let app = shared.app.clone();
             let service = service_fn(move |request| {
                 let stream = streams.stream_opened();
-                let (app, upstream_slot) = (app.clone(), upstream_slot.clone());
+                let (app, upstream_slot, session_keys) = (app.clone(), upstream_slot.clone(), session_keys.clone());
                 async move {
-                    let response = app.handle(request, peer, &upstream_slot).await;
+                    let response = app.handle(request, peer, &upstream_slot, &session_keys).await;
                     Ok::<_, Infallible>(response.map(|body| stream.sent(body)))
                 }
             });

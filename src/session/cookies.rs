@@ -77,10 +77,14 @@ impl CookieCodec {
     /// The session id from the request's cookies, if one is present and well-formed.
     /// (The first session cookie counts, as with the `cookie` crate's parser.)
     pub fn session_id(&self, headers: &HeaderMap) -> Option<SessionId> {
-        let value = cookie_pairs(headers)
-            .find(|(name, _)| *name == self.session_cookie.as_bytes())?
-            .1;
-        SessionId::parse(std::str::from_utf8(value).ok()?)
+        SessionId::parse(std::str::from_utf8(self.session_cookie_value(headers)?).ok()?)
+    }
+
+    /// The raw value of the session cookie, as [`Self::session_id`] finds it.
+    pub fn session_cookie_value<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        cookie_pairs(headers)
+            .find(|(name, _)| *name == self.session_cookie.as_bytes())
+            .map(|(_, value)| value)
     }
 
     pub fn has_session_cookie(&self, headers: &HeaderMap) -> bool {

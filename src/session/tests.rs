@@ -87,6 +87,58 @@ fn session_ids_round_trip_through_the_cookie_and_hash_to_a_different_key() {
 }
 
 #[test]
+fn a_connection_memo_gives_each_cookie_its_own_key_whatever_came_before() {
+    let memo = SessionKeyMemo::default();
+    let (first, second) = (SessionId::generate(), SessionId::generate());
+    for id in [&first, &first, &second, &first, &second, &second] {
+        assert_eq!(memo.key_of(id.cookie_value().as_bytes()), Some(id.key()));
+    }
+    // One character changed, anywhere: another id, or none.
+    let value = first.cookie_value();
+    for at in [0, 20, 42] {
+        let mut changed = value.clone().into_bytes();
+        changed[at] = if changed[at] == b'A' { b'B' } else { b'A' };
+        let expected = SessionId::parse(std::str::from_utf8(&changed).expect("ascii")).map(|id| id.key());
+        assert_eq!(memo.key_of(&changed), expected);
+        assert_ne!(memo.key_of(&changed), Some(first.key()));
+    }
+    assert_eq!(memo.key_of(value.as_bytes()), Some(first.key()));
+}
+
+#[test]
+fn a_connection_memo_refuses_what_is_not_a_session_id_and_forgets_nothing_for_it() {
+    let memo = SessionKeyMemo::default();
+    let id = SessionId::generate();
+    let value = id.cookie_value();
+    assert_eq!(memo.key_of(value.as_bytes()), Some(id.key()));
+    let longer = format!("{value}A");
+    let not_ids: [&[u8]; 5] = [
+        b"",
+        &value.as_bytes()[..42],
+        longer.as_bytes(),
+        b"!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5\xf4\xf3\xf2\xf1\xf0\xef\xee\xed\xec\xeb\xea\xe9\xe8\xe7\xe6\xe5\xe4\xe3\xe2\xe1\xe0\xdf\xde\xdd\xdc\xdb\xda\xd9\xd8\xd7\xd6\xd5",
+    ];
+    for not_id in not_ids {
+        assert_eq!(memo.key_of(not_id), None, "{not_id:?}");
+    }
+    assert_eq!(memo.key_of(value.as_bytes()), Some(id.key()));
+    assert_eq!(format!("{memo:?}"), "SessionKeyMemo([redacted])");
+}
+
+#[test]
+fn a_connection_memo_in_use_by_another_stream_still_gives_the_key() {
+    let memo = SessionKeyMemo::default();
+    let (held, other) = (SessionId::generate(), SessionId::generate());
+    assert_eq!(memo.key_of(held.cookie_value().as_bytes()), Some(held.key()));
+    let busy = memo.last.lock().expect("not poisoned");
+    assert_eq!(memo.key_of(other.cookie_value().as_bytes()), Some(other.key()));
+    assert_eq!(memo.key_of(held.cookie_value().as_bytes()), Some(held.key()));
+    drop(busy);
+    assert_eq!(memo.key_of(other.cookie_value().as_bytes()), Some(other.key()));
+}
+
+#[test]
 fn the_store_key_is_the_ids_sha256_in_lowercase_hex_and_neither_debug_form_reveals_the_id() {
     let id = SessionId(std::array::from_fn(|i| i as u8));
     let hex = "630dcd2966c4336691125448bbb25b4ff412a49c732db2c8abc1b8581bd710dd";
