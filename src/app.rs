@@ -146,8 +146,14 @@ impl App {
         // the largest of them, and be moved and laid out in memory at that size.
         let result = match (route, host) {
             (_, Err(invalid)) => Err(invalid.into()),
-            (Route::Healthz, _) => Ok(pages::text_response(StatusCode::OK, "ok\n")),
-            (Route::Readyz, _) => Ok(Box::pin(self.readiness()).await),
+            // Probes GET or HEAD, as every route of ours is asked; another method is a 405.
+            (Route::Healthz, _) => {
+                require_get_or_head(request.method()).map(|()| pages::text_response(StatusCode::OK, "ok\n"))
+            }
+            (Route::Readyz, _) => match require_get_or_head(request.method()) {
+                Ok(()) => Ok(Box::pin(self.readiness()).await),
+                Err(error) => Err(error),
+            },
             (Route::Login, _) => Box::pin(self.login(&request, client_addr)).await,
             (Route::Callback, _) => Box::pin(self.callback(&request)).await,
             (Route::Logout, _) => Box::pin(self.logout(request)).await,

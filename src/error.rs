@@ -184,15 +184,7 @@ fn oidc_rendering(error: &OidcError) -> Rendering {
         OidcError::ParUnsupported => r(S::BAD_GATEWAY, "idp_misconfigured", "Sign-in unavailable", "The identity provider does not support pushed authorization requests, which this proxy is configured to require.", Fault::Upstream),
         OidcError::ProviderRejected { endpoint: "token", error, .. } if error == "invalid_grant" => r(S::BAD_REQUEST, "login_failed", "Sign-in failed", "The sign-in code was already used or has expired. Please sign in again.", Fault::Downstream),
         OidcError::ProviderRejected { .. } => r(S::BAD_GATEWAY, "idp_rejected", "Sign-in failed", "The identity provider refused the sign-in request.", Fault::Upstream),
-        OidcError::AuthorizationDenied { error, description } => {
-            let mut message = format!("The identity provider did not sign you in ({error})");
-            if let Some(description) = description {
-                message.push_str(": ");
-                message.push_str(description);
-            }
-            message.push('.');
-            Rendering { status: S::FORBIDDEN, code: "authorization_denied", title: "Sign-in refused", message, fault: Fault::Downstream }
-        }
+        OidcError::AuthorizationDenied { error, description } => authorization_error_rendering(error, description.as_deref()),
         OidcError::StateMismatch => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response does not belong to the sign-in started in this browser.", Fault::Downstream),
         OidcError::MissingIssuer | OidcError::IssuerMismatch => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response does not come from the configured identity provider.", Fault::Downstream),
         OidcError::MissingCode => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "The sign-in response carries no authorization code.", Fault::Downstream),
@@ -205,6 +197,60 @@ fn oidc_rendering(error: &OidcError) -> Rendering {
             Fault::Internal,
         ),
         OidcError::RefreshRejected(_) => r(S::UNAUTHORIZED, "session_ended", "Session ended", "Your session has ended. Please sign in again.", Fault::Downstream),
+    }
+}
+
+/// An `error` in the authorization response, by whose it is (RFC 6749 §4.1.2.1, OIDC
+/// Core §3.1.2.6): the provider's own failure (`server_error`, `temporarily_unavailable`:
+/// Authelia's answer when its storage fails) is an outage, `503` as at its other
+/// endpoints; a refusal of this client's request is a configuration for the operator to
+/// fix, `502` and a warning; anything else (`access_denied`, `login_required`, codes
+/// unknown here) is the user's, `403`. Each page names the code and offers a new sign-in
+/// (the code `authorization_denied` throughout), as the pending login is spent.
+fn authorization_error_rendering(error: &str, description: Option<&str>) -> Rendering {
+    use StatusCode as S;
+    let (status, title, lead, fault) = match error {
+        "server_error" | "temporarily_unavailable" => (
+            S::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "The identity provider could not complete the sign-in right now",
+            Fault::Upstream,
+        ),
+        "invalid_request"
+        | "unauthorized_client"
+        | "unsupported_response_type"
+        | "invalid_scope"
+        | "invalid_request_uri"
+        | "invalid_request_object"
+        | "request_not_supported"
+        | "request_uri_not_supported"
+        | "registration_not_supported"
+        | "invalid_state"
+        | "insufficient_entropy" => (
+            S::BAD_GATEWAY,
+            "Sign-in failed",
+            "The identity provider refused this application's sign-in request",
+            Fault::Upstream,
+        ),
+        _ => (
+            S::FORBIDDEN,
+            "Sign-in refused",
+            "The identity provider did not sign you in",
+            Fault::Downstream,
+        ),
+    };
+    let mut message = format!("{lead} ({error})");
+    if let Some(description) = description {
+        message.push_str(": ");
+        message.push_str(description);
+    }
+    message.push('.');
+    Rendering {
+        status,
+        code: "authorization_denied",
+        title,
+        message,
+        fault,
     }
 }
 
@@ -313,6 +359,43 @@ mod tests {
             assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{endpoint} {error}");
             assert_eq!(body["error"], "idp_rejected", "{endpoint} {error}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_provider_error_at_the_callback_is_classed_by_whose_it_is_and_offers_a_new_sign_in() {
+        let denied = |error: &str| {
+            AppError::Oidc(OidcError::AuthorizationDenied {
+                error: error.into(),
+                description: Some("details".into()),
+            })
+        };
+        for (error, status) in [
+            // The user's: declined, or must interact with the provider.
+            ("access_denied", StatusCode::FORBIDDEN),
+            ("login_required", StatusCode::FORBIDDEN),
+            ("consent_required", StatusCode::FORBIDDEN),
+            // The provider's: as at its other endpoints, an outage to retry.
+            ("server_error", StatusCode::SERVICE_UNAVAILABLE),
+            ("temporarily_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            // This client's request: the operator's to fix.
+            ("invalid_scope", StatusCode::BAD_GATEWAY),
+            ("unauthorized_client", StatusCode::BAD_GATEWAY),
+            ("invalid_request", StatusCode::BAD_GATEWAY),
+        ] {
+            let (response, body) = json_of(denied(error)).await;
+            assert_eq!(response.status(), status, "{error}");
+            assert_eq!(body["error"], "authorization_denied", "{error}");
+            assert_eq!(body["login_url"], "/.auth/login", "{error}");
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.contains(error) && message.contains("details"),
+                "{error}: {message}"
+            );
+            let retry = response.headers().get(RETRY_AFTER);
+            assert_eq!(retry.is_some(), status == StatusCode::SERVICE_UNAVAILABLE, "{error}");
+        }
+        // The operator's log line says what the provider refused.
+        assert!(error_chain(&denied("invalid_scope")).contains("invalid_scope (details)"));
     }
 
     #[tokio::test]

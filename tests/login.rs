@@ -500,6 +500,8 @@ async fn portcullis_routes_answer_other_methods_with_405_and_allow_and_do_nothin
         (Method::PUT, "/callback?state=s&code=c", "GET, HEAD"),
         (Method::POST, "/.auth/me", "GET, HEAD"),
         (Method::DELETE, "/.auth/logout", "GET, HEAD, POST"),
+        (Method::POST, "/.auth/healthz", "GET, HEAD"),
+        (Method::DELETE, "/.auth/readyz", "GET, HEAD"),
     ] {
         let resp = c
             .send(

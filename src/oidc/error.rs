@@ -24,8 +24,12 @@ pub enum OidcError {
         description: Option<String>,
     },
     /// The authorization response carried `error` (e.g. `access_denied` when the user
-    /// declined consent).
-    #[error("provider returned an authorization error: {error}")]
+    /// declined consent). The message, logged, carries the provider's (sanitized)
+    /// description: for a refused client configuration it says what to fix.
+    #[error(
+        "provider returned an authorization error: {error}{}",
+        .description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+    )]
     AuthorizationDenied { error: String, description: Option<String> },
     /// The callback's `state` is missing or not the pending login's: a stale tab, a
     /// replayed callback or a CSRF attempt.

@@ -4,6 +4,12 @@
 //!
 //! Sealing uses the `cookie` crate's private jar (AES-256-GCM, the cookie name bound as
 //! associated data), keyed by a key derived from the session secret.
+//!
+//! Only the session cookie takes `session.cookie_domain`: a pending login is read back
+//! only at the redirect URI, on `base_url`'s host, so its cookies stay host-only. That
+//! keeps them from every sibling host (another deployment there would take them for
+//! unreadable ones of its own and clear them), and lets their prefix be `__Host-`,
+//! which browsers refuse on a cookie with a `Domain`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -95,11 +101,16 @@ impl CookieCodec {
         self.render(
             Cookie::new(self.session_cookie.clone(), id.cookie_value()),
             self.session_max_age,
+            self.domain.as_deref(),
         )
     }
 
     pub fn clear_session(&self) -> HeaderValue {
-        self.render(Cookie::new(self.session_cookie.clone(), ""), Duration::ZERO)
+        self.render(
+            Cookie::new(self.session_cookie.clone(), ""),
+            Duration::ZERO,
+            self.domain.as_deref(),
+        )
     }
 
     /// The name of the pending-login cookie for a given `state`.
@@ -123,7 +134,7 @@ impl CookieCodec {
         if name.len() + sealed.len() > MAX_COOKIE_BYTES {
             return None;
         }
-        Some(self.render(Cookie::new(name, sealed), self.login_max_age))
+        Some(self.render(Cookie::new(name, sealed), self.login_max_age, None))
     }
 
     /// Opens the pending-login cookie of `state`, if present, authentic and not expired.
@@ -135,7 +146,7 @@ impl CookieCodec {
     }
 
     pub fn clear_login(&self, state: &str) -> HeaderValue {
-        self.render(Cookie::new(self.login_cookie_name(state), ""), Duration::ZERO)
+        self.render(Cookie::new(self.login_cookie_name(state), ""), Duration::ZERO, None)
     }
 
     /// `Set-Cookie` values that drop pending-login cookies so that, with the one about to
@@ -155,7 +166,7 @@ impl CookieCodec {
         clear.extend(live.into_iter().take(excess).map(|(_, name)| name));
         clear
             .into_iter()
-            .map(|name| self.render(Cookie::new(name, ""), Duration::ZERO))
+            .map(|name| self.render(Cookie::new(name, ""), Duration::ZERO, None))
             .collect()
     }
 
@@ -172,13 +183,15 @@ impl CookieCodec {
         age > self.login_max_age.as_secs()
     }
 
-    fn render(&self, mut cookie: Cookie<'static>, max_age: Duration) -> HeaderValue {
+    /// A `Set-Cookie` value with portcullis' attributes; `domain` is the session cookie's
+    /// configured one, `None` (host-only) for pending logins.
+    fn render(&self, mut cookie: Cookie<'static>, max_age: Duration, domain: Option<&str>) -> HeaderValue {
         cookie.set_path("/");
         cookie.set_http_only(true);
         cookie.set_same_site(SameSite::Lax);
         cookie.set_secure(self.secure);
-        if let Some(domain) = &self.domain {
-            cookie.set_domain(domain.clone());
+        if let Some(domain) = domain {
+            cookie.set_domain(domain.to_owned());
         }
         cookie.set_max_age(cookie::time::Duration::seconds(
             i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),

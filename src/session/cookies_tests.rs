@@ -295,3 +295,26 @@ fn lookalike_or_malformed_session_cookies_are_not_a_session() {
     assert!(!codec.has_session_cookie(&cookie_headers(&[&format!("portcullis_session_old={value}")])));
     assert!(!codec.has_session_cookie(&HeaderMap::new()));
 }
+
+#[test]
+fn pending_login_cookies_stay_host_only_when_the_session_cookie_names_a_domain() {
+    let mut config = session_config();
+    config.cookie_domain = Some("example.com".into());
+    config.login_cookie_prefix = "__Host-portcullis_login_".into();
+    let codec = CookieCodec::new(&config);
+    let state = "s".repeat(43);
+    let sealed = codec.seal_login(&pending(&state, now_secs())).unwrap();
+    let expired = codec.seal_login(&pending(&"x".repeat(43), now_secs() - 601)).unwrap();
+    let pruned = codec.prune_logins(&cookie_header(&[expired]), SystemTime::now());
+    assert_eq!(pruned.len(), 1);
+    // A `__Host-` cookie with a Domain is dropped by browsers; and a pending login is
+    // only ever read back at the redirect URI, on base_url's host.
+    for set in [sealed, codec.clear_login(&state), pruned[0].clone()] {
+        let text = set.to_str().unwrap().to_ascii_lowercase();
+        assert!(!text.contains("domain="), "{text}");
+        assert!(text.starts_with("__host-portcullis_login_"), "{text}");
+    }
+    let session = codec.set_session(&SessionId::generate());
+    assert!(session.to_str().unwrap().contains("Domain=example.com"), "{session:?}");
+    assert!(codec.clear_session().to_str().unwrap().contains("Domain=example.com"));
+}
