@@ -170,8 +170,11 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap, message: Message, upgra
     }
     if present[0] {
         // Collected first: the names come from a header this function then removes.
-        // Only names of headers that are there: a token is not always a header.
+        // Only names of headers that are there: a token is not always a header. A token
+        // naming a hop-by-hop header (most often `keep-alive`) is left to the loop below,
+        // so the usual `Connection: keep-alive` or `close` allocates nothing here.
         let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !HOP_BY_HOP.iter().any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(t)))
             .filter_map(|t| headers.keys().find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(t)))
             .cloned()
             .collect();

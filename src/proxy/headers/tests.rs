@@ -187,6 +187,33 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
 }
 
 #[test]
+fn hop_by_hop_names_listed_in_connection_go_in_any_case_with_the_others_it_lists() {
+    for listed in [
+        "keep-alive",
+        "Keep-Alive",
+        "KEEP-ALIVE, x-secret",
+        "x-secret, Proxy-Connection, keep-alive",
+    ] {
+        let mut headers = map(&[
+            ("connection", listed),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-secret", "1"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut headers, Message::Response, false);
+        let expected: &[&str] = if listed.contains("x-secret") {
+            &["accept"]
+        } else {
+            &["accept", "x-secret"]
+        };
+        let mut left = names(&headers);
+        left.sort_unstable();
+        assert_eq!(left, expected, "Connection: {listed}");
+    }
+}
+
+#[test]
 fn a_lone_upgrade_header_is_removed_outside_an_upgrade() {
     // No `Connection` names it: `Upgrade` is connection-specific anyway (RFC 9110 §7.6.1).
     let mut headers = map(&[("upgrade", "websocket"), ("accept", "*/*")]);
