@@ -128,7 +128,9 @@ impl App {
         let started = Instant::now();
         let route = self.router.classify(request.uri().path());
         let kind = route_kind(route);
-        let wants_json = policy::prefers_json(request.headers());
+        // Judged only if an error is to be rendered: a browser's `Accept` is long, and
+        // most requests end without one. The value is kept, as the request is handed on.
+        let accept = request.headers().get(http::header::ACCEPT).cloned();
         // Taken only when the line will be written: the URI and method are cheap clones.
         // Health checks (a load balancer's, every few seconds) are counted, not logged.
         let logged = kind != RouteKind::Health && self.config.log.access_log;
@@ -174,7 +176,8 @@ impl App {
                 Err(error) => Err(error),
             },
         };
-        let mut response = result.unwrap_or_else(|error| error.into_response(wants_json, &self.router));
+        let mut response = result
+            .unwrap_or_else(|error| error.into_response(policy::accept_prefers_json(accept.as_ref()), &self.router));
         let elapsed = started.elapsed();
         self.metrics.request(kind, response.status(), elapsed);
         if let Some((method, uri, client)) = access {

@@ -2,7 +2,7 @@
 //! login) or a script or API call (to get `401`), and whether it prefers JSON answers.
 
 use http::header::ACCEPT;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
 /// Whether an unauthenticated request is a browser navigation (redirect it to login)
 /// rather than a script or API call (answer 401).
@@ -41,9 +41,14 @@ fn accept_admits_html(accept: &str) -> bool {
 }
 
 /// Whether the client prefers a JSON answer (for error bodies and the dump page).
-/// Runs on every request, so it does not allocate.
+/// Does not allocate.
 pub fn prefers_json(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers.get(ACCEPT) else {
+    accept_prefers_json(headers.get(ACCEPT))
+}
+
+/// [`prefers_json`] from the `Accept` value alone, for a request already handed on.
+pub fn accept_prefers_json(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept else {
         return false;
     };
     let accept = accept.as_bytes();

@@ -34,7 +34,7 @@ mod redirect;
 mod tests;
 
 pub use access::{Access, Forbidden, Refusal, Rule};
-pub use client::{is_browser_navigation, prefers_json};
+pub use client::{accept_prefers_json, is_browser_navigation, prefers_json};
 pub use public::PublicPaths;
 pub use redirect::{local_return_path, shortened_return_paths};
 
