@@ -924,7 +924,7 @@ def run(tmp, procs, started_at, load_before):
             "RUST_LOG": "warn",
             # the login-cost measurement starts 200 logins in a few seconds from one
             # address; the default limits (20/s, burst 100; per client 60/min, burst 30)
-            # would answer some of them with 503
+            # would answer some of them with 503 or 429
             "PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND": "1000",
             "PORTCULLIS_OIDC_LOGIN_RATE_BURST": "1000",
             "PORTCULLIS_OIDC_LOGIN_RATE_PER_CLIENT_PER_MINUTE": "0",

@@ -19,7 +19,7 @@ bin="target/stable/$triple/release"
 
 # Runs per target in the smoke run: about 15 s each on a 2-core machine.
 declare -A runs=(
-  [return_path]=2000000 [request_path]=1500000 [cookies]=200000
+  [return_path]=2000000 [request_path]=1500000 [host]=1200000 [cookies]=200000
   [forwarded_for]=500000 [config]=150000 [request]=50000
 )
 

@@ -125,13 +125,13 @@ impl App {
             return Ok(());
         };
         match refused {
-            LoginRefused::Client { client, first } => {
+            LoginRefused::Client { client, first, .. } => {
                 self.metrics.login_rate_limited(LoginLimit::Client);
                 if first {
                     tracing::info!(%client, "a client reached its login rate limit (oidc.login_rate_per_client_*): its login starts are refused until its share refills");
                 }
             }
-            LoginRefused::Global { first } => {
+            LoginRefused::Global { first, .. } => {
                 self.metrics.login_rate_limited(LoginLimit::Global);
                 if first {
                     tracing::warn!("the global login rate limit is reached (oidc.login_rate_per_second, _burst): login starts are refused until it refills");

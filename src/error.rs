@@ -44,8 +44,8 @@ pub enum AppError {
     /// (a replayed callback), or started in another browser.
     #[error("no pending login matches the callback")]
     LoginNotFound,
-    /// A login start refused by a login rate limit: the client's own share, or the
-    /// global cap that protects the provider.
+    /// A login start refused by a login rate limit: the client's own share (429), or the
+    /// global cap that protects the provider (503). Either says when to try again.
     #[error(transparent)]
     LoginRateLimited(#[from] LoginRefused),
     /// One of portcullis' own routes asked with a method it does not serve; `allow`
@@ -75,6 +75,12 @@ struct Rendering {
     message: String,
     fault: Fault,
 }
+
+/// `Retry-After` of a 503 that cannot know when the dependency is back, in seconds.
+const RETRY_AFTER_UNAVAILABLE: u64 = 5;
+
+/// The message of both login rate limits' page (the status tells them apart).
+const LOGIN_RATE_LIMITED: &str = "Too many sign-ins are being started right now. Try again in a moment.";
 
 /// A rendering with a fixed message.
 fn r(status: StatusCode, code: &'static str, title: &'static str, message: &str, fault: Fault) -> Rendering {
@@ -109,12 +115,25 @@ impl AppError {
             AppError::Store(_) => r(S::SERVICE_UNAVAILABLE, "session_store_unavailable", "Session store unavailable", "The session store is unavailable, so your session cannot be checked right now. Try again shortly.", Fault::Upstream),
             AppError::CallbackWithoutState => r(S::BAD_REQUEST, "invalid_callback", "Sign-in failed", "This address is only used to finish a sign-in, and the request carries no sign-in to finish.", Fault::Downstream),
             AppError::LoginNotFound => r(S::BAD_REQUEST, "login_expired", "Sign-in expired", "This sign-in has expired, was already completed, or was started in another browser. Please sign in again.", Fault::Downstream),
-            // One answer for both limits: to the browser a flood is a flood, and which
-            // limit refused is for the metric and the log.
-            AppError::LoginRateLimited(_) => r(S::SERVICE_UNAVAILABLE, "login_rate_limited", "Too many sign-ins", "Too many sign-ins are being started right now. Try again in a moment.", Fault::Downstream),
+            // One page for both limits, told apart by the status: a client over its own
+            // share is sending too many requests (RFC 6585 §4), while the global cap is
+            // a matter of capacity. The rest (which client) is for the metric and the log.
+            AppError::LoginRateLimited(LoginRefused::Client { .. }) => r(S::TOO_MANY_REQUESTS, "login_rate_limited", "Too many sign-ins", LOGIN_RATE_LIMITED, Fault::Downstream),
+            AppError::LoginRateLimited(LoginRefused::Global { .. }) => r(S::SERVICE_UNAVAILABLE, "login_rate_limited", "Too many sign-ins", LOGIN_RATE_LIMITED, Fault::Downstream),
             AppError::MethodNotAllowed { .. } => r(S::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", "This address does not accept that method.", Fault::Downstream),
             AppError::Internal(_) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "Something went wrong in the proxy.", Fault::Internal),
             AppError::NotFound => r(S::NOT_FOUND, "not_found", "Not found", "There is nothing at this address.", Fault::Downstream),
+        }
+    }
+
+    /// The seconds for `Retry-After`, if the response has one: a refused login start
+    /// knows when its limit lets it in again; any other 503 (the store, the provider)
+    /// can only guess at [`RETRY_AFTER_UNAVAILABLE`].
+    fn retry_after(&self, status: StatusCode) -> Option<u64> {
+        match self {
+            AppError::LoginRateLimited(refused) => Some(refused.retry_after().as_secs()),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_UNAVAILABLE),
+            _ => None,
         }
     }
 
@@ -165,10 +184,8 @@ impl AppError {
                 offer.map(|(_, url, label)| (url, label)),
             )
         };
-        if rendering.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(seconds) = self.retry_after(rendering.status) {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let AppError::MethodNotAllowed { allow } = self {
             response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
@@ -274,6 +291,7 @@ mod tests {
     use http::header::CONTENT_TYPE;
     use http_body_util::BodyExt;
     use serde_json::Value;
+    use std::time::Duration;
 
     async fn json_of(error: AppError) -> (Response<ResponseBody>, Value) {
         let (parts, body) = error.into_response(true, &router()).into_parts();
@@ -300,12 +318,7 @@ mod tests {
     #[tokio::test]
     async fn a_503_says_when_to_retry_and_other_statuses_do_not() {
         for error in [
-            AppError::LoginRateLimited(LoginRefused::Global { first: true }),
-            AppError::LoginRateLimited(LoginRefused::Client {
-                client: crate::limit::ClientKey::of([192, 0, 2, 1].into()),
-                first: false,
-            }),
-            AppError::Store(StoreError::Timeout(std::time::Duration::from_millis(250))),
+            AppError::Store(StoreError::Timeout(Duration::from_millis(250))),
             AppError::Oidc(OidcError::NotReady),
         ] {
             let (response, _) = json_of(error).await;
@@ -317,15 +330,47 @@ mod tests {
         assert_eq!(response.headers().get(RETRY_AFTER), None);
     }
 
+    fn client_refused(retry_after: u64) -> AppError {
+        AppError::LoginRateLimited(LoginRefused::Client {
+            client: crate::limit::ClientKey::of([192, 0, 2, 1].into()),
+            first: true,
+            retry_after: Duration::from_secs(retry_after),
+        })
+    }
+
+    fn globally_refused(retry_after: u64) -> AppError {
+        AppError::LoginRateLimited(LoginRefused::Global {
+            first: false,
+            retry_after: Duration::from_secs(retry_after),
+        })
+    }
+
     #[tokio::test]
-    async fn both_login_rate_limits_give_the_same_answer() {
-        let client = crate::limit::ClientKey::of([192, 0, 2, 1].into());
-        let (global, global_body) = json_of(AppError::LoginRateLimited(LoginRefused::Global { first: false })).await;
-        let (own, own_body) = json_of(AppError::LoginRateLimited(LoginRefused::Client { client, first: true })).await;
-        assert_eq!(global_body["error"], "login_rate_limited");
+    async fn a_client_over_its_login_share_gets_a_429_that_says_when_its_share_allows_one_more() {
+        let (response, body) = json_of(client_refused(37)).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "37");
+        assert_eq!(body["error"], "login_rate_limited");
+        assert!(!body.to_string().contains("192.0.2.1"), "{body}");
+        let page = client_refused(1).into_response(false, &router());
+        assert_eq!(page.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(page.headers()[RETRY_AFTER], "1");
+        assert!(page.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    }
+
+    #[tokio::test]
+    async fn the_global_login_cap_stays_a_503_that_says_when_it_allows_one_more() {
+        let (response, body) = json_of(globally_refused(1)).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        assert_eq!(body["error"], "login_rate_limited");
+    }
+
+    #[tokio::test]
+    async fn both_login_rate_limits_give_the_same_body() {
+        let (_, global_body) = json_of(globally_refused(1)).await;
+        let (_, own_body) = json_of(client_refused(1)).await;
         assert_eq!(own_body, global_body);
-        assert_eq!((own.status(), own.headers()), (global.status(), global.headers()));
-        assert!(!own_body.to_string().contains("192.0.2.1"), "{own_body}");
     }
 
     #[tokio::test]

@@ -4,9 +4,10 @@
 
 mod common;
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::upstream::read_request_head;
 use common::*;
@@ -258,6 +259,7 @@ async fn a_client_flooding_logins_is_held_to_its_share_while_others_still_sign_i
         .await;
     let flooder = stack.client.fresh();
     const FLOODER: &str = "203.0.113.7";
+    let flood_began = Instant::now();
 
     let mut opening = Vec::new();
     for n in 0..20 {
@@ -278,14 +280,17 @@ async fn a_client_flooding_logins_is_held_to_its_share_while_others_still_sign_i
     stack.login("john", "/while-flooded").await;
     stop.store(true, Ordering::Relaxed);
     let flooded = flood.await.expect("the flood task");
+    let flood_lasted = flood_began.elapsed();
 
     for started in &opening[..3] {
         assert_redirects_to_provider(started, &stack.idp);
     }
     assert!(!flooded.is_empty());
     for refused in opening[3..].iter().chain(&flooded) {
-        assert_status(refused, 503);
-        assert_eq!(refused.header("retry-after"), Some("5"), "{}", refused.summary());
+        // The client's own doing: 429, told when its bucket (empty from the first
+        // refusal on, one token a minute) holds a token again.
+        assert_status(refused, 429);
+        assert_retry_after_within(refused, 60 - flood_lasted.as_secs().min(59) - 1..=60);
         assert_html_page(refused);
         assert_mentions(refused, "Too many sign-ins");
         assert!(
@@ -309,7 +314,8 @@ async fn a_client_flooding_logins_is_held_to_its_share_while_others_still_sign_i
         assert_redirects_to_provider(&started, &stack.idp);
     }
     let same_host = navigate_from(&flooder, &stack.url("/v6"), "[2001:db8:7:7:ffff::9]:4711").await;
-    assert_status(&same_host, 503);
+    assert_status(&same_host, 429);
+    assert_retry_after_within(&same_host, 50..=60);
     let next_net = navigate_from(&flooder, &stack.url("/v6"), "2001:db8:7:8::1").await;
     assert_redirects_to_provider(&next_net, &stack.idp);
 
@@ -335,4 +341,72 @@ async fn a_client_flooding_logins_is_held_to_its_share_while_others_still_sign_i
     };
     assert_eq!(reached(FLOODER), 1, "{log}");
     assert_eq!(reached("2001:db8:7:7::/64"), 1, "{log}");
+}
+
+/// `resp` says to retry after a whole number of seconds in `seconds`.
+#[track_caller]
+fn assert_retry_after_within(resp: &Resp, seconds: RangeInclusive<u64>) {
+    let retry_after = resp.header("retry-after").and_then(|value| value.parse::<u64>().ok());
+    assert!(
+        retry_after.is_some_and(|value| seconds.contains(&value)),
+        "Retry-After {:?}, not whole seconds in {seconds:?}: {}",
+        resp.header("retry-after"),
+        resp.summary()
+    );
+}
+
+/// Beyond the global cap every client is refused alike, and it is a matter of capacity
+/// (the provider protected), not any one client's doing: 503, told to retry in the second
+/// the global bucket takes to hold a token again.
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_the_global_login_cap_every_client_gets_a_503_that_says_when_to_retry() {
+    let metrics_port = free_port();
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_TRUSTED_PROXIES", "127.0.0.1/32")
+        .env("PORTCULLIS_SERVER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("PORTCULLIS_OIDC_LOGIN_RATE_PER_SECOND", "1")
+        .env("PORTCULLIS_OIDC_LOGIN_RATE_BURST", "2")
+        .start()
+        .await;
+    let client = stack.client.fresh();
+    // Two clients spend the global burst, each well within its own share; the tokens
+    // that trickle in meanwhile (one a second) are spent by the rounds that follow.
+    let mut started = 0u64;
+    let mut refused = Vec::new();
+    let began = Instant::now();
+    for n in 0..40 {
+        let resp = navigate_from(&client, &stack.url("/capped"), &format!("192.0.2.{}", n % 4 + 1)).await;
+        if resp.status.as_u16() == 503 {
+            refused.push(resp);
+        } else {
+            assert_redirects_to_provider(&resp, &stack.idp);
+            started += 1;
+        }
+    }
+    assert!(
+        started <= 2 + began.elapsed().as_secs() + 1 && !refused.is_empty(),
+        "{started} of 40 login starts went through in {:?}",
+        began.elapsed()
+    );
+    for refused in &refused {
+        assert_retry_after_within(refused, 1..=1);
+        assert_html_page(refused);
+        assert_mentions(refused, "Too many sign-ins");
+    }
+    assert_eq!(stack.idp.stats().await.par, started);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for series in [
+        format!(
+            "portcullis_logins_rate_limited_total{{limit=\"global\"}} {}\n",
+            refused.len()
+        ),
+        "portcullis_logins_rate_limited_total{limit=\"client\"} 0\n".to_owned(),
+    ] {
+        assert!(metrics.contains(&series), "no {series:?} in\n{metrics}");
+    }
 }

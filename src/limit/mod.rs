@@ -23,16 +23,18 @@ mod tests;
 
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::OidcConfig;
 
 pub use clients::ClientKey;
 use clients::ClientTable;
 
-/// Why a login start was refused. Both become the same `503` with `Retry-After`
-/// (`crate::error`): to the browser a flood is a flood. They differ in the metric label
-/// and the log line, which is what an operator needs to tell them apart.
+/// Why a login start was refused (answered in `crate::error`). The client's own limit is
+/// the client's doing, `429 Too Many Requests` (RFC 6585 §4); the global one protects the
+/// provider, a matter of capacity, `503`. Both say in `Retry-After` when the bucket that
+/// refused holds a token again, and they differ in the metric label and the log line too,
+/// which is what an operator needs to tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LoginRefused {
     /// This client (an IPv4 address, or an IPv6 /64) started more logins than its own
@@ -44,6 +46,9 @@ pub enum LoginRefused {
         /// The first refusal since this client's bucket was last full: the one worth a
         /// log line (the others would flood the log along with the flood).
         first: bool,
+        /// When this client's bucket holds a token again ([`Bucket::retry_after`]): up
+        /// to a minute.
+        retry_after: Duration,
     },
     /// All clients together started more logins than the provider is to be asked for.
     /// A flood from many addresses, or a busy moment with a cap set too low.
@@ -51,7 +56,20 @@ pub enum LoginRefused {
     Global {
         /// As for [`LoginRefused::Client`], for the global bucket.
         first: bool,
+        /// As for [`LoginRefused::Client`], for the global bucket: one second, as it
+        /// refills at a token a second at least (and other clients may take that token
+        /// first: the global budget is no one's in particular).
+        retry_after: Duration,
     },
+}
+
+impl LoginRefused {
+    /// When to try again, for `Retry-After`: whole seconds, at least one.
+    pub fn retry_after(&self) -> Duration {
+        match *self {
+            LoginRefused::Client { retry_after, .. } | LoginRefused::Global { retry_after, .. } => retry_after,
+        }
+    }
 }
 
 /// The per-client buckets in front of the global one (see the module comment).
@@ -83,15 +101,19 @@ impl LoginLimiter {
     fn try_acquire_at(&self, client: IpAddr, now: Instant) -> Result<(), LoginRefused> {
         let key = ClientKey::of(client);
         if let Some(clients) = &self.clients {
-            if let Take::Refused { first } = clients.take(key, now) {
-                return Err(LoginRefused::Client { client: key, first });
+            if let Take::Refused { first, retry_after } = clients.take(key, now) {
+                return Err(LoginRefused::Client {
+                    client: key,
+                    first,
+                    retry_after,
+                });
             }
         }
-        if let Take::Refused { first } = self.global.take(now) {
+        if let Take::Refused { first, retry_after } = self.global.take(now) {
             if let Some(clients) = &self.clients {
                 clients.give_back(key, now);
             }
-            return Err(LoginRefused::Global { first });
+            return Err(LoginRefused::Global { first, retry_after });
         }
         Ok(())
     }
@@ -149,9 +171,11 @@ impl Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Take {
     Granted,
-    /// `first`: the first refusal since the bucket was last full.
+    /// `first`: the first refusal since the bucket was last full; `retry_after`: when the
+    /// bucket holds a token again (see [`Bucket::retry_after`]).
     Refused {
         first: bool,
+        retry_after: Duration,
     },
 }
 
@@ -194,8 +218,27 @@ impl Bucket {
         } else {
             let first = !self.refusing;
             self.refusing = true;
-            Take::Refused { first }
+            Take::Refused {
+                first,
+                retry_after: self.retry_after(rate),
+            }
         }
+    }
+
+    /// How long after `updated` the bucket holds a whole token again, for `Retry-After`:
+    /// whole seconds, rounded up so that a client that waits as told finds the token, and
+    /// at least one (`Retry-After: 0` would invite an immediate retry). At most a minute,
+    /// a token at the slowest rate (1/min).
+    fn retry_after(&self, rate: Rate) -> Duration {
+        let wait = (1.0 - self.tokens) / rate.per_second;
+        // A float cast saturates; a wait is finite and small (see above).
+        let mut seconds = (wait.ceil() as u64).max(1);
+        // The bucket's own sum decides, as in `level`: where rounding left the quotient a
+        // hair short of a whole second, its ceiling is a second early.
+        if self.tokens + seconds as f64 * rate.per_second < 1.0 {
+            seconds += 1;
+        }
+        Duration::from_secs(seconds)
     }
 
     /// Undoes a [`Bucket::take`] that was granted.

@@ -47,7 +47,10 @@ fn a_run_of_refusals_has_one_first_and_ends_only_when_the_bucket_is_full_again()
     let at = |seconds| start + Duration::from_secs(seconds);
     let mut bucket = Bucket::full(rate, start);
     let mut takes = |now, n| (0..n).map(|_| bucket.take(rate, now)).collect::<Vec<_>>();
-    let refused = |first| Take::Refused { first };
+    let refused = |first| Take::Refused {
+        first,
+        retry_after: Duration::from_secs(1),
+    };
     assert_eq!(
         takes(at(0), 4),
         [Take::Granted, Take::Granted, refused(true), refused(false)]
@@ -100,7 +103,8 @@ fn each_client_spends_a_bucket_of_its_own() {
             3,
             Some(LoginRefused::Client {
                 client: flooder,
-                first: false
+                first: false,
+                retry_after: Duration::from_secs(10)
             })
         )
     );
@@ -108,7 +112,8 @@ fn each_client_spends_a_bucket_of_its_own() {
         limiter.try_acquire_at(ip("203.0.113.7"), now),
         Err(LoginRefused::Client {
             client: flooder,
-            first: false
+            first: false,
+            retry_after: Duration::from_secs(10)
         }),
         "a refusal after the first is not marked first"
     );
@@ -128,7 +133,11 @@ fn the_first_refusal_of_a_client_is_marked_so_it_is_logged_once() {
     assert!(limiter.try_acquire_at(ip("203.0.113.7"), now).is_ok());
     assert_eq!(
         limiter.try_acquire_at(ip("203.0.113.7"), now),
-        Err(LoginRefused::Client { client, first: true })
+        Err(LoginRefused::Client {
+            client,
+            first: true,
+            retry_after: Duration::from_secs(10)
+        })
     );
 }
 
@@ -150,6 +159,81 @@ fn a_refused_client_is_let_in_again_at_its_rate() {
         attempts(&limiter, "203.0.113.7", 5, start + Duration::from_secs(60)).0,
         2
     );
+}
+
+/// The retry-after of the next attempt by `client` at `now`, which must be refused.
+fn retry_after(limiter: &LoginLimiter, client: &str, now: Instant) -> Duration {
+    match limiter.try_acquire_at(ip(client), now) {
+        Err(refusal) => refusal.retry_after(),
+        Ok(()) => panic!("{client} was let in at {now:?}"),
+    }
+}
+
+#[test]
+fn a_refused_client_is_told_the_whole_seconds_until_its_bucket_holds_a_token() {
+    // 6 a minute: one every 10 s.
+    let limiter = per_client(6, 2);
+    let start = Instant::now();
+    let at = |millis| start + Duration::from_millis(millis);
+    assert_eq!(attempts(&limiter, "203.0.113.7", 2, start).0, 2);
+    assert_eq!(retry_after(&limiter, "203.0.113.7", start), Duration::from_secs(10));
+    // Part of a token earned: what is left, rounded up.
+    assert_eq!(retry_after(&limiter, "203.0.113.7", at(2_500)), Duration::from_secs(8));
+    assert_eq!(retry_after(&limiter, "203.0.113.7", at(9_000)), Duration::from_secs(1));
+    // A hair short of the token: still a whole second, never `Retry-After: 0`.
+    assert_eq!(retry_after(&limiter, "203.0.113.7", at(9_999)), Duration::from_secs(1));
+    assert!(limiter.try_acquire_at(ip("203.0.113.7"), at(10_000)).is_ok());
+    assert_eq!(
+        retry_after(&limiter, "203.0.113.7", at(10_000)),
+        Duration::from_secs(10)
+    );
+    // At the slowest rate, a minute.
+    let slowest = per_client(1, 1);
+    assert!(slowest.try_acquire_at(ip("192.0.2.1"), start).is_ok());
+    assert_eq!(retry_after(&slowest, "192.0.2.1", start), Duration::from_secs(60));
+}
+
+#[test]
+fn a_client_that_waits_as_told_finds_a_token_and_one_that_waits_a_second_less_does_not() {
+    let start = Instant::now();
+    for per_minute in (1..=200).chain([599, 997, 3600, 100_000]) {
+        for burst in [1, 2, 7] {
+            let rate = Rate::per_minute(per_minute, burst);
+            // Empty the bucket, then refuse at odd moments while it refills.
+            let mut bucket = Bucket::full(rate, start);
+            while bucket.take(rate, start) == Take::Granted {}
+            for millis in [0, 1, 333, 999, 1_001, 4_321] {
+                let now = start + Duration::from_millis(millis);
+                let mut probe = bucket;
+                let Take::Refused { retry_after, .. } = probe.take(rate, now) else {
+                    continue;
+                };
+                let case = format!("{per_minute}/min, burst {burst}, {millis} ms in: {retry_after:?}");
+                assert!(retry_after >= Duration::from_secs(1), "{case}");
+                assert_eq!(retry_after.subsec_nanos(), 0, "{case}");
+                let mut waited = probe;
+                assert_eq!(waited.take(rate, now + retry_after), Take::Granted, "{case}");
+                if retry_after > Duration::from_secs(1) {
+                    let early = now + retry_after - Duration::from_secs(1);
+                    assert!(
+                        matches!(probe.take(rate, early), Take::Refused { .. }),
+                        "{case}: a second less would do"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_global_cap_tells_the_seconds_until_it_holds_a_token() {
+    let limiter = LoginLimiter::with_rates(Rate::per_second(2, 1), None);
+    let now = Instant::now();
+    assert!(limiter.try_acquire_at(ip("192.0.2.1"), now).is_ok());
+    assert_eq!(retry_after(&limiter, "192.0.2.2", now), Duration::from_secs(1));
+    assert!(limiter
+        .try_acquire_at(ip("192.0.2.2"), now + Duration::from_millis(500))
+        .is_ok());
 }
 
 #[test]
@@ -175,7 +259,8 @@ fn an_ipv6_client_is_its_64() {
         limiter.try_acquire_at(ip("2001:db8:1:2:a:b:c:d"), now),
         Err(LoginRefused::Client {
             client: key("2001:db8:1:2::"),
-            first: true
+            first: true,
+            retry_after: Duration::from_secs(10)
         })
     );
     assert_eq!(
@@ -196,11 +281,17 @@ fn the_global_cap_still_applies_to_all_clients_together() {
     assert_eq!(attempts(&limiter, "192.0.2.2", 2, now), (2, None));
     assert_eq!(
         limiter.try_acquire_at(ip("192.0.2.2"), now),
-        Err(LoginRefused::Global { first: true })
+        Err(LoginRefused::Global {
+            first: true,
+            retry_after: Duration::from_secs(1)
+        })
     );
     assert_eq!(
         limiter.try_acquire_at(ip("192.0.2.3"), now),
-        Err(LoginRefused::Global { first: false })
+        Err(LoginRefused::Global {
+            first: false,
+            retry_after: Duration::from_secs(1)
+        })
     );
     assert!(limiter
         .try_acquire_at(ip("192.0.2.3"), now + Duration::from_secs(1))
@@ -238,7 +329,10 @@ fn with_the_per_client_limit_off_one_client_can_take_the_global_budget() {
     assert_eq!(attempts(&limiter, "203.0.113.7", 100, now).0, 5);
     assert_eq!(
         limiter.try_acquire_at(ip("192.0.2.1"), now),
-        Err(LoginRefused::Global { first: false })
+        Err(LoginRefused::Global {
+            first: false,
+            retry_after: Duration::from_secs(1)
+        })
     );
 }
 
@@ -303,5 +397,11 @@ fn a_flooder_keeps_its_empty_bucket_through_a_flood_of_other_addresses() {
     for n in 0..50_000u32 {
         table.take(ClientKey::of(IpAddr::from((0x0a00_0000 + n).to_be_bytes())), now);
     }
-    assert_eq!(table.take(flooder, now), Take::Refused { first: false });
+    assert_eq!(
+        table.take(flooder, now),
+        Take::Refused {
+            first: false,
+            retry_after: Duration::from_secs(60)
+        }
+    );
 }
