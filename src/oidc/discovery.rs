@@ -6,15 +6,16 @@
 use std::time::Duration;
 
 use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
-    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{AdditionalProviderMetadata, IssuerUrl, JsonWebKeySetUrl, ProviderMetadata};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::http::BoundedFetch;
+use super::jwk::{Jwk, KeySet};
 use super::OidcError;
 
 /// Metadata beyond what `openidconnect` models.
@@ -49,7 +50,7 @@ pub type Metadata = ProviderMetadata<
     CoreGrantType,
     CoreJweContentEncryptionAlgorithm,
     CoreJweKeyManagementAlgorithm,
-    CoreJsonWebKey,
+    Jwk,
     CoreResponseMode,
     CoreResponseType,
     CoreSubjectIdentifierType,
@@ -139,7 +140,7 @@ fn id_token_algs(advertised: &[CoreJwsSigningAlgorithm]) -> Vec<CoreJwsSigningAl
 
 /// Fetches and checks the discovery document and the JWKS once. `openidconnect`
 /// compares the document's `issuer` with ours as exact strings.
-pub(super) async fn discover(http: &reqwest::Client, issuer: &str) -> Result<(Provider, CoreJsonWebKeySet), OidcError> {
+pub(super) async fn discover(http: &reqwest::Client, issuer: &str) -> Result<(Provider, KeySet), OidcError> {
     let issuer_url = IssuerUrl::new(issuer.to_owned()).map_err(|e| OidcError::InvalidResponse {
         endpoint: "discovery",
         detail: e.to_string(),
@@ -156,11 +157,9 @@ pub(super) async fn discover(http: &reqwest::Client, issuer: &str) -> Result<(Pr
 }
 
 /// Fetches the JWKS (initial load is done by [`discover`]; this is the rotation path).
-pub(super) async fn fetch_jwks(http: &reqwest::Client, uri: &JsonWebKeySetUrl) -> Result<CoreJsonWebKeySet, OidcError> {
+pub(super) async fn fetch_jwks(http: &reqwest::Client, uri: &JsonWebKeySetUrl) -> Result<KeySet, OidcError> {
     let fetch = BoundedFetch { http, endpoint: "JWKS" };
-    CoreJsonWebKeySet::fetch_async(uri, &fetch)
-        .await
-        .map_err(discovery_error)
+    KeySet::fetch_async(uri, &fetch).await.map_err(discovery_error)
 }
 
 fn discovery_error(e: openidconnect::DiscoveryError<OidcError>) -> OidcError {

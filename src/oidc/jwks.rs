@@ -5,16 +5,16 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use openidconnect::core::CoreJsonWebKeySet;
 use openidconnect::JsonWebKeySetUrl;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::discovery::fetch_jwks;
+use super::jwk::KeySet;
 
 /// The current key set. Readers clone the `Arc`; a re-fetch swaps it.
 pub(super) struct JwksCache {
-    current: RwLock<Arc<CoreJsonWebKeySet>>,
+    current: RwLock<Arc<KeySet>>,
     /// Held across a re-fetch so concurrent callers share one request; holds the time of
     /// the last re-fetch attempt (successful or not) for the rate limit.
     refetch: Mutex<Option<Instant>>,
@@ -24,19 +24,19 @@ pub(super) struct JwksCache {
 impl JwksCache {
     pub(super) fn new(interval: Duration) -> Self {
         JwksCache {
-            current: RwLock::new(Arc::new(CoreJsonWebKeySet::new(Vec::new()))),
+            current: RwLock::new(Arc::new(KeySet::new(Vec::new()))),
             refetch: Mutex::new(None),
             interval,
         }
     }
 
-    pub(super) fn current(&self) -> Arc<CoreJsonWebKeySet> {
+    pub(super) fn current(&self) -> Arc<KeySet> {
         // A poisoned lock only means a panic elsewhere while swapping an Arc; the value
         // inside is still a complete key set.
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub(super) fn set(&self, keys: CoreJsonWebKeySet) {
+    pub(super) fn set(&self, keys: KeySet) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
     }
 
@@ -48,8 +48,8 @@ impl JwksCache {
         &self,
         http: &reqwest::Client,
         uri: &JsonWebKeySetUrl,
-        seen: &Arc<CoreJsonWebKeySet>,
-    ) -> Option<Arc<CoreJsonWebKeySet>> {
+        seen: &Arc<KeySet>,
+    ) -> Option<Arc<KeySet>> {
         let mut last = self.refetch.lock().await;
         let now = self.current();
         if !Arc::ptr_eq(&now, seen) {

@@ -7,6 +7,7 @@
 //! - `types`, `error`: the data and errors of the contract;
 //! - `http`: the back-channel client, `client_secret_basic`, OAuth error bodies;
 //! - `discovery`: the configuration document, extra metadata, exact issuer check;
+//! - `jwk`: one signing key, its signatures checked by `ring`;
 //! - `jwks`: signing keys and their rate-limited re-fetch on an unknown `kid`;
 //! - `authorize`: `state`/`nonce`/PKCE, PAR (RFC 9126) and the authorize URL;
 //! - `callback`: checks on the authorization response (state, RFC 9207 `iss`, error, code);
@@ -18,6 +19,7 @@ mod callback;
 mod discovery;
 mod error;
 mod http;
+mod jwk;
 mod jwks;
 mod tokens;
 mod types;

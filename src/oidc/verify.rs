@@ -11,13 +11,15 @@ use base64::alphabet::URL_SAFE;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use chrono::Utc;
-use openidconnect::core::{CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
+use openidconnect::core::{CoreIdToken, CoreJwsSigningAlgorithm};
 use openidconnect::{
-    AccessToken, AccessTokenHash, ClaimsVerificationError, ClientId, IssuerUrl, Nonce, SignatureVerificationError,
+    AccessToken, AccessTokenHash, ClaimsVerificationError, ClientId, IdTokenVerifier, IssuerUrl, Nonce,
+    SignatureVerificationError,
 };
 use subtle::ConstantTimeEq;
 
 use super::discovery::error_chain;
+use super::jwk::{Jwk, KeySet};
 use super::{Claims, OidcError};
 
 /// How the `nonce` claim is checked.
@@ -77,7 +79,7 @@ pub(super) fn parse(raw: &str) -> Result<CoreIdToken, OidcError> {
 pub(super) fn validate(
     token: &CoreIdToken,
     raw: &str,
-    keys: &CoreJsonWebKeySet,
+    keys: &KeySet,
     expect: &Expectations<'_>,
 ) -> Result<ValidIdToken, Failure> {
     let issuer = IssuerUrl::new(expect.issuer.to_owned()).map_err(|e| Failure::Invalid(format!("issuer: {e}")))?;
@@ -85,7 +87,7 @@ pub(super) fn validate(
     // `openidconnect` has no leeway on `exp`: shift its clock back by the skew, which is
     // the only place it reads that clock. `iat` gets its own check against the real clock.
     let verifier =
-        CoreIdTokenVerifier::new_public_client(ClientId::new(expect.client_id.to_owned()), issuer, keys.clone())
+        IdTokenVerifier::<Jwk>::new_public_client(ClientId::new(expect.client_id.to_owned()), issuer, keys.clone())
             .set_allowed_algs(expect.algs.iter().cloned())
             // Every audience besides this client is untrusted (OIDC Core §3.1.3.7 step 3).
             // The crate's default already says so; stated here so a change of that default
@@ -185,13 +187,13 @@ fn raw_payload(raw: &str) -> Option<Claims> {
 /// Keys to validate with and a way to get newer ones once.
 pub(super) async fn validate_with_rotation<F, Fut>(
     raw: &str,
-    keys: Arc<CoreJsonWebKeySet>,
+    keys: Arc<KeySet>,
     expect: &Expectations<'_>,
     refetch: F,
 ) -> Result<ValidIdToken, OidcError>
 where
-    F: FnOnce(Arc<CoreJsonWebKeySet>) -> Fut,
-    Fut: std::future::Future<Output = Option<Arc<CoreJsonWebKeySet>>>,
+    F: FnOnce(Arc<KeySet>) -> Fut,
+    Fut: std::future::Future<Output = Option<Arc<KeySet>>>,
 {
     let token = parse(raw)?;
     match validate(&token, raw, &keys, expect) {

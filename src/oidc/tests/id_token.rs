@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openidconnect::core::{CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
+use openidconnect::core::CoreJwsSigningAlgorithm;
 use serde_json::{json, Value};
 
+use crate::oidc::jwk::KeySet;
 use crate::oidc::test_provider::{id_claims, jwks, key, now, sign_hs256, sign_rs256, unsigned, CLIENT_ID, KEY_1_PEM};
 use crate::oidc::verify::{
     parse, same_authentication, validate, validate_with_rotation, Expectations, Failure, NonceCheck,
@@ -17,7 +18,7 @@ const ISS: &str = "https://auth.example.com";
 const NONCE: &str = "n0nce-from-the-pending-login";
 const AT: &str = "authelia_at_example-access-token";
 
-fn keys(n: &[u8]) -> CoreJsonWebKeySet {
+fn keys(n: &[u8]) -> KeySet {
     let ks: Vec<_> = n.iter().map(|n| key(*n)).collect();
     serde_json::from_value(jwks(&ks.iter().collect::<Vec<_>>())).expect("jwks")
 }
