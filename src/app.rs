@@ -420,7 +420,7 @@ impl App {
         let mut response = if policy::is_browser_navigation(request.method(), request.headers()) {
             self.start_login(request.headers(), return_to, client_addr).await?
         } else {
-            let login_url = self.login_url(return_to);
+            let login_url = self.router.login_url(return_to);
             let mut response = pages::error_json(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -437,12 +437,6 @@ impl App {
             response.headers_mut().append(SET_COOKIE, self.cookies.clear_session());
         }
         Ok(response)
-    }
-
-    /// `<login path>?rd=<return_to>`, relative to this origin.
-    pub(crate) fn login_url(&self, return_to: &str) -> String {
-        let rd: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
-        format!("{}?rd={rd}", self.router.login_path())
     }
 }
 

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::app::{redirect, require_get_or_head, App};
-use crate::error::AppError;
+use crate::error::{AppError, CallbackContext};
 use crate::limit::LoginRefused;
 use crate::metrics::{LoginLimit, LoginOutcome};
 use crate::oidc::{CallbackParams, TokenTypeHint};
@@ -147,32 +147,54 @@ impl App {
         require_get_or_head(request.method())?;
         let params = CallbackParams::from_query(request.uri().query().unwrap_or(""));
         let state = params.state.clone().ok_or(AppError::CallbackWithoutState)?;
-        let clear_login = self.cookies.clear_login(&state);
-        let result = self.finish_login(request.headers(), &state, &params).await;
+        let pending = self.cookies.open_login(request.headers(), &state, SystemTime::now());
+        let result = match &pending {
+            Some(pending) => self.finish_login(request.headers(), pending, &params).await,
+            None => Err(AppError::LoginNotFound),
+        };
         self.metrics.login(match result {
             Ok(_) => LoginOutcome::Completed,
             Err(_) => LoginOutcome::Failed,
         });
-        // Whatever the outcome, this attempt is over: its cookie goes, so a replay finds nothing.
-        let mut response = match result {
-            Ok(response) => response,
-            Err(error) => error.into_response(policy::prefers_json(request.headers()), &self.router),
+        let (mut response, keep_pending) = match result {
+            Ok(response) => (response, false),
+            Err(error) => {
+                // A provider outage leaves the attempt open, so that reloading this page
+                // retries it. The code was not redeemed; or if it was (an outage after the
+                // exchange), the retry meets `invalid_grant`, which ends the attempt. A
+                // replayed callback URL gains nothing: it still needs this browser's pending
+                // cookie (which holds the PKCE verifier), and the code is single-use and
+                // short-lived (Authelia: 1 minute by default).
+                let keep_pending = pending.is_some() && error.is_provider_outage();
+                let context = CallbackContext {
+                    return_to: pending.as_ref().map(|p| p.return_to.as_str()),
+                    retry_on_reload: keep_pending,
+                };
+                let wants_json = policy::prefers_json(request.headers());
+                (
+                    error.into_callback_response(wants_json, &self.router, context),
+                    keep_pending,
+                )
+            }
         };
-        response.headers_mut().append(SET_COOKIE, clear_login);
+        // Any other outcome ends this attempt: its cookie goes, so a replay finds nothing.
+        if !keep_pending {
+            response
+                .headers_mut()
+                .append(SET_COOKIE, self.cookies.clear_login(&state));
+        }
         Ok(response)
     }
 
+    /// Completes the login `pending` started: exchanges the code, creates the session and
+    /// redirects to where the user was going.
     async fn finish_login(
         &self,
         headers: &HeaderMap,
-        state: &str,
+        pending: &PendingLogin,
         params: &CallbackParams,
     ) -> Result<Response<ResponseBody>, AppError> {
         let now = SystemTime::now();
-        let pending = self
-            .cookies
-            .open_login(headers, state, now)
-            .ok_or(AppError::LoginNotFound)?;
         let outcome = self.oidc.complete_login(&pending.auth, params).await?;
 
         let session = Session::new(

@@ -6,6 +6,12 @@
 //! (502/503/504, logged at warn with the cause), or portcullis itself (500). A policy
 //! refusal (403) is the client's too, but logged at info with the subject and the path:
 //! it is an access decision an operator wants to see.
+//!
+//! The redirect URI adds what it knows of the sign-in that failed ([`CallbackContext`]):
+//! where it was going, so that the new sign-in offered returns there, and whether
+//! reloading the page tries again.
+
+use std::borrow::Cow;
 
 use http::header::{ALLOW, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
@@ -14,7 +20,7 @@ use crate::host::InvalidHost;
 use crate::limit::LoginRefused;
 use crate::oidc::OidcError;
 use crate::pages;
-use crate::policy::Forbidden;
+use crate::policy::{self, Forbidden};
 use crate::proxy::ProxyError;
 use crate::router::Router;
 use crate::session::store::StoreError;
@@ -59,6 +65,21 @@ pub enum AppError {
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
+
+/// What the redirect URI knows of the sign-in a failed callback was finishing. The
+/// default (nothing known) is what every other route's errors get.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallbackContext<'a> {
+    /// Where the pending login was to return, when its cookie opened: a new sign-in
+    /// offered on the page returns there too. Checked again as a local path before use.
+    pub return_to: Option<&'a str>,
+    /// The pending login's cookie is kept (a provider outage, see
+    /// [`AppError::is_provider_outage`]), so reloading the page tries the sign-in again.
+    pub retry_on_reload: bool,
+}
+
+/// The message of a callback whose pending login is kept through a provider outage.
+const RELOAD_RETRIES: &str = "The identity provider is unavailable, so this sign-in cannot be finished right now. It is kept: reload this page in a moment to try again.";
 
 /// Who caused an error; decides the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,12 +158,37 @@ impl AppError {
         }
     }
 
+    /// Whether this is the provider out of service rather than refusing: unreachable,
+    /// its metadata not loaded, or answering that it is not working (a 5xx or 429,
+    /// `server_error`, `temporarily_unavailable`; see `oidc::http::outage`). Exactly the
+    /// errors rendered `503 idp_unavailable`; a callback keeps its pending login for them.
+    pub fn is_provider_outage(&self) -> bool {
+        matches!(
+            self,
+            AppError::Oidc(OidcError::NotReady | OidcError::ProviderUnreachable(_))
+        )
+    }
+
     /// The response for this error. `wants_json` picks a JSON body over a page; the
     /// router's login URL is offered where signing in again is the way forward, its
     /// logout URL where signing out is (a refused user: `/.auth/me` and logout stay
     /// reachable, as the policy never judges portcullis' own routes).
     pub fn into_response(self, wants_json: bool, router: &Router) -> Response<ResponseBody> {
-        let rendering = self.rendering();
+        self.into_callback_response(wants_json, router, CallbackContext::default())
+    }
+
+    /// [`Self::into_response`] for an error at the redirect URI, which knows more of the
+    /// way forward (see [`CallbackContext`]).
+    pub fn into_callback_response(
+        self,
+        wants_json: bool,
+        router: &Router,
+        callback: CallbackContext<'_>,
+    ) -> Response<ResponseBody> {
+        let mut rendering = self.rendering();
+        if callback.retry_on_reload {
+            rendering.message = RELOAD_RETRIES.to_owned();
+        }
         match (&self, rendering.fault) {
             (AppError::Forbidden(denied), _) => tracing::info!(
                 subject = denied.subject(),
@@ -164,9 +210,9 @@ impl AppError {
         // (JSON field, URL, link text) of the way forward, if there is one.
         let offer = match rendering.code {
             "login_expired" | "invalid_callback" | "authorization_denied" | "login_failed" => {
-                Some(("login_url", router.login_path(), "Sign in again"))
+                Some(("login_url", login_url(router, callback.return_to), "Sign in again"))
             }
-            "forbidden" => Some(("logout_url", router.logout_path(), "Sign out")),
+            "forbidden" => Some(("logout_url", Cow::Borrowed(router.logout_path()), "Sign out")),
             _ => None,
         };
         let mut response = if wants_json {
@@ -174,14 +220,14 @@ impl AppError {
                 rendering.status,
                 rendering.code,
                 &rendering.message,
-                offer.map(|(field, url, _)| (field, url)),
+                offer.as_ref().map(|(field, url, _)| (*field, url.as_ref())),
             )
         } else {
             pages::error_page(
                 rendering.status,
                 rendering.title,
                 &rendering.message,
-                offer.map(|(_, url, label)| (url, label)),
+                offer.as_ref().map(|(_, url, label)| (url.as_ref(), *label)),
             )
         };
         if let Some(seconds) = self.retry_after(rendering.status) {
@@ -191,6 +237,16 @@ impl AppError {
             response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
         }
         response
+    }
+}
+
+/// The login URL a failed sign-in offers: back to where it was going when that is known
+/// and still a local path (the pending login's seal vouches for it, but a path that is
+/// not local must never reach a link), else the bare login path, which returns to `/`.
+fn login_url<'r>(router: &'r Router, return_to: Option<&str>) -> Cow<'r, str> {
+    match return_to.and_then(policy::local_return_path) {
+        Some(return_to) => Cow::Owned(router.login_url(return_to)),
+        None => Cow::Borrowed(router.login_path()),
     }
 }
 
@@ -294,12 +350,143 @@ mod tests {
     use std::time::Duration;
 
     async fn json_of(error: AppError) -> (Response<ResponseBody>, Value) {
-        let (parts, body) = error.into_response(true, &router()).into_parts();
+        callback_json_of(error, CallbackContext::default()).await
+    }
+
+    async fn callback_json_of(error: AppError, context: CallbackContext<'_>) -> (Response<ResponseBody>, Value) {
+        let (parts, body) = error.into_callback_response(true, &router(), context).into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
         (
             Response::from_parts(parts, pages::empty_body()),
             serde_json::from_slice(&bytes).unwrap(),
         )
+    }
+
+    async fn callback_page_of(error: AppError, context: CallbackContext<'_>) -> (StatusCode, String) {
+        let response = error.into_callback_response(false, &router(), context);
+        let status = response.status();
+        let html = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(html.to_vec()).unwrap())
+    }
+
+    fn denied(error: &str) -> AppError {
+        AppError::Oidc(OidcError::AuthorizationDenied {
+            error: error.into(),
+            description: None,
+        })
+    }
+
+    fn spent_code() -> AppError {
+        AppError::Oidc(OidcError::ProviderRejected {
+            endpoint: "token",
+            error: "invalid_grant".into(),
+            description: None,
+        })
+    }
+
+    fn unreachable() -> AppError {
+        AppError::Oidc(OidcError::ProviderUnreachable("token endpoint: timed out".into()))
+    }
+
+    fn returning_to(path: &str) -> CallbackContext<'_> {
+        CallbackContext {
+            return_to: Some(path),
+            retry_on_reload: false,
+        }
+    }
+
+    const DEEP_LINK: &str = "/vault/report?id=42&view=full";
+    const DEEP_LOGIN: &str = "/.auth/login?rd=%2Fvault%2Freport%3Fid%3D42%26view%3Dfull";
+
+    #[tokio::test]
+    async fn a_failed_callback_offers_a_new_sign_in_that_returns_where_the_user_was() {
+        for error in [
+            denied("access_denied"),
+            spent_code(),
+            AppError::Oidc(OidcError::StateMismatch),
+        ] {
+            let (_, body) = callback_json_of(error, returning_to(DEEP_LINK)).await;
+            assert_eq!(body["login_url"], DEEP_LOGIN, "{body}");
+        }
+        let (status, html) = callback_page_of(denied("access_denied"), returning_to(DEEP_LINK)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(
+            html.contains(&format!("<a href=\"{DEEP_LOGIN}\">Sign in again</a>")),
+            "{html}"
+        );
+        // A return path with HTML specials reaches the page only encoded, never as markup.
+        let (_, html) = callback_page_of(denied("access_denied"), returning_to("/o'neil&\"co\"?q='x'&r=1")).await;
+        assert!(
+            html.contains("href=\"/.auth/login?rd=%2Fo%27neil%26%22co%22%3Fq%3D%27x%27%26r%3D1\""),
+            "{html}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_callback_without_a_local_return_path_offers_the_bare_login() {
+        for context in [
+            CallbackContext::default(),
+            returning_to("//evil.example/"),
+            returning_to("https://evil.example/"),
+        ] {
+            let (_, body) = callback_json_of(denied("access_denied"), context).await;
+            assert_eq!(body["login_url"], "/.auth/login", "{context:?}");
+        }
+        // Where signing in again is not the way forward, a return path adds nothing.
+        let (_, body) = callback_json_of(AppError::Internal("x"), returning_to(DEEP_LINK)).await;
+        assert_eq!(body.get("login_url"), None);
+    }
+
+    #[tokio::test]
+    async fn a_provider_outage_at_the_callback_says_that_reloading_retries() {
+        let kept = CallbackContext {
+            return_to: Some(DEEP_LINK),
+            retry_on_reload: true,
+        };
+        let (response, body) = callback_json_of(unreachable(), kept).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "5");
+        assert_eq!(body["error"], "idp_unavailable");
+        assert_eq!(body["message"], RELOAD_RETRIES);
+        let (status, html) = callback_page_of(unreachable(), kept).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(html.contains("reload this page"), "{html}");
+        // Elsewhere (a login start), the provider down is no invitation to reload.
+        let (_, body) = json_of(unreachable()).await;
+        assert!(!body["message"].as_str().unwrap().contains("reload"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn exactly_the_errors_rendered_idp_unavailable_are_provider_outages() {
+        let errors = [
+            AppError::Oidc(OidcError::NotReady),
+            unreachable(),
+            spent_code(),
+            AppError::Oidc(OidcError::ProviderRejected {
+                endpoint: "token",
+                error: "invalid_client".into(),
+                description: None,
+            }),
+            // At the authorization endpoint, the provider's failure left no code to retry with.
+            denied("temporarily_unavailable"),
+            denied("server_error"),
+            AppError::Oidc(OidcError::InvalidResponse {
+                endpoint: "token",
+                detail: "garbage".into(),
+            }),
+            AppError::Oidc(OidcError::InvalidIdToken("bad signature".into())),
+            AppError::Store(StoreError::Timeout(Duration::from_millis(250))),
+            AppError::LoginNotFound,
+        ];
+        for error in errors {
+            let outage = error.is_provider_outage();
+            let name = error.to_string();
+            let (response, body) = json_of(error).await;
+            assert_eq!(outage, body["error"] == "idp_unavailable", "{name}: {body}");
+            if outage {
+                assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{name}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -62,6 +62,14 @@ impl Router {
         &self.login
     }
 
+    /// `<login path>?rd=<return_to>`, relative to this origin: a login that comes back to
+    /// `return_to`. The caller has checked that it is a local path; it is encoded as a
+    /// query value here, so no character of it can end the parameter or the URL.
+    pub fn login_url(&self, return_to: &str) -> String {
+        let rd: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+        format!("{}?rd={rd}", self.login)
+    }
+
     pub fn logout_path(&self) -> &str {
         &self.logout
     }
@@ -102,6 +110,16 @@ pub(crate) mod tests {
         let router = router();
         assert_eq!(router.login_path(), "/.auth/login");
         assert_eq!(router.logout_path(), "/.auth/logout");
+    }
+
+    #[test]
+    fn a_login_url_carries_its_return_path_as_one_encoded_query_value() {
+        let router = router();
+        assert_eq!(
+            router.login_url("/vault/report?id=42&view=full#top"),
+            "/.auth/login?rd=%2Fvault%2Freport%3Fid%3D42%26view%3Dfull%23top"
+        );
+        assert_eq!(router.login_url("/a b\"<c>"), "/.auth/login?rd=%2Fa+b%22%3Cc%3E");
     }
 
     #[test]

@@ -42,6 +42,41 @@ fn tamper(value: &str) -> String {
     chars.into_iter().collect()
 }
 
+/// The redirect URI as the provider would send the browser there with `error` instead
+/// of a code, answering the login whose genuine callback URL is `genuine`.
+fn provider_error(stack: &Stack, genuine: &Url, error: &str, description: &str) -> Url {
+    let mut url = stack.base_url().join("/callback").unwrap();
+    url.query_pairs_mut()
+        .append_pair("error", error)
+        .append_pair("error_description", description)
+        .append_pair("state", &param(genuine, "state"))
+        .append_pair("iss", &stack.idp.issuer);
+    url
+}
+
+/// The names of the pending-login cookies `client` holds for the app.
+fn pending_logins(client: &Browserless, app: &Url) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .cookie_names(app)
+        .into_iter()
+        .filter(|n| n.starts_with(LOGIN_COOKIE_PREFIX))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The names of the pending-login cookies `resp` removes.
+fn pending_logins_cleared(resp: &Resp) -> Vec<String> {
+    let mut names: Vec<String> = resp
+        .set_cookies()
+        .into_iter()
+        .filter(|c| c.name().starts_with(LOGIN_COOKIE_PREFIX) && c.is_removal())
+        .map(|c| c.name().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Walks a login as john up to the redirect URI and returns its URL.
 async fn callback_url(stack: &Stack, client: &Browserless) -> Url {
     let (_, callback) = client
@@ -148,13 +183,12 @@ async fn a_callback_without_iss_or_with_another_iss_is_refused() {
 async fn a_provider_error_is_shown_on_a_page_with_its_description_escaped() {
     let stack = Stack::start().await;
     let genuine = callback_url(&stack, &stack.client).await;
-    let mut error = stack.base_url().join("/callback").unwrap();
-    error
-        .query_pairs_mut()
-        .append_pair("error", "access_denied")
-        .append_pair("error_description", "<script>alert(1)</script> The user denied access")
-        .append_pair("state", &param(&genuine, "state"))
-        .append_pair("iss", &stack.idp.issuer);
+    let error = provider_error(
+        &stack,
+        &genuine,
+        "access_denied",
+        "<script>alert(1)</script> The user denied access",
+    );
 
     let resp = stack.client.navigate(error.as_str()).await;
     assert_client_error(&resp);
@@ -167,6 +201,69 @@ async fn a_provider_error_is_shown_on_a_page_with_its_description_escaped() {
     );
     assert_mentions(&resp, "denied");
     assert_eq!(stack.idp.stats().await.authorization_code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_callback_offers_a_new_sign_in_that_returns_where_the_user_was() {
+    let stack = Stack::start().await;
+    let app = stack.base_url();
+    let deep = "/reports/2026?view=full&sort=name";
+    let rd: String = url::form_urlencoded::byte_serialize(deep.as_bytes()).collect();
+    let login_again = format!("/.auth/login?rd={rd}");
+
+    // A page, with the link escaped as an attribute value.
+    let (_, genuine) = stack
+        .client
+        .login_until_callback(&stack.url(deep), "john", PASSWORD)
+        .await;
+    let pending = pending_logins(&stack.client, &app);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let declined = provider_error(&stack, &genuine, "access_denied", "The user denied access");
+    let resp = stack.client.navigate(declined.as_str()).await;
+    assert_status(&resp, 403);
+    assert_html_page(&resp);
+    assert!(
+        resp.body
+            .contains(&format!("<a href=\"{}\">Sign in again</a>", html_escape(&login_again))),
+        "the page does not offer a sign-in back to {deep}:\n{}",
+        resp.body
+    );
+    // The attempt is over all the same.
+    assert_eq!(pending_logins_cleared(&resp), pending, "{}", resp.summary());
+    assert_eq!(pending_logins(&stack.client, &app), Vec::<String>::new());
+
+    // The link signs in (the provider still knows john) and lands where the user was going.
+    let trace = stack.client.login(&stack.url(&login_again), "john", PASSWORD).await;
+    assert_status(trace.landing(), 200);
+    assert_eq!(trace.landing().url.as_str(), stack.url(deep), "{}", trace.describe());
+    assert_eq!(
+        stack
+            .client
+            .api_get(&stack.url(deep))
+            .await
+            .echo()
+            .values("remote-user"),
+        ["john"]
+    );
+
+    // JSON, for another browser whose login failed alike.
+    let other = stack.client.fresh();
+    let (_, genuine) = other.login_until_callback(&stack.url(deep), "harry", PASSWORD).await;
+    let declined = provider_error(&stack, &genuine, "access_denied", "The user denied access");
+    let resp = other.api_get(declined.as_str()).await;
+    assert_status(&resp, 403);
+    let body = resp.json();
+    assert_eq!(
+        (&body["error"], &body["login_url"]),
+        (&"authorization_denied".into(), &login_again.clone().into()),
+        "{body}"
+    );
+
+    // A callback whose pending login did not open knows no return path: the bare login.
+    let stranger = stack.client.fresh();
+    let resp = stranger.api_get(declined.as_str()).await;
+    assert_status(&resp, 400);
+    assert_eq!(resp.json()["login_url"], "/.auth/login");
 }
 
 #[tokio::test(flavor = "multi_thread")]

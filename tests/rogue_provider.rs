@@ -2,7 +2,8 @@
 //! RFC 9207 and userinfo `sub`): portcullis logs in through a hand-written rogue
 //! OpenID Provider (tests/rogue/server.mjs) that deviates from the protocol in one
 //! way per mode. `honest` proves the rogue itself works; every other mode must end
-//! on a clear error page with no session, no 500, and no token or secret shown.
+//! on a clear error page with no session, no 500, and no token or secret shown. A
+//! provider out of service at the code exchange leaves the sign-in to a reload.
 
 mod common;
 mod rogue;
@@ -27,6 +28,9 @@ enum Expect {
         mentions: Option<&'static str>,
         /// The code must never reach the token endpoint (callback checks come first).
         code_redeemed: bool,
+        /// The provider was out of service, so the pending login stays for a reload to
+        /// retry; any other failure ends it.
+        pending_kept: bool,
     },
 }
 
@@ -35,12 +39,14 @@ const FORGED: Expect = Expect::Refused {
     statuses: &[502],
     mentions: Some("failed validation"),
     code_redeemed: true,
+    pending_kept: false,
 };
 /// A callback the provider's RFC 9207 promise rules out: any 4xx, code never redeemed.
 const BAD_CALLBACK: Expect = Expect::Refused {
     statuses: &[],
     mentions: None,
     code_redeemed: false,
+    pending_kept: false,
 };
 
 const PROTECTED: &str = "/vault/report?id=42&view=full";
@@ -55,6 +61,29 @@ fn starts_at(url: &Url, base: &str) -> bool {
             base.port_or_known_default(),
             base.path(),
         )
+}
+
+/// The names of the pending-login cookies `client` holds for `app`.
+fn pending_logins(client: &Browserless, app: &Url) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .cookie_names(app)
+        .into_iter()
+        .filter(|n| n.starts_with(LOGIN_COOKIE_PREFIX))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The names of the pending-login cookies `resp` removes.
+fn pending_logins_cleared(resp: &Resp) -> Vec<String> {
+    let mut names: Vec<String> = resp
+        .set_cookies()
+        .into_iter()
+        .filter(|c| c.name().starts_with(LOGIN_COOKIE_PREFIX) && c.is_removal())
+        .map(|c| c.name().to_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn describe(resp: &Resp) -> String {
@@ -105,6 +134,12 @@ async fn run(mode: &str, expect: Expect) {
     );
 
     // 3. The redirect URI.
+    let pending = pending_logins(&client, &app_url);
+    assert_eq!(
+        pending.len(),
+        1,
+        "[{mode}] pending logins before the callback: {pending:?}"
+    );
     let began = Instant::now();
     let landing = client.navigate(callback.as_str()).await;
     let took = began.elapsed();
@@ -165,6 +200,7 @@ async fn run(mode: &str, expect: Expect) {
             statuses,
             mentions,
             code_redeemed,
+            pending_kept,
         } => {
             let status = landing.status.as_u16();
             let status_ok = if statuses.is_empty() {
@@ -194,12 +230,37 @@ async fn run(mode: &str, expect: Expect) {
                     .is_none(),
                 "{context}\nthe browser holds a session cookie"
             );
+            let (cleared, held) = if pending_kept {
+                (vec![], pending.clone())
+            } else {
+                (pending.clone(), vec![])
+            };
+            assert_eq!(
+                (pending_logins_cleared(&landing), pending_logins(&client, &app_url)),
+                (cleared, held),
+                "{context}\nthe pending login must be {} (removed by the response, held by the browser)",
+                if pending_kept { "kept" } else { "cleared" }
+            );
             assert_eq!(
                 stats.token,
                 u64::from(code_redeemed),
                 "{context}\ntoken endpoint calls (the code must be redeemed {})",
                 if code_redeemed { "once" } else { "never" }
             );
+            if pending_kept {
+                // This rogue spent the code before the outage: a reload meets
+                // `invalid_grant`, which ends the attempt.
+                let reload = client.navigate(callback.as_str()).await;
+                assert_status(&reload, 400);
+                assert_mentions(&reload, "already used");
+                assert_no_session_issued(&reload);
+                assert_eq!(
+                    pending_logins_cleared(&reload),
+                    pending,
+                    "[{mode}] {}",
+                    describe(&reload)
+                );
+            }
 
             // Still signed out: a navigation goes to the provider again, an API call gets 401.
             let again = client.navigate(&protected).await;
@@ -266,14 +327,98 @@ rogue_test! {
         statuses: &[400, 502],
         mentions: None,
         code_redeemed: true,
+        pending_kept: false,
     };
     token_endpoint_garbage_is_refused: "token-garbage" => FORGED;
     token_signed_under_an_unknown_kid_is_refused: "unknown-kid" => FORGED;
+    // A timeout is an outage: the sign-in stays for a reload, which meets the spent code
+    // (this rogue spends it before it hangs) and ends the attempt.
     token_endpoint_that_hangs_times_out: "slow-token" => Expect::Refused {
-        statuses: &[503, 504],
-        mentions: None,
+        statuses: &[503],
+        mentions: Some("reload this page"),
         code_redeemed: true,
+        pending_kept: true,
     };
+}
+
+/// The provider's token endpoint out of service at the callback (`kind` as in
+/// [`Rogue::token_outage`]): the page says so with a 503 and `Retry-After`, the pending login
+/// stays, and once the provider is back a reload of the same URL completes the sign-in on
+/// the page the user asked for.
+async fn a_reload_after_an_outage_completes_the_sign_in(kind: &str) {
+    let app = AppAddr::reserve();
+    let redirect_uri = app.redirect_uri();
+    let (rogue, echo) = tokio::join!(Rogue::start("honest", &redirect_uri), Echo::start());
+    let portcullis = Portcullis::builder(app, &rogue.issuer, &echo.url).start().await;
+    let app_url = portcullis.base_url();
+    let client = Browserless::new();
+    let protected = portcullis.url(PROTECTED);
+    let authorize = client.navigate(&protected).await;
+    let authorize = authorize
+        .location()
+        .unwrap_or_else(|| panic!("[{kind}] no login started:\n{}", describe(&authorize)));
+    let from_op = client.navigate(authorize.as_str()).await;
+    let callback = from_op
+        .location()
+        .unwrap_or_else(|| panic!("[{kind}] the rogue sent no code:\n{}", describe(&from_op)));
+    let pending = pending_logins(&client, &app_url);
+    assert_eq!(pending.len(), 1, "[{kind}] {pending:?}");
+
+    rogue.token_outage(kind).await;
+    for attempt in 1..=2 {
+        let down = client.navigate(callback.as_str()).await;
+        let context = format!(
+            "[{kind}] attempt {attempt}: {}\n{}",
+            describe(&down),
+            portcullis.log_tail()
+        );
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE, "{context}");
+        assert_eq!(down.header("retry-after"), Some("5"), "{context}");
+        assert_html_page(&down);
+        assert_mentions(&down, "reload this page");
+        assert_no_session_issued(&down);
+        assert_eq!(pending_logins_cleared(&down), Vec::<String>::new(), "{context}");
+        assert_eq!(pending_logins(&client, &app_url), pending, "{context}");
+        assert_eq!(rogue.stats().await.token, attempt, "{context}");
+    }
+
+    rogue.token_outage("off").await;
+    let back = client.navigate(callback.as_str()).await;
+    let context = format!(
+        "[{kind}] after the outage: {}\n{}",
+        describe(&back),
+        portcullis.log_tail()
+    );
+    assert_eq!(back.status, StatusCode::FOUND, "{context}");
+    assert_eq!(
+        back.location().map(|u| u.to_string()),
+        Some(protected.clone()),
+        "{context}"
+    );
+    let session = back
+        .set_cookie(SESSION_COOKIE)
+        .unwrap_or_else(|| panic!("{context}\nno session cookie"));
+    assert_session_cookie_attributes(&session);
+    assert_eq!(pending_logins_cleared(&back), pending, "{context}");
+    assert_eq!(client.api_get(&protected).await.echo().values("remote-user"), ["rogue"]);
+
+    let log = portcullis.log_tail();
+    for (what, secret) in rogue.issued().await.secrets() {
+        assert!(
+            !log.contains(&secret),
+            "[{kind}] the portcullis log shows the {what}:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_dropping_connections_keeps_the_sign_in_for_a_reload() {
+    a_reload_after_an_outage_completes_the_sign_in("reset").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_answering_temporarily_unavailable_keeps_the_sign_in_for_a_reload() {
+    a_reload_after_an_outage_completes_the_sign_in("unavailable").await;
 }
 
 /// Logs in through the rogue in `mode` with refresh tokens and 1 s access tokens, lets

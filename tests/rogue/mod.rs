@@ -94,6 +94,22 @@ impl Rogue {
         self.url("/api/oidc/authorization")
     }
 
+    /// Puts the token endpoint out of service (`reset`: connections dropped unanswered;
+    /// `unavailable`: 503 `temporarily_unavailable`) or back (`off`), in any mode.
+    pub async fn token_outage(&self, kind: &str) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/__rogue/token-outage?kind={kind}")))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("token outage {kind} at the rogue: {e}"));
+        assert!(
+            resp.status().is_success(),
+            "rogue token outage {kind} answered {}",
+            resp.status()
+        );
+    }
+
     pub async fn issued(&self) -> Issued {
         self.get_json("/__rogue/last").await
     }

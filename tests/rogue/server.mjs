@@ -13,7 +13,10 @@
 // `refresh-*` modes.
 // Prints one line on stdout when ready: `ROGUE_READY http://127.0.0.1:<port>` (its issuer).
 // Test control: GET /__rogue/last → the last code and tokens issued (for "never shown"
-// checks); GET /__rogue/stats → request counts per endpoint.
+// checks); GET /__rogue/stats → request counts per endpoint; POST
+// /__rogue/token-outage?kind=reset|unavailable|off → an outage of the token endpoint in any
+// mode, until turned off: `reset` drops each connection unanswered, `unavailable` answers
+// 503 `temporarily_unavailable`; either before looking at the request, so no code is spent.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -64,6 +67,8 @@ const stats = {
 };
 let last = {};
 let issuer = '';
+const OUTAGES = ['off', 'reset', 'unavailable'];
+let tokenOutage = 'off';
 
 function send(res, status, body, headers = {}) {
   const text = typeof body === 'string' ? body : JSON.stringify(body);
@@ -178,6 +183,11 @@ function authorize(url, res) {
 
 async function token(req, res) {
   stats.token += 1;
+  if (tokenOutage === 'reset') {
+    log('token request dropped unanswered (outage)');
+    return req.socket.destroy();
+  }
+  if (tokenOutage === 'unavailable') return oauthError(res, 503, 'temporarily_unavailable', 'down for maintenance');
   if (!clientAuthenticated(req)) return oauthError(res, 401, 'invalid_client', 'client authentication failed');
   const f = await readForm(req);
   if (f.get('grant_type') === 'refresh_token') return refresh(f, res);
@@ -280,6 +290,12 @@ async function handle(req, res) {
     case 'POST /api/oidc/revocation': stats.revocation += 1; await readForm(req); return send(res, 200, '');
     case 'GET /__rogue/last': return send(res, 200, last);
     case 'GET /__rogue/stats': return send(res, 200, stats);
+    case 'POST /__rogue/token-outage': {
+      const kind = url.searchParams.get('kind') || '';
+      if (!OUTAGES.includes(kind)) return send(res, 400, `kind is one of ${OUTAGES.join(', ')}`);
+      tokenOutage = kind;
+      return send(res, 200, { token_outage: kind });
+    }
     default: return send(res, 404, 'not found');
   }
 }

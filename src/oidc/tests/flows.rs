@@ -599,6 +599,29 @@ async fn refresh_rejections_and_outages_are_told_apart() {
 async fn an_outage_at_the_code_exchange_or_userinfo_is_told_from_a_refusal() {
     let p = TestProvider::start().await;
     let client = ready_client(&p, |_| {}).await;
+    // The provider saying it is not working, whatever the status it says it with: the
+    // callback keeps its pending login for these, so a reload retries the exchange.
+    for (status, error) in [
+        (503, "temporarily_unavailable"),
+        (500, "server_error"),
+        (400, "temporarily_unavailable"),
+        (400, "server_error"),
+    ] {
+        p.set(TOKEN, Canned::json(status, json!({"error": error})));
+        let e = client
+            .complete_login(&pending(), &callback(&p, "the-code"))
+            .await
+            .expect_err("an outage");
+        assert!(
+            matches!(&e, OidcError::ProviderUnreachable(detail) if detail.contains(error)),
+            "{status} {error}: {e:?}"
+        );
+    }
+    p.set(TOKEN, Canned::json(400, json!({"error": "invalid_grant"})));
+    assert!(matches!(
+        client.complete_login(&pending(), &callback(&p, "the-code")).await,
+        Err(OidcError::ProviderRejected { endpoint: "token", error, .. }) if error == "invalid_grant"
+    ));
     p.set(USERINFO, Canned::json(503, json!({"error": "temporarily_unavailable"})));
     assert!(matches!(
         client.userinfo(&Secret::new(AT), SUB).await,
