@@ -54,29 +54,6 @@ fn provider_error(stack: &Stack, genuine: &Url, error: &str, description: &str) 
     url
 }
 
-/// The names of the pending-login cookies `client` holds for the app.
-fn pending_logins(client: &Browserless, app: &Url) -> Vec<String> {
-    let mut names: Vec<String> = client
-        .cookie_names(app)
-        .into_iter()
-        .filter(|n| n.starts_with(LOGIN_COOKIE_PREFIX))
-        .collect();
-    names.sort();
-    names
-}
-
-/// The names of the pending-login cookies `resp` removes.
-fn pending_logins_cleared(resp: &Resp) -> Vec<String> {
-    let mut names: Vec<String> = resp
-        .set_cookies()
-        .into_iter()
-        .filter(|c| c.name().starts_with(LOGIN_COOKIE_PREFIX) && c.is_removal())
-        .map(|c| c.name().to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Walks a login as john up to the redirect URI and returns its URL.
 async fn callback_url(stack: &Stack, client: &Browserless) -> Url {
     let (_, callback) = client

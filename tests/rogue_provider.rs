@@ -63,29 +63,6 @@ fn starts_at(url: &Url, base: &str) -> bool {
         )
 }
 
-/// The names of the pending-login cookies `client` holds for `app`.
-fn pending_logins(client: &Browserless, app: &Url) -> Vec<String> {
-    let mut names: Vec<String> = client
-        .cookie_names(app)
-        .into_iter()
-        .filter(|n| n.starts_with(LOGIN_COOKIE_PREFIX))
-        .collect();
-    names.sort();
-    names
-}
-
-/// The names of the pending-login cookies `resp` removes.
-fn pending_logins_cleared(resp: &Resp) -> Vec<String> {
-    let mut names: Vec<String> = resp
-        .set_cookies()
-        .into_iter()
-        .filter(|c| c.name().starts_with(LOGIN_COOKIE_PREFIX) && c.is_removal())
-        .map(|c| c.name().to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn describe(resp: &Resp) -> String {
     let body: String = resp.body.chars().take(1500).collect();
     format!("{}\nheaders: {:?}\nbody: {body}", resp.summary(), resp.headers)

@@ -20,7 +20,7 @@ use openidconnect::{
     JsonWebKey, JsonWebKeyAlgorithm, JsonWebKeyId, JsonWebKeySet, JsonWebKeyUse, JwsSigningAlgorithm,
     SignatureVerificationError,
 };
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
+use ring::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -157,32 +157,19 @@ impl JsonWebKey for Jwk {
     ) -> Result<(), SignatureVerificationError> {
         use CoreJwsSigningAlgorithm as A;
         check_compatible(self, alg)?;
-        let verified = match (alg, &self.public) {
-            (A::RsaSsaPkcs1V15Sha256, Some(PublicKey::Rsa { n, e })) => {
-                rsa(&signature::RSA_PKCS1_2048_8192_SHA256, n, e, message, signature)
+        let verified = match (&self.public, rsa_parameters(alg)) {
+            (Some(PublicKey::Rsa { n, e }), Some(parameters)) => {
+                RsaPublicKeyComponents { n, e }.verify(parameters, message, signature)
             }
-            (A::RsaSsaPkcs1V15Sha384, Some(PublicKey::Rsa { n, e })) => {
-                rsa(&signature::RSA_PKCS1_2048_8192_SHA384, n, e, message, signature)
-            }
-            (A::RsaSsaPkcs1V15Sha512, Some(PublicKey::Rsa { n, e })) => {
-                rsa(&signature::RSA_PKCS1_2048_8192_SHA512, n, e, message, signature)
-            }
-            (A::RsaSsaPssSha256, Some(PublicKey::Rsa { n, e })) => {
-                rsa(&signature::RSA_PSS_2048_8192_SHA256, n, e, message, signature)
-            }
-            (A::RsaSsaPssSha384, Some(PublicKey::Rsa { n, e })) => {
-                rsa(&signature::RSA_PSS_2048_8192_SHA384, n, e, message, signature)
-            }
-            (A::RsaSsaPssSha512, Some(PublicKey::Rsa { n, e })) => {
-                rsa(&signature::RSA_PSS_2048_8192_SHA512, n, e, message, signature)
-            }
-            (A::EcdsaP256Sha256, Some(PublicKey::P256(point))) => {
+            (Some(PublicKey::P256(point)), _) if *alg == A::EcdsaP256Sha256 => {
                 unparsed(&signature::ECDSA_P256_SHA256_FIXED, point, message, signature)
             }
-            (A::EcdsaP384Sha384, Some(PublicKey::P384(point))) => {
+            (Some(PublicKey::P384(point)), _) if *alg == A::EcdsaP384Sha384 => {
                 unparsed(&signature::ECDSA_P384_SHA384_FIXED, point, message, signature)
             }
-            (A::EdDsa, Some(PublicKey::Ed25519(x))) => unparsed(&signature::ED25519, x, message, signature),
+            (Some(PublicKey::Ed25519(x)), _) if *alg == A::EdDsa => {
+                unparsed(&signature::ED25519, x, message, signature)
+            }
             // Whatever `ring` has no verifier for, and the mismatches the crate words its
             // own errors for (an ES256 token naming a P-384 key).
             _ => return self.key.verify_signature(alg, message, signature),
@@ -195,14 +182,18 @@ impl JsonWebKey for Jwk {
     }
 }
 
-fn rsa(
-    params: &'static signature::RsaParameters,
-    n: &[u8],
-    e: &[u8],
-    message: &[u8],
-    signature: &[u8],
-) -> Result<(), ring::error::Unspecified> {
-    RsaPublicKeyComponents { n, e }.verify(params, message, signature)
+/// `ring`'s parameters for an RSA algorithm; `None` for any other.
+fn rsa_parameters(alg: &CoreJwsSigningAlgorithm) -> Option<&'static RsaParameters> {
+    use CoreJwsSigningAlgorithm as A;
+    Some(match alg {
+        A::RsaSsaPkcs1V15Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        A::RsaSsaPkcs1V15Sha384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        A::RsaSsaPkcs1V15Sha512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        A::RsaSsaPssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
+        A::RsaSsaPssSha384 => &signature::RSA_PSS_2048_8192_SHA384,
+        A::RsaSsaPssSha512 => &signature::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
 }
 
 fn unparsed(

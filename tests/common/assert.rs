@@ -6,7 +6,7 @@ use cookie::SameSite;
 use reqwest::StatusCode;
 use url::Url;
 
-use super::client::Resp;
+use super::client::{Browserless, Resp};
 use super::cookies::SetCookie;
 use super::peers::Idp;
 
@@ -14,6 +14,29 @@ use super::peers::Idp;
 pub const SESSION_COOKIE: &str = "portcullis_session";
 /// The prefix of the pending-login cookies.
 pub const LOGIN_COOKIE_PREFIX: &str = "portcullis_login_";
+
+/// The names of the pending-login cookies `client` holds for `app`, sorted.
+pub fn pending_logins(client: &Browserless, app: &Url) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .cookie_names(app)
+        .into_iter()
+        .filter(|n| n.starts_with(LOGIN_COOKIE_PREFIX))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The names of the pending-login cookies `resp` removes, sorted.
+pub fn pending_logins_cleared(resp: &Resp) -> Vec<String> {
+    let mut names: Vec<String> = resp
+        .set_cookies()
+        .into_iter()
+        .filter(|c| c.name().starts_with(LOGIN_COOKIE_PREFIX) && c.is_removal())
+        .map(|c| c.name().to_owned())
+        .collect();
+    names.sort();
+    names
+}
 
 fn show(resp: &Resp) -> String {
     let body: String = resp.body.chars().take(2000).collect();
