@@ -143,8 +143,16 @@ impl App {
 
     /// The redirect URI: check the response against the pending login, exchange the code,
     /// validate the tokens, create a session with a new id, and return to where the user was.
+    ///
+    /// GET only, unlike every other route of ours: the callback has effects (it spends the
+    /// single-use code and the pending-login cookie), and a HEAD, which a link checker or
+    /// a prefetcher sends expecting none (RFC 9110 §9.2.1, safe methods), must not spend
+    /// them and leave the browser's own GET with "Sign-in expired". Any other method gets
+    /// its 405 before the cookie is read or the provider asked, so it changes nothing.
     pub(crate) async fn callback(&self, request: &Request<Incoming>) -> Result<Response<ResponseBody>, AppError> {
-        require_get_or_head(request.method())?;
+        if request.method() != Method::GET {
+            return Err(AppError::MethodNotAllowed { allow: "GET" });
+        }
         let params = CallbackParams::from_query(request.uri().query().unwrap_or(""));
         let state = params.state.clone().ok_or(AppError::CallbackWithoutState)?;
         let pending = self.cookies.open_login(request.headers(), &state, SystemTime::now());

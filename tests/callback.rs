@@ -347,3 +347,50 @@ async fn a_tampered_pending_login_cookie_is_refused_at_the_callback() {
         ok.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_or_post_to_the_callback_changes_nothing_and_the_browsers_get_still_signs_in() {
+    let stack = Stack::start().await;
+    let app = stack.base_url();
+    let callback = callback_url(&stack, &stack.client).await;
+    let pending = pending_logins(&stack.client, &app);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+
+    // A link checker or prefetcher (HEAD), or a form (POST), with the browser's cookies.
+    for method in [reqwest::Method::HEAD, reqwest::Method::POST] {
+        let c = &stack.client;
+        let resp = c
+            .send(
+                c.request(method.clone(), callback.as_str())
+                    .header("accept", ACCEPT_HTML),
+            )
+            .await;
+        assert_status(&resp, 405);
+        assert_eq!(resp.header("allow"), Some("GET"), "{method}: {}", resp.summary());
+        assert!(
+            resp.set_cookies().is_empty(),
+            "{method}: the 405 sets cookies: {:?}",
+            resp.headers
+        );
+        assert_eq!(pending_logins(c, &app), pending, "{method}");
+    }
+    assert_eq!(
+        stack.idp.stats().await.authorization_code,
+        0,
+        "the code was redeemed by a request that is not GET"
+    );
+
+    // The code and the pending login are intact: the GET completes the sign-in.
+    let ok = stack.client.navigate(callback.as_str()).await;
+    assert!(
+        ok.is_redirect() && ok.set_cookie(SESSION_COOKIE).is_some(),
+        "{}\n{}",
+        ok.summary(),
+        ok.body
+    );
+    assert_eq!(pending_logins_cleared(&ok), pending, "{}", ok.summary());
+    assert_eq!(
+        stack.client.api_get(&stack.url("/")).await.echo().values("remote-user"),
+        ["john"]
+    );
+}

@@ -497,7 +497,7 @@ async fn portcullis_routes_answer_other_methods_with_405_and_allow_and_do_nothin
     let c = &stack.client;
     for (method, path, allow) in [
         (Method::POST, "/.auth/login?rd=/x", "GET, HEAD"),
-        (Method::PUT, "/callback?state=s&code=c", "GET, HEAD"),
+        (Method::PUT, "/callback?state=s&code=c", "GET"),
         (Method::POST, "/.auth/me", "GET, HEAD"),
         (Method::DELETE, "/.auth/logout", "GET, HEAD, POST"),
         (Method::POST, "/.auth/healthz", "GET, HEAD"),
