@@ -160,12 +160,8 @@ impl App {
             Some(pending) => self.finish_login(request.headers(), pending, &params).await,
             None => Err(AppError::LoginNotFound),
         };
-        self.metrics.login(match result {
-            Ok(_) => LoginOutcome::Completed,
-            Err(_) => LoginOutcome::Failed,
-        });
-        let (mut response, keep_pending) = match result {
-            Ok(response) => (response, false),
+        let (mut response, outcome) = match result {
+            Ok(response) => (response, LoginOutcome::Completed),
             Err(error) => {
                 // A provider outage leaves the attempt open, so that reloading this page
                 // retries it. The code was not redeemed; or if it was (an outage after the
@@ -179,14 +175,17 @@ impl App {
                     retry_on_reload: keep_pending,
                 };
                 let wants_json = policy::prefers_json(request.headers());
-                (
-                    error.into_callback_response(wants_json, &self.router, context),
-                    keep_pending,
-                )
+                let outcome = if keep_pending {
+                    LoginOutcome::Unreachable
+                } else {
+                    LoginOutcome::Failed
+                };
+                (error.into_callback_response(wants_json, &self.router, context), outcome)
             }
         };
+        self.metrics.login(outcome);
         // Any other outcome ends this attempt: its cookie goes, so a replay finds nothing.
-        if !keep_pending {
+        if outcome != LoginOutcome::Unreachable {
             response
                 .headers_mut()
                 .append(SET_COOKIE, self.cookies.clear_login(&state));

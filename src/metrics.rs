@@ -75,11 +75,22 @@ pub enum RefreshOutcome {
     Unreachable,
 }
 
-/// Outcome of a login callback.
+/// Outcome of a login callback. `Completed` and `Failed` end the sign-in; `Unreachable`
+/// leaves it open, so one sign-in that meets an outage is counted once per attempt as
+/// `Unreachable` and then once as whatever ends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginOutcome {
+    /// Signed in: a session was created.
     Completed,
+    /// The sign-in is over without a session (refused, expired, invalid, or a failure
+    /// on our side); its pending login was cleared.
     Failed,
+    /// The provider was out of service as the sign-in was being finished (the errors
+    /// `AppError::is_provider_outage` names): the pending login is kept and a reload
+    /// tries again. Labelled as [`RefreshOutcome::Unreachable`], the same condition at a
+    /// refresh, so one selector (`result="unreachable"`) finds the provider's outages
+    /// in both series.
+    Unreachable,
 }
 
 /// Which login rate limit refused a login start.
@@ -141,7 +152,7 @@ pub struct Metrics {
     shards: [RequestCounters; SHARDS],
     refreshes: [AtomicU64; 3],
     logins_started: AtomicU64,
-    logins: [AtomicU64; 2],
+    logins: [AtomicU64; 3],
     logins_rate_limited: [AtomicU64; 2],
     connections_open: AtomicI64,
     connections_total: AtomicU64,
@@ -269,9 +280,10 @@ impl Metrics {
             &mut out,
             "portcullis_logins_total",
             "counter",
-            "Login callbacks, by result.",
+            "Login callbacks, by result: completed (signed in), failed (the sign-in is over without a session), unreachable (the provider was out of service; the sign-in is kept for a reload, counted again when it ends).",
         );
-        for (result, count) in ["completed", "failed"].iter().zip(&self.logins) {
+        // In `LoginOutcome`'s order (its discriminants index `logins`).
+        for (result, count) in ["completed", "failed", "unreachable"].iter().zip(&self.logins) {
             let _ = writeln!(out, "portcullis_logins_total{{result=\"{result}\"}} {}", get(count));
         }
         header(
@@ -568,6 +580,33 @@ mod tests {
         assert!(text.contains("portcullis_sessions 3\n"));
         assert!(text.contains("portcullis_ready 1\n"));
         assert!(text.contains("portcullis_uptime_seconds 42\n"));
+    }
+
+    #[test]
+    fn each_login_outcome_has_a_series_of_its_own() {
+        let metrics = Metrics::default();
+        metrics.login(LoginOutcome::Unreachable);
+        metrics.login(LoginOutcome::Unreachable);
+        metrics.login(LoginOutcome::Completed);
+        let text = metrics.render(&gauges());
+        assert!(
+            text.contains("portcullis_logins_total{result=\"completed\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_logins_total{result=\"failed\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_logins_total{result=\"unreachable\"} 2\n"),
+            "{text}"
+        );
+        metrics.login(LoginOutcome::Failed);
+        let text = metrics.render(&gauges());
+        assert!(
+            text.contains("portcullis_logins_total{result=\"failed\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use url::Url;
 
+use common::metrics::{scrape, value};
 use common::*;
 use rogue::Rogue;
 
@@ -318,15 +319,28 @@ rogue_test! {
     };
 }
 
+/// `portcullis_logins_total` by result: (completed, failed, unreachable).
+async fn logins_by_result(metrics: &str) -> (f64, f64, f64) {
+    let text = scrape(metrics).await;
+    let result = |r: &str| value(&text, &format!("portcullis_logins_total{{result=\"{r}\"}}"));
+    (result("completed"), result("failed"), result("unreachable"))
+}
+
 /// The provider's token endpoint out of service at the callback (`kind` as in
 /// [`Rogue::token_outage`]): the page says so with a 503 and `Retry-After`, the pending login
 /// stays, and once the provider is back a reload of the same URL completes the sign-in on
-/// the page the user asked for.
+/// the page the user asked for. The metrics count the attempts the outage met as
+/// `unreachable`, never as `failed`, and the reload as `completed`.
 async fn a_reload_after_an_outage_completes_the_sign_in(kind: &str) {
     let app = AppAddr::reserve();
     let redirect_uri = app.redirect_uri();
     let (rogue, echo) = tokio::join!(Rogue::start("honest", &redirect_uri), Echo::start());
-    let portcullis = Portcullis::builder(app, &rogue.issuer, &echo.url).start().await;
+    let metrics_port = free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let portcullis = Portcullis::builder(app, &rogue.issuer, &echo.url)
+        .env("PORTCULLIS_SERVER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .start()
+        .await;
     let app_url = portcullis.base_url();
     let client = Browserless::new();
     let protected = portcullis.url(PROTECTED);
@@ -358,6 +372,11 @@ async fn a_reload_after_an_outage_completes_the_sign_in(kind: &str) {
         assert_eq!(pending_logins(&client, &app_url), pending, "{context}");
         assert_eq!(rogue.stats().await.token, attempt, "{context}");
     }
+    assert_eq!(
+        logins_by_result(&metrics).await,
+        (0.0, 0.0, 2.0),
+        "[{kind}] (completed, failed, unreachable) during the outage"
+    );
 
     rogue.token_outage("off").await;
     let back = client.navigate(callback.as_str()).await;
@@ -378,6 +397,11 @@ async fn a_reload_after_an_outage_completes_the_sign_in(kind: &str) {
     assert_session_cookie_attributes(&session);
     assert_eq!(pending_logins_cleared(&back), pending, "{context}");
     assert_eq!(client.api_get(&protected).await.echo().values("remote-user"), ["rogue"]);
+    assert_eq!(
+        logins_by_result(&metrics).await,
+        (1.0, 0.0, 2.0),
+        "[{kind}] (completed, failed, unreachable) after the reload"
+    );
 
     let log = portcullis.log_tail();
     for (what, secret) in rogue.issued().await.secrets() {

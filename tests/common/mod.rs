@@ -18,6 +18,7 @@
 //! - [`upstream`]: Rust upstreams in the test process (big bodies, WebSocket echo, raw bytes).
 //! - [`ws`]: a minimal WebSocket client/server.
 //! - [`assert`]: `#[track_caller]` assertions on meaning (Location, cookies, headers).
+//! - [`metrics`]: scraping the Prometheus listener and reading a series.
 //!
 //! Every test file compiles this module on its own and uses part of it.
 #![allow(dead_code, unused_imports)]
@@ -26,6 +27,7 @@ pub mod assert;
 pub mod client;
 pub mod cookies;
 pub mod h1;
+pub mod metrics;
 pub mod peers;
 pub mod process;
 pub mod proxy;
