@@ -261,13 +261,7 @@ async fn run(mode: &str, expect: Expect) {
     }
 
     // Nothing secret in the log either (errors never carry tokens or the client secret).
-    let log = portcullis.log_tail();
-    for (what, secret) in issued.secrets() {
-        assert!(
-            !log.contains(&secret),
-            "[{mode}] the portcullis log shows the {what}:\n{log}"
-        );
-    }
+    assert_log_shows_no_secret(&portcullis.log_tail(), &issued.secrets(), &format!("[{mode}]"));
     if mode == "slow-token" {
         assert!(
             took < Duration::from_secs(10),
@@ -403,13 +397,11 @@ async fn a_reload_after_an_outage_completes_the_sign_in(kind: &str) {
         "[{kind}] (completed, failed, unreachable) after the reload"
     );
 
-    let log = portcullis.log_tail();
-    for (what, secret) in rogue.issued().await.secrets() {
-        assert!(
-            !log.contains(&secret),
-            "[{kind}] the portcullis log shows the {what}:\n{log}"
-        );
-    }
+    assert_log_shows_no_secret(
+        &portcullis.log_tail(),
+        &rogue.issued().await.secrets(),
+        &format!("[{kind}]"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -472,13 +464,11 @@ async fn refresh_through_the_rogue(mode: &str, kept: bool) {
         assert_login_required_json(&client.api_get(&protected).await);
         assert_eq!(rogue.stats().await.refresh, 1);
     }
-    let log = portcullis.log_tail();
-    for (what, secret) in rogue.issued().await.secrets() {
-        assert!(
-            !log.contains(&secret),
-            "[{mode}] the portcullis log shows the {what}:\n{log}"
-        );
-    }
+    assert_log_shows_no_secret(
+        &portcullis.log_tail(),
+        &rogue.issued().await.secrets(),
+        &format!("[{mode}]"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

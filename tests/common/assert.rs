@@ -205,6 +205,18 @@ pub fn assert_mentions(resp: &Resp, needle: &str) {
     );
 }
 
+/// None of `secrets` (what it is, its value: tokens, codes, the client secret) shows in
+/// `log`, a process's log; `scenario` starts the failure message.
+#[track_caller]
+pub fn assert_log_shows_no_secret(log: &str, secrets: &[(&str, String)], scenario: &str) {
+    for (what, secret) in secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "{scenario} the portcullis log shows the {what}:\n{log}"
+        );
+    }
+}
+
 /// Neither the session cookie nor any new session was handed out.
 #[track_caller]
 pub fn assert_no_session_issued(resp: &Resp) {
