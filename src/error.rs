@@ -130,6 +130,7 @@ impl AppError {
             },
             // As nginx: a plain 400 that names the rule, never the value sent.
             AppError::InvalidHost(_) => r(S::BAD_REQUEST, "invalid_host", "Bad request", "This request does not name a valid host: its Host header is missing, repeated, malformed or at odds with the request target.", Fault::Downstream),
+            AppError::Proxy(ProxyError::InvalidForwardedHost) => r(S::BAD_REQUEST, "invalid_host", "Bad request", "This request does not name a valid host: the X-Forwarded-Host header relayed by the proxy in front is malformed.", Fault::Downstream),
             AppError::Proxy(ProxyError::Config(_)) => r(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "The proxy is misconfigured.", Fault::Internal),
             // One generic message whatever the rule: which one failed is for the log.
             AppError::Forbidden(_) => r(S::FORBIDDEN, "forbidden", "Access denied", "You are signed in, but this account may not use this application. Ask its administrator for access, or sign out and sign in with another account.", Fault::Downstream),
@@ -639,6 +640,11 @@ mod tests {
         let page = AppError::InvalidHost(InvalidHost::Malformed).into_response(false, &router());
         assert_eq!(page.status(), StatusCode::BAD_REQUEST);
         assert!(page.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+        // A trusted proxy's X-Forwarded-Host is refused alike.
+        let (response, relayed) = json_of(AppError::Proxy(ProxyError::InvalidForwardedHost)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(relayed["error"], "invalid_host");
+        assert_eq!(relayed.get("login_url"), None);
     }
 
     #[tokio::test]

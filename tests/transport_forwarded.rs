@@ -1,7 +1,8 @@
 //! Forwarded headers and Host: a client's `X-Forwarded-*` are replaced unless the
 //! peer is a trusted proxy (then the chain is appended to); `Host` is the client's by
 //! default and the upstream's with `preserve_host = false`; a request that names no
-//! valid host gets 400 on every route and never reaches the upstream.
+//! valid host gets 400 on every route and never reaches the upstream, nor does one whose
+//! trusted proxy relayed an `X-Forwarded-Host` that names none.
 
 mod common;
 
@@ -78,6 +79,42 @@ async fn a_trusted_proxy_has_its_chain_appended_to_and_its_proto_and_host_kept()
     assert_eq!(plain.values("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(plain.values("x-forwarded-proto"), ["http"]);
     assert_eq!(plain.values("x-forwarded-host"), [format!("localhost:{port}")]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxy_relaying_an_x_forwarded_host_that_names_no_host_gets_400() {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_TRUSTED_PROXIES", "127.0.0.1/32")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    for relayed in [
+        "public.example/../admin",
+        "public.example, evil example",
+        "user@public.example",
+    ] {
+        let req = stack
+            .client
+            .get(&stack.url("/fwd"))
+            .header(ACCEPT, "application/json")
+            .header("X-Forwarded-Host", relayed);
+        let resp = stack.client.send(req).await;
+        assert_status(&resp, 400);
+        assert_eq!(resp.json()["error"], "invalid_host", "{relayed}: {}", resp.body);
+        assert!(
+            !resp.body.contains(relayed),
+            "the page echoes {relayed:?}: {}",
+            resp.body
+        );
+    }
+    // A list of hosts goes on as the proxy sent it.
+    let seen = seen_with(
+        &stack,
+        "/fwd",
+        &[("X-Forwarded-Host", "public.example, edge.example:8443")],
+    )
+    .await;
+    assert_eq!(seen.values("x-forwarded-host"), ["public.example, edge.example:8443"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,17 @@
 //! The client address is the rightmost chain entry that is not a trusted proxy.
 //! `Forwarded` (RFC 7239) is never passed on and never read.
 //!
+//! A trusted proxy's `X-Forwarded-Host` is checked as the client's `Host` is
+//! ([`crate::host::is_host`], each element of its list), and a request with an element
+//! that is no host is refused with 400 ([`ProxyError::InvalidForwardedHost`]): the
+//! upstream believes it as much as `Host` (virtual hosts, redirects, absolute links), and
+//! a proxy that relays garbage may be passing on what a client sent. It is refused rather
+//! than dropped for the `Host` portcullis saw, because that `Host` is the name the proxy
+//! in front used for portcullis (often an internal one), not the host the client named:
+//! the upstream would build its links on it without anyone seeing why. Traefik and
+//! oauth2-proxy pass a trusted peer's value on unchecked; nginx sets it only from its own
+//! checked `$host`. The check runs only for a trusted peer that relayed a value.
+//!
 //! Addresses are compared and written in canonical form: an IPv4-mapped IPv6 peer
 //! (`::ffff:10.0.0.1`, from a dual-stack listener) is `10.0.0.1`.
 
@@ -16,6 +27,7 @@ use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
 use super::headers::{trim_ows, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use super::ProxyError;
 
 #[cfg(test)]
 mod tests;
@@ -82,14 +94,43 @@ pub(super) struct Relayed {
 impl Relayed {
     /// Copies the exact-name `X-Forwarded-For`/`-Proto`/`-Host` values. `_` spellings
     /// are not taken: CGI servers would merge them with ours.
-    pub(super) fn take(headers: &HeaderMap) -> Self {
+    ///
+    /// Every element of the `X-Forwarded-Host` list (several lines are one list, as
+    /// Apache's `mod_proxy` appends to it) must be a host, else the request is refused
+    /// (see the module docs). Empty elements are ignored (RFC 9110 §5.6.1), and a line
+    /// with none is left out, so a relayed header that names nothing counts as absent.
+    pub(super) fn take(headers: &HeaderMap) -> Result<Self, ProxyError> {
         let values = |name| headers.get_all(name).iter().cloned().collect();
-        Relayed {
+        let mut host = Vec::new();
+        for value in headers.get_all(&X_FORWARDED_HOST) {
+            match host_elements(value.as_bytes()) {
+                Some(0) => {}
+                Some(_) => host.push(value.clone()),
+                None => return Err(ProxyError::InvalidForwardedHost),
+            }
+        }
+        Ok(Relayed {
             xff: values(&X_FORWARDED_FOR),
             proto: values(&X_FORWARDED_PROTO),
-            host: values(&X_FORWARDED_HOST),
-        }
+            host,
+        })
     }
+}
+
+/// How many hosts an `X-Forwarded-Host` line lists (its non-empty, trimmed elements);
+/// `None` when one of them is not a host ([`crate::host::is_host`]).
+fn host_elements(value: &[u8]) -> Option<usize> {
+    let mut hosts = 0;
+    for element in value.split(|&b| b == b',').map(trim_ows) {
+        if element.is_empty() {
+            continue;
+        }
+        if !crate::host::is_host(element) {
+            return None;
+        }
+        hosts += 1;
+    }
+    Some(hosts)
 }
 
 /// `ip` in canonical form as a header value: the peer's entry in `X-Forwarded-For`.

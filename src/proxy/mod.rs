@@ -128,6 +128,12 @@ pub enum ProxyError {
     /// logged as an error.
     #[error("request cannot be forwarded: {0}")]
     BadRequest(&'static str),
+    /// A trusted proxy (`server.trusted_proxies`) relayed an `X-Forwarded-Host` with an
+    /// element that is not a host ([`crate::host::is_host`]): refused as an invalid
+    /// `Host` is, since the upstream believes the two alike (see `forwarded`). The proxy's
+    /// fault, or the client's whose value it passed on: 400. Carries no value.
+    #[error("X-Forwarded-Host relayed by a trusted proxy is not a valid host")]
+    InvalidForwardedHost,
 }
 
 /// The upstream answered `101 Switching Protocols` to a request that did not ask to
@@ -310,7 +316,7 @@ impl Upstream {
 
         let (mut parts, body) = request.into_parts();
         let (authority, host) = self.upstream_host(ctx.host)?;
-        self.request_headers(&mut parts.headers, upgrade, host, ctx.host.cloned(), &ctx);
+        self.request_headers(&mut parts.headers, upgrade, host, ctx.host.cloned(), &ctx)?;
         // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
         // mean nothing to the upstream connection.
         parts.extensions = Extensions::new();
@@ -403,6 +409,7 @@ impl Upstream {
     /// taken next, then the identity strip (which also removes every client spelling of
     /// `X-Forwarded-*`) comes before anything portcullis sets, so that only our values
     /// remain. `client_host` feeds `X-Forwarded-Host`, `host` is the `Host` to send.
+    /// Fails only when a trusted proxy relayed an `X-Forwarded-Host` that names no host.
     fn request_headers(
         &self,
         headers: &mut HeaderMap,
@@ -410,10 +417,14 @@ impl Upstream {
         host: HeaderValue,
         client_host: Option<HeaderValue>,
         ctx: &ForwardContext<'_>,
-    ) {
+    ) -> Result<(), ProxyError> {
         let peer = ctx.client_addr.ip().to_canonical();
         headers::remove_hop_by_hop(headers, Message::Request, upgrade);
-        let relayed = forwarded::is_trusted(peer, &self.trusted_proxies).then(|| Relayed::take(headers));
+        let relayed = if forwarded::is_trusted(peer, &self.trusted_proxies) {
+            Some(Relayed::take(headers)?)
+        } else {
+            None
+        };
         self.strip.strip(headers);
         headers::filter_cookies(headers, &self.cookies);
         headers.insert(HOST, host);
@@ -421,6 +432,7 @@ impl Upstream {
         forwarded::set_forwarded(headers, peer_value, ctx.client_scheme, client_host, relayed);
         let token = self.access_token_header.as_ref().zip(ctx.access_token);
         headers::set_identity(headers, ctx.identity, token);
+        Ok(())
     }
 
     /// Number of upgraded connections currently spliced.

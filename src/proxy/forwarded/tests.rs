@@ -30,14 +30,27 @@ fn nets(list: &[&str]) -> Vec<IpNet> {
 }
 
 /// What `Upstream::request_headers` does, minus the strip: capture when trusted, set.
-fn forward(headers: &mut HeaderMap, peer: &str, trusted: &[IpNet], scheme: &'static str) {
+fn try_forward(headers: &mut HeaderMap, peer: &str, trusted: &[IpNet], scheme: &'static str) -> Result<(), ProxyError> {
     let host = headers.get(HOST).cloned();
     let peer = ip(peer);
-    let relayed = is_trusted(peer.to_canonical(), trusted).then(|| Relayed::take(headers));
+    let relayed = if is_trusted(peer.to_canonical(), trusted) {
+        Some(Relayed::take(headers)?)
+    } else {
+        None
+    };
     for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
         headers.remove(name);
     }
     set_forwarded(headers, address_value(peer), scheme, host, relayed);
+    Ok(())
+}
+
+/// [`try_forward`] of a request that must be forwarded.
+#[track_caller]
+fn forward(headers: &mut HeaderMap, peer: &str, trusted: &[IpNet], scheme: &'static str) {
+    if let Err(error) = try_forward(headers, peer, trusted, scheme) {
+        panic!("refused: {error}");
+    }
 }
 
 #[test]
@@ -112,6 +125,64 @@ fn trusted_peer_chain_is_appended_to_and_its_proto_and_host_kept() {
     assert_eq!(all(&headers, "x-forwarded-proto"), ["https"]);
     assert_eq!(all(&headers, "x-forwarded-host"), ["public.example"]);
     assert!(!headers.contains_key("forwarded"));
+}
+
+#[test]
+fn a_trusted_peer_relaying_an_x_forwarded_host_that_names_no_host_is_refused() {
+    let trusted = nets(&["10.0.0.0/8"]);
+    for relayed in [
+        &["evil.example/admin"][..],
+        &["evil.example evil2.example"],
+        &["user@public.example"],
+        &["public.example;proto=https"],
+        &["..", "public.example"][..],
+        &["public.example, ../etc"],
+        // One bad line spoils the list, wherever it stands.
+        &["public.example", "public.example:99999"],
+        &["[not-v6]"],
+    ] {
+        let mut pairs = vec![("host", "internal.example")];
+        pairs.extend(relayed.iter().map(|v| ("x-forwarded-host", *v)));
+        let mut headers = map(&pairs);
+        assert!(
+            matches!(
+                try_forward(&mut headers, "10.0.0.2", &trusted, "https"),
+                Err(ProxyError::InvalidForwardedHost)
+            ),
+            "{relayed:?}"
+        );
+    }
+    // From an untrusted peer the value is never read: replaced, not refused.
+    let mut headers = map(&[("host", "app.example.com"), ("x-forwarded-host", "evil.example/admin")]);
+    forward(&mut headers, "203.0.113.5", &trusted, "http");
+    assert_eq!(all(&headers, "x-forwarded-host"), ["app.example.com"]);
+}
+
+#[test]
+fn a_trusted_peers_list_of_hosts_is_kept_as_sent_and_one_naming_none_counts_as_absent() {
+    let trusted = nets(&["10.0.0.0/8"]);
+    let mut headers = map(&[
+        ("host", "internal.example"),
+        ("x-forwarded-host", "public.example, edge.example:8443"),
+        ("x-forwarded-host", "[2001:db8::1]:443"),
+    ]);
+    forward(&mut headers, "10.0.0.2", &trusted, "https");
+    assert_eq!(
+        all(&headers, "x-forwarded-host"),
+        ["public.example, edge.example:8443", "[2001:db8::1]:443"]
+    );
+    // Empty elements are ignored; a line with nothing else is left out, and with no
+    // host relayed at all, the host the request named stands in.
+    let mut headers = map(&[
+        ("host", "internal.example"),
+        ("x-forwarded-host", " ,public.example,"),
+        ("x-forwarded-host", " , "),
+    ]);
+    forward(&mut headers, "10.0.0.2", &trusted, "https");
+    assert_eq!(all(&headers, "x-forwarded-host"), [" ,public.example,"]);
+    let mut headers = map(&[("host", "internal.example"), ("x-forwarded-host", ",")]);
+    forward(&mut headers, "10.0.0.2", &trusted, "https");
+    assert_eq!(all(&headers, "x-forwarded-host"), ["internal.example"]);
 }
 
 #[test]

@@ -188,6 +188,7 @@ fn variant(error: &ProxyError) -> &'static str {
         ProxyError::Request(_) => "request",
         ProxyError::Config(_) => "config",
         ProxyError::BadRequest(_) => "bad-request",
+        ProxyError::InvalidForwardedHost => "invalid-forwarded-host",
     }
 }
 

@@ -71,6 +71,26 @@ async fn trusted_peer_chain_is_appended_to_and_identity_still_stripped() {
 }
 
 #[tokio::test]
+async fn trusted_peer_relaying_a_forwarded_host_that_names_no_host_is_refused_before_the_upstream() {
+    let upstream_addr = tcp_upstream().await;
+    let config = upstream_config(http_target(upstream_addr, ""), LONG);
+    let upstream = Arc::new(build_upstream(&config, &nets(&["127.0.0.0/8", "::1/128"])).unwrap());
+    let front = front(upstream).await;
+    for relayed in ["public.example/../admin", "user@public.example", "public.example, a b"] {
+        let request = get(front, "/x")
+            .header(HOST, "internal.example")
+            .header("x-forwarded-host", relayed)
+            .body(empty())
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        assert_eq!(proxy_error(&response), "invalid-forwarded-host", "{relayed}");
+    }
+    // A list of hosts, as Apache's mod_proxy appends to it, goes on as sent.
+    let seen = seen_through(relayed_request(front).header("x-forwarded-host", "edge.example:8443")).await;
+    assert_eq!(seen.all("x-forwarded-host"), ["public.example", "edge.example:8443"]);
+}
+
+#[tokio::test]
 async fn untrusted_peer_chain_is_replaced() {
     let upstream_addr = tcp_upstream().await;
     let config = upstream_config(http_target(upstream_addr, ""), LONG);
