@@ -62,6 +62,19 @@ async fn callback_url(stack: &Stack, client: &Browserless) -> Url {
     callback
 }
 
+/// `client` navigates to the genuine `callback` and is signed in: a redirect that sets
+/// the session cookie. Returns the response.
+async fn signs_in(client: &Browserless, callback: &Url) -> Resp {
+    let resp = client.navigate(callback.as_str()).await;
+    assert!(
+        resp.is_redirect() && resp.set_cookie(SESSION_COOKIE).is_some(),
+        "the callback did not sign in:\n{}\n{}",
+        resp.summary(),
+        resp.body
+    );
+    resp
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_callback_with_another_state_is_refused_without_a_session() {
     let stack = Stack::start().await;
@@ -339,13 +352,7 @@ async fn a_tampered_pending_login_cookie_is_refused_at_the_callback() {
     assert_eq!(stack.idp.stats().await.authorization_code, 0);
 
     // The untouched cookie still completes the login.
-    let ok = stack.client.navigate(callback.as_str()).await;
-    assert!(
-        ok.is_redirect() && ok.set_cookie(SESSION_COOKIE).is_some(),
-        "{}\n{}",
-        ok.summary(),
-        ok.body
-    );
+    signs_in(&stack.client, &callback).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -381,13 +388,7 @@ async fn a_head_or_post_to_the_callback_changes_nothing_and_the_browsers_get_sti
     );
 
     // The code and the pending login are intact: the GET completes the sign-in.
-    let ok = stack.client.navigate(callback.as_str()).await;
-    assert!(
-        ok.is_redirect() && ok.set_cookie(SESSION_COOKIE).is_some(),
-        "{}\n{}",
-        ok.summary(),
-        ok.body
-    );
+    let ok = signs_in(&stack.client, &callback).await;
     assert_eq!(pending_logins_cleared(&ok), pending, "{}", ok.summary());
     assert_eq!(
         stack.client.api_get(&stack.url("/")).await.echo().values("remote-user"),

@@ -22,6 +22,16 @@ async fn seen_with(stack: &Stack, path: &str, headers: &[(&str, &str)]) -> EchoS
     stack.client.send(req).await.echo()
 }
 
+/// A stack that trusts the test's own address as a proxy, signed in as john.
+async fn signed_in_behind_a_trusted_proxy() -> Stack {
+    let stack = Stack::builder()
+        .env("PORTCULLIS_SERVER_TRUSTED_PROXIES", "127.0.0.1/32")
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    stack
+}
+
 const FORGED: [(&str, &str); 3] = [
     ("X-Forwarded-For", "203.0.113.9, 198.51.100.7"),
     ("X-Forwarded-Proto", "https"),
@@ -50,11 +60,7 @@ async fn an_untrusted_peer_has_its_forwarded_headers_replaced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trusted_proxy_has_its_chain_appended_to_and_its_proto_and_host_kept() {
-    let stack = Stack::builder()
-        .env("PORTCULLIS_SERVER_TRUSTED_PROXIES", "127.0.0.1/32")
-        .start()
-        .await;
-    stack.login("john", "/").await;
+    let stack = signed_in_behind_a_trusted_proxy().await;
     let port = stack.portcullis.app.port;
 
     let seen = seen_with(&stack, "/fwd", &FORGED).await;
@@ -83,11 +89,7 @@ async fn a_trusted_proxy_has_its_chain_appended_to_and_its_proto_and_host_kept()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trusted_proxy_relaying_an_x_forwarded_host_that_names_no_host_gets_400() {
-    let stack = Stack::builder()
-        .env("PORTCULLIS_SERVER_TRUSTED_PROXIES", "127.0.0.1/32")
-        .start()
-        .await;
-    stack.login("john", "/").await;
+    let stack = signed_in_behind_a_trusted_proxy().await;
     for relayed in [
         "public.example/../admin",
         "public.example, evil example",
