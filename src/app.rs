@@ -148,7 +148,8 @@ impl App {
         // the largest of them, and be moved and laid out in memory at that size.
         let result = match (route, host) {
             (_, Err(invalid)) => Err(invalid.into()),
-            // Probes GET or HEAD, as every route of ours is asked; another method is a 405.
+            // Probes GET or HEAD, as every route of ours but the callback (GET alone) is
+            // asked; another method is a 405.
             (Route::Healthz, _) => {
                 require_get_or_head(request.method()).map(|()| pages::text_response(StatusCode::OK, "ok\n"))
             }
