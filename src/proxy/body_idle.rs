@@ -204,11 +204,16 @@ mod tests {
         (tx, body)
     }
 
-    /// Reads `body` to its end or its error: the bytes, and the error.
+    /// Reads `body` to its end or its error: the bytes, and the error. Gives up after
+    /// two (paused) hours, so that a body never cut fails the test rather than hanging it.
     async fn read(mut body: Fed) -> (usize, Option<BodyError>) {
         use http_body_util::BodyExt;
         let mut bytes = 0;
-        while let Some(frame) = body.frame().await {
+        let deadline = Instant::now() + 7200 * SECOND;
+        while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("the body neither ended nor failed ({bytes} bytes)"))
+        {
             match frame {
                 Ok(frame) => bytes += frame.data_ref().map_or(0, Bytes::len),
                 Err(error) => return (bytes, Some(error)),
