@@ -75,11 +75,13 @@ impl App {
             session_cookie: config.session.cookie_name.clone(),
             login_cookie_prefix: config.session.login_cookie_prefix.clone(),
         };
+        let metrics = Metrics::new();
         let upstream = Upstream::new(
             &config.upstream,
             &config.identity,
             cookie_filter,
             &config.server.trusted_proxies,
+            metrics.clone(),
         )
         .map_err(crate::StartError::Upstream)?;
         Ok(App {
@@ -91,7 +93,7 @@ impl App {
             router: Router::new(&config.routes),
             policy: Policy::new(&config.policy),
             login_limiter: LoginLimiter::new(&config.oidc),
-            metrics: Metrics::new(),
+            metrics,
             started: Instant::now(),
             public_scheme: if config.base_url.scheme() == "https" {
                 "https"

@@ -157,6 +157,8 @@ pub struct Metrics {
     connections_open: AtomicI64,
     connections_total: AtomicU64,
     connections_refused: AtomicU64,
+    /// Not sharded: counted only when a response is cut off.
+    upstream_body_idle_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -208,6 +210,11 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An upstream response body sent nothing for `upstream.body_idle_timeout` and was cut off.
+    pub fn upstream_body_idle_timeout(&self) {
+        self.upstream_body_idle_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4). `gauges` adds values read at
@@ -341,6 +348,18 @@ impl Metrics {
             out,
             "portcullis_connections_refused_total {}",
             get(&self.connections_refused)
+        );
+
+        header(
+            &mut out,
+            "portcullis_upstream_body_idle_timeouts_total",
+            "counter",
+            "Upstream responses cut off because their body sent nothing for upstream.body_idle_timeout.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_upstream_body_idle_timeouts_total {}",
+            get(&self.upstream_body_idle_timeouts)
         );
 
         header(
@@ -551,6 +570,7 @@ mod tests {
         metrics.login_rate_limited(LoginLimit::Client);
         metrics.login_rate_limited(LoginLimit::Client);
         metrics.login_rate_limited(LoginLimit::Global);
+        metrics.upstream_body_idle_timeout();
         let text = metrics.render(&gauges());
         for name in [
             "portcullis_requests_total",
@@ -562,6 +582,7 @@ mod tests {
             "portcullis_connections_open",
             "portcullis_connections_total",
             "portcullis_connections_refused_total",
+            "portcullis_upstream_body_idle_timeouts_total",
             "portcullis_sessions",
             "portcullis_ready",
             "portcullis_uptime_seconds",
@@ -572,6 +593,7 @@ mod tests {
         assert!(text.contains("portcullis_connections_open 1\n"));
         assert!(text.contains("portcullis_connections_total 2\n"));
         assert!(text.contains("portcullis_connections_refused_total 1\n"));
+        assert!(text.contains("portcullis_upstream_body_idle_timeouts_total 1\n"));
         assert!(text.contains("portcullis_token_refreshes_total{result=\"refused\"} 1\n"));
         assert!(text.contains("portcullis_logins_total{result=\"completed\"} 1\n"));
         assert!(text.contains("portcullis_logins_started_total 1\n"));

@@ -1,7 +1,7 @@
 //! Bodies stream through portcullis: gigabytes in flat memory, chunked bodies,
 //! trailers (the upstream's passed on, a client's dropped), `Expect: 100-continue`,
-//! bodiless responses, upstreams that give up mid-body, and upstreams that turn an
-//! upload away before reading it.
+//! bodiless responses, upstreams that give up or stall mid-body, and upstreams that turn
+//! an upload away before reading it.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::h1::{self, h1_connect};
+use common::h1::{self, h1_connect, h2_over};
 use common::upstream::{pattern, read_request_head, PatternBody, RawUpstream, RustUpstream, TestBody};
 use common::*;
 use http::Request;
@@ -531,6 +531,141 @@ async fn an_upload_the_upstream_turns_away_before_reading_it_gets_the_upstreams_
         );
     }
     // portcullis is fine afterwards: the next request is answered.
+    let mut send = h1_connect(port).await;
+    let resp = send.send_request(h1::get(port, "/", &cookie)).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    upstream.abort();
+}
+
+/// An upstream that sends a response head and the first 1 000 bytes of its body, then
+/// nothing, holding the connection until portcullis closes it: to `/stall-length` of an
+/// announced 1 000 000, to `/stall-chunked` as one chunk. Anything else gets `200 ok`
+/// and the connection closed. Counts the stalled connections that portcullis closed.
+async fn stalling_after_the_head() -> (String, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let closed = Arc::new(AtomicU64::new(0));
+    let counter = closed.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Some(head) = read_request_head(&mut stream).await else {
+                    return;
+                };
+                let mut answer = if head.starts_with(b"GET /stall-length") {
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000000\r\n\r\n"
+                        .to_vec()
+                } else if head.starts_with(b"GET /stall-chunked") {
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n3e8\r\n".to_vec()
+                } else {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
+                    return;
+                };
+                answer.extend_from_slice(&pattern::slice(0, 1000));
+                if head.starts_with(b"GET /stall-chunked") {
+                    answer.extend_from_slice(b"\r\n");
+                }
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
+                // Nothing more: wait for portcullis to give up on the connection.
+                let mut rest = [0u8; 1024];
+                while let Ok(1..) = stream.read(&mut rest).await {}
+                counter.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, closed, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout_and_portcullis_goes_on() {
+    let (url, closed, upstream) = stalling_after_the_head().await;
+    let metrics_port = free_port();
+    let stack = Stack::builder()
+        .upstream(&url)
+        .env("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", "1s")
+        .env("PORTCULLIS_SERVER_H2C", "true")
+        .env("PORTCULLIS_SERVER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .start()
+        .await;
+    stack.login("john", "/").await;
+    let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session cookie"));
+    let port = stack.portcullis.app.port;
+
+    // Over HTTP/1.1 the connection closes short of the body's end; over HTTP/2 the
+    // stream is reset, and the connection carries the next request.
+    let h2 = h2_over(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"))
+        .await
+        .expect("h2c handshake");
+    for (path, http2) in [
+        ("/stall-length", false),
+        ("/stall-chunked", false),
+        ("/stall-chunked", true),
+    ] {
+        // The query must not reach the log.
+        let target = format!("{path}?token=secret-query");
+        // Kept until the body has been read (dropping it could end the connection).
+        let mut sender = h1_connect(port).await;
+        let resp = if http2 {
+            let request = Request::get(format!("http://localhost:{port}{target}"))
+                .header("cookie", &cookie)
+                .body(h1::empty())
+                .expect("request");
+            h2.clone().send_request(request).await
+        } else {
+            sender.send_request(h1::get(port, &target, &cookie)).await
+        }
+        .expect("response head");
+        assert_eq!(resp.status(), 200, "{path} http2={http2}");
+        let started = Instant::now();
+        let (got, error) = drain(resp).await;
+        let waited = started.elapsed();
+        assert_eq!(got, 1000, "{path} http2={http2}: the bytes the upstream sent");
+        let error = error.unwrap_or_else(|| panic!("{path} http2={http2}: the client saw a complete body"));
+        assert!(!error.contains("hangs"), "{path} http2={http2}: {error}");
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{path} http2={http2}: cut off after {waited:?}, not after the 1 s timeout"
+        );
+    }
+    let mut h2 = h2;
+    let after = Request::get(format!("http://localhost:{port}/after"))
+        .header("cookie", &cookie)
+        .body(h1::empty())
+        .expect("request");
+    let resp = h2.send_request(after).await.expect("the HTTP/2 connection goes on");
+    assert_eq!(h1::text(resp).await.expect("body"), "ok");
+
+    // Each stalled upstream connection was closed, not kept for another request.
+    eventually(
+        "the upstream to see its connections closed",
+        Duration::from_secs(5),
+        || async { (closed.load(Ordering::SeqCst) == 3).then_some(()) },
+    )
+    .await;
+    let log = stack.portcullis.log_text();
+    let warnings = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("upstream response body stalled"))
+        .count();
+    assert_eq!(warnings, 3, "{log}");
+    assert!(!log.contains("secret-query"), "the query reached the log:\n{log}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("\nportcullis_upstream_body_idle_timeouts_total 3\n"),
+        "{metrics}"
+    );
+
+    // portcullis is fine afterwards: a new connection is answered.
     let mut send = h1_connect(port).await;
     let resp = send.send_request(h1::get(port, "/", &cookie)).await.expect("response");
     assert_eq!(resp.status(), 200);

@@ -153,6 +153,13 @@ impl Config {
         writeln!(out, "\n[upstream]")?;
         writeln!(out, "connect_timeout = {}", q(&d(u.connect_timeout)))?;
         writeln!(out, "response_timeout = {}", q(&d(u.response_timeout)))?;
+        match u.body_idle_timeout {
+            Some(timeout) => writeln!(out, "body_idle_timeout = {}", q(&d(timeout)))?,
+            None => writeln!(
+                out,
+                "body_idle_timeout = \"0s\"  # off: a response body may stall as long as its client waits"
+            )?,
+        }
         writeln!(out, "show_address_on_error = {}", u.show_address_on_error)?;
         writeln!(out, "preserve_host = {}", u.preserve_host)?;
         match &u.ca_file {

@@ -70,6 +70,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time allowed for the upstream's response head after the request was sent (default 60 s).
     pub response_timeout: Duration,
+    /// Longest wait for the next frame of a response body once its head has come
+    /// (default 5 min); `None` (configured as `0`) waits as long as the client does.
+    pub body_idle_timeout: Option<Duration>,
     /// Show the configured upstream address on 502/504 pages (default false).
     pub show_address_on_error: bool,
     /// Send the client's `Host` upstream (default true); false sends the upstream's authority.

@@ -100,6 +100,7 @@ struct RawPolicy {
 struct RawUpstream {
     connect_timeout: Leaf,
     response_timeout: Leaf,
+    body_idle_timeout: Leaf,
     show_address_on_error: Leaf,
     preserve_host: Leaf,
     ca_file: Leaf,

@@ -463,6 +463,63 @@ fn upstream_url_forms() {
 }
 
 #[test]
+fn the_body_idle_timeout_is_read_checked_and_shown_and_0_turns_it_off() {
+    let default = ok("", &seed_env());
+    assert_eq!(default.upstream.body_idle_timeout, Some(Duration::from_secs(300)));
+    assert!(default.describe().contains("\nbody_idle_timeout = \"5m\"\n"));
+    let file = ok("[upstream]\nbody_idle_timeout = \"90s\"", &seed_env());
+    assert_eq!(file.upstream.body_idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(
+        ok(&file.describe(), &seed_env()).upstream.body_idle_timeout,
+        Some(Duration::from_secs(90))
+    );
+    // The environment wins over the file, as for every key.
+    let env = with(seed_env(), &[("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", "1500ms")]);
+    let from_env = ok("[upstream]\nbody_idle_timeout = \"90s\"", &env);
+    assert_eq!(from_env.upstream.body_idle_timeout, Some(Duration::from_millis(1500)));
+
+    for off in ["0", "0s", "0ms"] {
+        let env = with(seed_env(), &[("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", off)]);
+        let config = ok("", &env);
+        assert_eq!(config.upstream.body_idle_timeout, None, "{off}");
+        let shown = config.describe();
+        assert!(
+            shown.contains("\nbody_idle_timeout = \"0s\"  # off: "),
+            "{off}: {shown}"
+        );
+        // And it reads back as off.
+        assert_eq!(ok(&shown, &seed_env()).upstream.body_idle_timeout, None);
+    }
+    assert_eq!(
+        ok("[upstream]\nbody_idle_timeout = 0", &seed_env())
+            .upstream
+            .body_idle_timeout,
+        None
+    );
+
+    rejects(
+        "[upstream]\nbody_idle_timeout = -1",
+        "upstream.body_idle_timeout",
+        "negative",
+    );
+    rejects(
+        "[upstream]\nbody_idle_timeout = \"soon\"",
+        "upstream.body_idle_timeout",
+        "a duration such as",
+    );
+    rejects(
+        "[upstream]\nbody_idle_timeout = true",
+        "upstream.body_idle_timeout",
+        "must be a duration",
+    );
+    rejects_env(
+        &[("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", "5 minutes")],
+        "PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT",
+        "needs a unit",
+    );
+}
+
+#[test]
 fn listen_addr_must_be_a_socket_address() {
     let config = ok("", &with(seed_env(), &[("LISTEN_ADDR", "[::]:8080")]));
     assert_eq!(config.listen_addr.port(), 8080);

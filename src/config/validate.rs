@@ -20,6 +20,11 @@ use super::{
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4180";
 const DEFAULT_SCOPES: &[&str] = &["openid", "profile", "email", "groups"];
+/// `upstream.body_idle_timeout`: Envoy's stream idle timeout, which Pomerium keeps. Long
+/// polls and server-sent events usually send a heartbeat every 15 to 60 s, which nginx's
+/// 60 s `proxy_read_timeout` leaves no margin for; an upstream that has sent nothing for
+/// five minutes is hung, and holds a client and an upstream connection until it is cut.
+const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// Builds the configuration, or returns `None` with the problems left in `src`.
 pub fn validate(src: &mut Source<'_>) -> Option<Config> {
@@ -308,6 +313,9 @@ pub fn secret(src: &mut Source<'_>, value_path: &str, file_path: &str) -> Option
 fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
     let connect_timeout = src.positive_duration("upstream.connect_timeout", Duration::from_secs(10));
     let response_timeout = src.positive_duration("upstream.response_timeout", Duration::from_secs(60));
+    // 0 turns it off, as 0 does the per-client login limit.
+    let body_idle_timeout = Some(src.duration("upstream.body_idle_timeout", DEFAULT_BODY_IDLE_TIMEOUT))
+        .filter(|timeout| !timeout.is_zero());
     let show_address_on_error = src.bool("upstream.show_address_on_error", false);
     let transport = upstream_transport(src);
     let (key, value) = required(
@@ -348,6 +356,7 @@ fn upstream(src: &mut Source<'_>) -> Option<UpstreamConfig> {
         target,
         connect_timeout,
         response_timeout,
+        body_idle_timeout,
         show_address_on_error,
         preserve_host: transport.preserve_host,
         ca_file,

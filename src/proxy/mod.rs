@@ -15,6 +15,7 @@
 //!   does not wake itself through it.
 //! - `early_answer`: an upstream's answer to an upload it stopped reading, kept readable.
 //! - `timeout`: the response timeout measured from the request's last progress.
+//! - `body_idle`: the response body's idle timeout, the longest wait for its next frame.
 //! - `upgrade`: splicing upgraded (WebSocket) connections, each holding its downstream
 //!   connection's [`ConnectionHold`].
 //!
@@ -29,6 +30,7 @@
 //! (WebSocket) cannot pass over an HTTP/2 upstream: they are refused with
 //! [`ProxyError::BadRequest`].
 
+mod body_idle;
 mod connector;
 mod driver_waker;
 mod early_answer;
@@ -58,8 +60,11 @@ use ipnet::IpNet;
 use rustls::pki_types::ServerName;
 
 use crate::config::{AccessTokenForwarding, IdentityConfig, UpstreamConfig, UpstreamTarget};
+use crate::metrics::Metrics;
 use crate::per_thread::PerThread;
 use crate::{BoxError, ResponseBody};
+pub use body_idle::BodyError;
+use body_idle::{BodyIdleLimit, Http2Body};
 use connector::{ConnectTimeout, TlsSettings, UpstreamConnector};
 pub use forwarded::client_ip;
 use forwarded::Relayed;
@@ -154,6 +159,8 @@ pub struct Upstream {
     access_token_header: Option<HeaderName>,
     cookies: CookieFilter,
     response_timeout: Duration,
+    /// `upstream.body_idle_timeout`, copied into every slot.
+    body_idle: BodyIdleLimit,
     tunnels: Tunnels,
     /// Send the client's `Host` (else the target authority).
     preserve_host: bool,
@@ -201,6 +208,7 @@ impl std::fmt::Debug for Upstream {
             .field("target", &self.target)
             .field("strip", &self.strip)
             .field("response_timeout", &self.response_timeout)
+            .field("body_idle_timeout", &self.body_idle.timeout())
             .field("preserve_host", &self.preserve_host)
             .field("http2", &self.http2)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -215,12 +223,14 @@ impl Upstream {
     /// a warning when there are none), adds `ca_file`'s, and fixes the TLS server name
     /// (`tls_server_name`, else the URL's host). `ca_file` or `tls_server_name` on a
     /// non-https upstream is a [`ProxyError::Config`]. `trusted_proxies` are the peers
-    /// whose `X-Forwarded-*` are believed. Needs no runtime; `forward` needs tokio.
+    /// whose `X-Forwarded-*` are believed; `metrics` counts the response bodies cut off
+    /// by the body idle timeout. Needs no runtime; `forward` needs tokio.
     pub fn new(
         upstream: &UpstreamConfig,
         identity: &IdentityConfig,
         cookie_names: CookieFilter,
         trusted_proxies: &[IpNet],
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
         let target = Target::new(&upstream.target)?;
         if !target.is_https() {
@@ -270,6 +280,7 @@ impl Upstream {
             access_token_header,
             cookies: cookie_names,
             response_timeout: upstream.response_timeout,
+            body_idle: BodyIdleLimit::new(upstream.body_idle_timeout, metrics),
             tunnels: Tunnels::new(),
             preserve_host: upstream.preserve_host,
             http2: upstream.http2,
@@ -287,7 +298,7 @@ impl Upstream {
         connection: ConnectionHold,
         bodies: Option<Arc<dyn RequestBodyWatch>>,
     ) -> Arc<UpstreamSlot> {
-        Arc::new(self.http1.slot(peer.ip(), connection, bodies))
+        Arc::new(self.http1.slot(peer.ip(), connection, bodies, self.body_idle.clone()))
     }
 
     /// [`client_ip`] with the configured trusted proxies: the address to log and to
@@ -354,13 +365,16 @@ impl Upstream {
                 let client = clients.here();
                 let sent = pin!(client.request(request));
                 let due = Due::from_now(progress.as_deref(), self.response_timeout);
-                // Streams share the connection: each request has a timer of its own.
-                ResponseTimer::default()
+                // Streams share the connection: each request has a timer of its own,
+                // which its body's waits use next.
+                let mut timer = ResponseTimer::default();
+                let response = timer
                     .within(due, sent)
                     .await
                     .ok_or(ProxyError::Timeout)?
-                    .map_err(classify)?
-                    .map(ResponseBody::boxed)
+                    .map_err(classify)?;
+                let slot = ctx.upstream_slot.clone();
+                response.map(|body| ResponseBody::boxed(Http2Body::new(body, timer, slot)))
             }
         };
 

@@ -21,7 +21,8 @@
 //! keep a copy of the head for it: a busy connection costs nothing extra.
 //!
 //! A connection's I/O (hyper's connection future, its [`Driver`]) and its response
-//! timer ([`ResponseTimer`]) travel with it, and the driver is polled by the task that
+//! timer ([`ResponseTimer`], which also bounds its response bodies' waits for their next
+//! frame: [`super::body_idle`]) travel with it, and the driver is polled by the task that
 //! uses the connection: while a request waits for its response head, and while the
 //! response body is read. A request therefore wakes no other task and crosses no
 //! channel to another one, and (polled with a [`DriverWaker`]) not even its own task:
@@ -53,6 +54,7 @@ use hyper::client::conn::http1;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use super::body_idle::{BodyError, BodyIdle, BodyIdleLimit};
 use super::connector::UpstreamConnector;
 use super::driver_waker::DriverWaker;
 use super::early_answer::{EarlyAnswerIo, WriteSide};
@@ -73,7 +75,8 @@ type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 struct UpstreamConnection {
     sender: Sender,
     driver: Driving,
-    /// Bounds the wait for each response on this connection.
+    /// Bounds the wait for each response head on this connection, and for each frame
+    /// of its body (`super::body_idle`).
     timer: ResponseTimer,
     /// The thread that dialed it, whose runtime reports its socket's readiness (a
     /// connection worker's: see `server::workers`).
@@ -224,12 +227,14 @@ impl Http1Pool {
     }
 
     /// A slot for one downstream connection, whose peer is `peer`, which `connection`
-    /// keeps counted, and which `bodies` tells when its request bodies end.
+    /// keeps counted, which `bodies` tells when its request bodies end, and whose
+    /// response bodies wait for their frames under `body_idle`.
     pub(super) fn slot(
         self: &Arc<Self>,
         peer: IpAddr,
         connection: ConnectionHold,
         bodies: Option<Arc<dyn RequestBodyWatch>>,
+        body_idle: BodyIdleLimit,
     ) -> UpstreamSlot {
         let peer = peer.to_canonical();
         UpstreamSlot {
@@ -238,6 +243,7 @@ impl Http1Pool {
             peer: (peer, address_value(peer)),
             connection,
             bodies,
+            body_idle,
         }
     }
 
@@ -294,7 +300,11 @@ impl Http1Pool {
             match answered {
                 Ok(response) => {
                     let keep = Some((connection, slot.clone()));
-                    return Ok(response.map(|body| PooledBody { inner: body, keep }));
+                    return Ok(response.map(|body| PooledBody {
+                        inner: body,
+                        keep,
+                        idle: BodyIdle::default(),
+                    }));
                 }
                 Err(mut failed) => match (failed.take_message(), copy) {
                     // Never written: the connection closed under us; safe to send elsewhere.
@@ -386,7 +396,8 @@ impl Http1Pool {
 /// Dropped with the downstream connection, handing the connection to the idle list.
 /// Also keeps the peer's `X-Forwarded-For` entry, rendered once per connection, and
 /// what keeps the downstream connection counted, for a tunnel made of it to take along,
-/// and what the downstream connection is told about its request bodies.
+/// what the downstream connection is told about its request bodies, and what its
+/// response bodies wait under.
 pub struct UpstreamSlot {
     pool: Arc<Http1Pool>,
     kept: Mutex<Option<IdleConnection>>,
@@ -396,6 +407,9 @@ pub struct UpstreamSlot {
     connection: ConnectionHold,
     /// Told when each forwarded request body ends (an HTTP/1.1 connection's head timer).
     bodies: Option<Arc<dyn RequestBodyWatch>>,
+    /// A copy per downstream connection: a response body reaches it through the slot it
+    /// holds anyway, rather than through a clone of a process-wide `Arc` per response.
+    body_idle: BodyIdleLimit,
 }
 
 impl UpstreamSlot {
@@ -411,6 +425,11 @@ impl UpstreamSlot {
             (peer, value) if *peer == ip => value.clone(),
             _ => address_value(ip),
         }
+    }
+
+    /// What this connection's upstream response bodies wait for their frames under.
+    pub(super) fn body_idle(&self) -> &BodyIdleLimit {
+        &self.body_idle
     }
 
     /// Marks a forwarded request body open until the returned guard is dropped.
@@ -536,10 +555,14 @@ impl std::fmt::Debug for UpstreamSlot {
 
 /// An upstream response body that returns its connection to the slot once read to
 /// the end. Dropped earlier (the client went away mid-body), the connection is
-/// dropped too: it is in the middle of a response and cannot carry another.
+/// dropped too: it is in the middle of a response and cannot carry another. So is it
+/// when the body fails, or stalls past `upstream.body_idle_timeout` ([`BodyError`]).
 pub struct PooledBody {
     inner: Incoming,
     keep: Option<(UpstreamConnection, Arc<UpstreamSlot>)>,
+    /// The wait for the next frame, on the connection's timer (none after a `101`:
+    /// the connection, and any wait, belong to the upgrade).
+    idle: BodyIdle,
 }
 
 impl PooledBody {
@@ -577,7 +600,7 @@ impl PooledBody {
     /// sent) and again whenever taking a frame woke it (the body asks the connection
     /// for more as it is read).
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let PooledBody { inner, keep } = self;
+        let PooledBody { inner, keep, .. } = self;
         let Some((connection, _)) = keep.as_mut() else {
             return Pin::new(inner).poll_frame(cx);
         };
@@ -601,13 +624,19 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = self.poll_inner(cx);
+        let this = &mut *self;
+        let polled = match this.keep.as_mut() {
+            Some((connection, slot)) => this.idle.check(polled, &mut connection.timer, slot.body_idle(), cx),
+            None => polled.map(|frame| frame.map(|frame| frame.map_err(BodyError::Failed))),
+        };
+        // An error (the upstream's, or a stall) drops the connection.
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Err(_))) => self.keep = None,

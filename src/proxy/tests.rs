@@ -1,6 +1,7 @@
 //! Socket tests of `Upstream::forward`: a client talks to a front server that
 //! forwards to an echo upstream, all in-process on loopback or a unix socket.
 
+mod body_idle;
 mod pool;
 mod support;
 mod transport;

@@ -7,7 +7,8 @@
 //! HTTP/1.1 connection carries one request at a time, so it keeps one for all of them:
 //! registering a timer with tokio for every request and
 //! removing it again when the answer comes costs about 1,000 instructions, some 2% of a
-//! proxied request under callgrind (README, Performance).
+//! proxied request under callgrind (README, Performance). The same timer then bounds
+//! the response body's waits for its frames (`body_idle`), for the same reason.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -106,33 +107,51 @@ impl ResponseTimer {
             if let Poll::Ready(output) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(output));
             }
-            self.poll_passed(&due, cx).map(|()| None)
+            self.poll_passed(|| due.at(), cx).map(|()| None)
         })
         .await
     }
 
-    /// Ready once `due` has passed; until then the task is woken when it may have.
-    fn poll_passed(&mut self, due: &Due<'_>, cx: &mut Context<'_>) -> Poll<()> {
-        let at = due.at();
+    /// Ready once the deadline `at` returns has passed; until then the task is woken
+    /// when it may have. `at` is asked again whenever the sleep fires: the deadline may
+    /// have moved on since (a request's body progress). Also the wait of a response body
+    /// for its next frame (`body_idle`), on the same timer.
+    pub(super) fn poll_passed(&mut self, at: impl Fn() -> Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = at();
         let sleep = match &mut self.sleep {
             Some(sleep) => {
-                if sleep.deadline() > at {
-                    sleep.as_mut().reset(at);
+                if sleep.deadline() > deadline {
+                    sleep.as_mut().reset(deadline);
                 }
                 sleep
             }
-            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         loop {
             ready!(sleep.as_mut().poll(cx));
-            // It fired: at this request's deadline, or at an earlier one it was left at
-            // (an earlier request's, or this one's before a body frame moved it on).
-            let at = due.at();
-            if at <= Instant::now() {
+            // It fired: at this wait's deadline, or at an earlier one it was left at (an
+            // earlier request's or body's, or this one's before a body frame moved it on).
+            let deadline = at();
+            if deadline <= Instant::now() {
                 return Poll::Ready(());
             }
-            sleep.as_mut().reset(at);
+            sleep.as_mut().reset(deadline);
         }
+    }
+
+    /// A timer already set to `deadline`, as a response head's wait leaves a kept
+    /// connection's.
+    #[cfg(test)]
+    pub(super) fn at(deadline: Instant) -> Self {
+        ResponseTimer {
+            sleep: Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Whether a sleep was ever made (and registered with tokio's timer when polled).
+    #[cfg(test)]
+    pub(super) fn is_armed(&self) -> bool {
+        self.sleep.is_some()
     }
 }
 

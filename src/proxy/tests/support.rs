@@ -237,6 +237,8 @@ pub fn upstream_config(target: UpstreamTarget, response_timeout: Duration) -> Up
         target,
         connect_timeout: Duration::from_secs(2),
         response_timeout,
+        // The default, so that every test runs with the body's timer in play.
+        body_idle_timeout: Some(Duration::from_secs(300)),
         show_address_on_error: false,
         preserve_host: true,
         ca_file: None,
@@ -250,7 +252,13 @@ pub fn build_upstream(config: &UpstreamConfig, trusted_proxies: &[ipnet::IpNet])
         session_cookie: "portcullis".into(),
         login_cookie_prefix: "portcullis_login_".into(),
     };
-    Upstream::new(config, &identity_config(), cookies, trusted_proxies)
+    Upstream::new(
+        config,
+        &identity_config(),
+        cookies,
+        trusted_proxies,
+        crate::metrics::Metrics::new(),
+    )
 }
 
 /// Serves the echo upstream as HTTP/2 only (prior knowledge, h2c) on `127.0.0.1:0`.
