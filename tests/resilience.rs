@@ -320,12 +320,7 @@ async fn a_client_flooding_logins_is_held_to_its_share_while_others_still_sign_i
     assert_redirects_to_provider(&next_net, &stack.idp);
 
     // Operators see which limit refused, and one log line per flooding client.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = common::metrics::scrape(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
     let refused = 17 + flooded.len() + 1;
     for series in [
         format!("portcullis_logins_rate_limited_total{{limit=\"client\"}} {refused}\n"),
@@ -394,12 +389,7 @@ async fn beyond_the_global_login_cap_every_client_gets_a_503_that_says_when_to_r
         assert_mentions(refused, "Too many sign-ins");
     }
     assert_eq!(stack.idp.stats().await.par, started);
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = common::metrics::scrape(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
     for series in [
         format!(
             "portcullis_logins_rate_limited_total{{limit=\"global\"}} {}\n",

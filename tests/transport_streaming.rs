@@ -654,12 +654,7 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout
         .count();
     assert_eq!(warnings, 3, "{log}");
     assert!(!log.contains("secret-query"), "the query reached the log:\n{log}");
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = common::metrics::scrape(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
     assert!(
         metrics.contains("\nportcullis_upstream_body_idle_timeouts_total 3\n"),
         "{metrics}"
