@@ -6,8 +6,20 @@
 #                                       with a fixed seed (the test command runs this)
 #   bash fuzz/run.sh TARGET [SECONDS]   fuzz one target (default 600 s); the corpus grows
 #                                       in fuzz/corpus/TARGET, findings land in fuzz/artifacts
+#   bash fuzz/run.sh --build            only build the targets
+#   bash fuzz/run.sh --idle ...         any of the above at idle priority (SCHED_IDLE, else
+#                                       nice 19): it gets only CPU nothing else wants, so it
+#                                       can run beside the tests without slowing them
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+
+if [[ ${1-} == --idle ]]; then
+  shift
+  if chrt --idle 0 true 2>/dev/null; then
+    exec chrt --idle 0 bash run.sh "$@"
+  fi
+  exec nice -n 19 bash run.sh "$@"
+fi
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps the instrumentation off build scripts and proc macros. Instrumenting only
@@ -17,6 +29,7 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
 cargo build --locked --release --target "$triple" --target-dir target/stable --bins
 bin="target/stable/$triple/release"
+[[ ${1-} == --build ]] && exit
 
 # Runs per target in the smoke run: 20 to 80 s each, 281 s in all one after another on a
 # slowed 2-core host (CI, 2026-12-01); the smoke run below runs them side by side.

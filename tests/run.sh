@@ -6,7 +6,25 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The fuzz run (its release build is the largest single step here) starts first, beside
+# everything else, at idle priority: it gets only the CPU the installs, the test build's
+# serial stretches and the tests waiting on their peers leave unused, so the tests take as
+# long as they would alone and the fuzz run is mostly done when they end. Its output
+# follows theirs. `set -m` gives it a process group of its own, which the trap stops if
+# this script ends early.
+fuzz_log=$(mktemp)
+set -m
+bash fuzz/run.sh --idle >"$fuzz_log" 2>&1 &
+fuzz=$!
+set +m
+trap 'kill -- "-$fuzz" 2>/dev/null || true; rm -f "$fuzz_log"' EXIT
+
 bash tests/setup.sh
 (cd tests/idp && node --test selftest.mjs)
 cargo test --lib --bins --tests
-bash fuzz/run.sh
+
+echo "tests/run.sh: the fuzz run (fuzz/run.sh), started beside the tests:"
+fuzz_status=0
+wait "$fuzz" || fuzz_status=$?
+cat "$fuzz_log"
+exit "$fuzz_status"

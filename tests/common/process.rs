@@ -2,6 +2,7 @@
 //! temp file and printed when the test fails, readiness awaited with a deadline.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -141,7 +142,10 @@ impl ChildProcess {
         match Self::try_spawn_announcing(name, &mut cmd, marker).await {
             Ok(started) => started,
             Err(mut silent) => {
-                eprintln!(
+                // Straight to the process's stderr: libtest keeps what `eprintln!` prints
+                // from a test that passes, and the CI log should show every retry.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "{name}: did not print {marker} within {READY_TIMEOUT:?}; starting it once more\n{}",
                     silent.log_tail()
                 );
