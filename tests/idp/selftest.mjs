@@ -26,7 +26,9 @@ function start(script, env, readyWord) {
     children.push(child);
     let out = '';
     let err = '';
-    const timer = setTimeout(() => reject(new Error(`${script} not ready: ${err}`)), 10_000);
+    // As the Rust harness's READY_TIMEOUT: on 2 cores busy with builds and other tests a
+    // start has taken 10 s; only a failure waits this long.
+    const timer = setTimeout(() => reject(new Error(`${script} not ready: ${err}`)), 90_000);
     child.stderr.on('data', (d) => { err += d; });
     child.stdout.on('data', (d) => {
       out += d;
@@ -478,9 +480,10 @@ const haveChromium = await import('node:fs').then((fs) => fs.existsSync(process.
 
 describe('headless browser login (tests/browser/login.mjs) against a mini RP', { skip: !haveChromium && 'no /usr/bin/chromium' }, async () => {
   const rp = await startMiniRp();
+  // Before anything else can fail: an open server keeps the test process alive for good.
+  after(() => rp.close());
   const idp = await startIdp({ IDP_REDIRECT_URIS: rp.redirectUri });
   await rp.setIssuer(idp.url);
-  after(() => rp.close());
 
   test('john signs in through the form and lands back on the protected page', async () => {
     const r = await runLoginScript([`${rp.url}/some/page?x=1`, 'john', 'password']);
