@@ -18,15 +18,16 @@ use hyper::body::Incoming;
 use crate::config::Config;
 use crate::error::AppError;
 use crate::limit::LoginLimiter;
-use crate::metrics::{Metrics, RefreshOutcome, RouteKind, ScrapeGauges};
+use crate::metrics::{Metrics, RefreshOutcome, RescueOutcome, RouteKind, ScrapeGauges};
 use crate::oidc::{OidcClient, OidcError};
 use crate::pages;
 use crate::policy::{self, Decision, Policy};
 use crate::proxy::{CookieFilter, ForwardContext, Upstream, UpstreamSlot};
+use crate::rescue::{Kept, Rescues};
 use crate::router::{Route, Router};
 use crate::session::cookies::CookieCodec;
 use crate::session::refresh::{RefreshGate, RefreshState};
-use crate::session::store::{RefreshTurn, SessionStore};
+use crate::session::store::{RefreshTurn, SessionStore, StoreError};
 use crate::session::{Session, SessionKey, SessionKeyMemo};
 use crate::ResponseBody;
 
@@ -35,6 +36,9 @@ pub struct App {
     pub(crate) oidc: OidcClient,
     pub(crate) sessions: SessionStore,
     pub(crate) refresh_gate: RefreshGate,
+    /// Refreshed tokens the store could not take, for the rescue task to store
+    /// ([`App::store_rescued_tokens`]).
+    pub(crate) rescues: Rescues,
     pub(crate) cookies: CookieCodec,
     pub(crate) upstream: Upstream,
     pub(crate) router: Router,
@@ -88,6 +92,7 @@ impl App {
             oidc,
             sessions: SessionStore::new(&config).map_err(crate::StartError::SessionStore)?,
             refresh_gate: RefreshGate::new(),
+            rescues: Rescues::default(),
             cookies: CookieCodec::new(&config.session),
             upstream,
             router: Router::new(&config.routes),
@@ -292,17 +297,14 @@ impl App {
     async fn refresh(&self, key: SessionKey) -> Result<Option<ActiveSession>, AppError> {
         let mut permit = self.refresh_gate.acquire(&key).await;
         let mut stored = self.sessions.get(&key).await?;
-        match (permit.take_unstored(stored.as_deref()), &stored) {
-            (Some(Ok(refreshed)), Some(previous)) => {
-                match self.store_refreshed(key, refreshed, previous, &mut permit).await? {
-                    // Stored: on as with any session just read, which may be due by now.
-                    Some(active) if !permit.holds_unstored() => stored = Some(active.session),
-                    // Ended meanwhile, or the store failed again and still has to take it.
-                    outcome => return Ok(outcome),
-                }
-            }
-            (Some(Err(orphaned)), _) => self.revoke(&orphaned).await,
-            _ => {}
+        // Tokens an earlier refresh here could not store come first: the stored refresh
+        // token is spent.
+        match self.store_kept(key, &mut permit, stored.as_ref()).await {
+            // Stored: on as with any session just read, which may be due by now.
+            Some(Kept::Stored(session)) => stored = Some(session),
+            Some(Kept::Ended) => return Ok(None),
+            Some(Kept::Pending(session, _)) => return Ok(Some(ActiveSession { session })),
+            Some(Kept::Superseded) | None => {}
         }
         let Some(current) = stored else {
             return Ok(None);
@@ -320,9 +322,17 @@ impl App {
             RefreshTurn::Settled(session) => return Ok(session.map(|session| ActiveSession { session })),
             RefreshTurn::Refresh { session, lock } => (session, lock),
         };
-        // The lock is released whatever the outcome, before an error is returned.
+        // The lock is released whatever the outcome, before an error is returned; but
+        // while the new tokens wait for the store, it stays held for the rescue task,
+        // which gives it back once they are stored: meanwhile another replica that wants
+        // to refresh the session waits for them instead of spending the refresh token
+        // again (within the lock's lifetime, and if the store kept it).
         let outcome = self.refresh_now(key, current, &mut permit).await;
-        lock.release().await;
+        if permit.holds_unstored() {
+            self.rescues.add(key, Some(lock));
+        } else {
+            lock.release().await;
+        }
         outcome
     }
 
@@ -355,7 +365,24 @@ impl App {
                 );
                 self.metrics.refresh(RefreshOutcome::Refreshed);
                 tracing::debug!(session = ?key, "access token refreshed");
-                self.store_refreshed(key, Arc::new(refreshed), &current, permit).await
+                let refreshed = Arc::new(refreshed);
+                match self.store_refreshed(key, refreshed.clone()).await {
+                    Ok(stored) => Ok(stored.map(|session| ActiveSession { session })),
+                    Err(error) => {
+                        // The provider has rotated the refresh token, so the stored one is
+                        // spent and a refresh with it would end the grant: the request goes
+                        // on with the new tokens, and they are kept here until the store
+                        // takes them (`crate::rescue`).
+                        tracing::warn!(
+                            session = ?key,
+                            %error,
+                            "refreshed tokens could not be stored; this process keeps them and stores them as soon as the store is back"
+                        );
+                        self.metrics.rescue(RescueOutcome::Kept);
+                        permit.keep_unstored(refreshed.clone(), &current);
+                        Ok(Some(ActiveSession { session: refreshed }))
+                    }
+                }
             }
             Err(error @ (OidcError::NotReady | OidcError::ProviderUnreachable(_))) => {
                 // The provider is down: the session stays valid on its last tokens, so the
@@ -374,36 +401,21 @@ impl App {
         }
     }
 
-    /// Stores a refreshed session in place of `previous`, unless the session ended
-    /// meanwhile (then its new tokens are revoked). When the store fails, the request
-    /// goes on with the new tokens and they are kept in the refresh gate for the
-    /// session's next turn: the provider has already rotated the refresh token, so the
-    /// stored one is spent, and a refresh with it would end the grant.
-    async fn store_refreshed(
+    /// Stores a refreshed session in place of the one it follows; `None` when the session
+    /// ended meanwhile (a logout: then its new tokens are revoked). A store failure is the
+    /// caller's to handle: the tokens must not be lost (see `refresh_now`).
+    pub(crate) async fn store_refreshed(
         &self,
         key: SessionKey,
         refreshed: Arc<Session>,
-        previous: &Session,
-        permit: &mut RefreshState,
-    ) -> Result<Option<ActiveSession>, AppError> {
-        match self.sessions.replace(key, refreshed.clone()).await {
-            Ok(true) => Ok(Some(ActiveSession { session: refreshed })),
-            Ok(false) => {
-                tracing::info!(session = ?key, "session ended during its token refresh (logout)");
-                // The logout revoked the tokens it removed; these were issued after it.
-                self.revoke(&refreshed).await;
-                Ok(None)
-            }
-            Err(error) => {
-                tracing::warn!(
-                    session = ?key,
-                    %error,
-                    "refreshed tokens could not be stored; this process keeps them until the store takes them"
-                );
-                permit.keep_unstored(refreshed.clone(), previous);
-                Ok(Some(ActiveSession { session: refreshed }))
-            }
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        if self.sessions.replace(key, refreshed.clone()).await? {
+            return Ok(Some(refreshed));
         }
+        tracing::info!(session = ?key, "session ended during its token refresh (logout)");
+        // The logout revoked the tokens it removed; these were issued after it.
+        self.revoke(&refreshed).await;
+        Ok(None)
     }
 
     /// No session: browsers are sent to log in and come back here; everything else gets 401.

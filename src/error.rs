@@ -175,7 +175,7 @@ impl AppError {
     /// logout URL where signing out is (a refused user: `/.auth/me` and logout stay
     /// reachable, as the policy never judges portcullis' own routes).
     pub fn into_response(self, wants_json: bool, router: &Router) -> Response<ResponseBody> {
-        self.into_callback_response(wants_json, router, CallbackContext::default())
+        self.respond(wants_json, router, None)
     }
 
     /// [`Self::into_response`] for an error at the redirect URI, which knows more of the
@@ -186,6 +186,17 @@ impl AppError {
         router: &Router,
         callback: CallbackContext<'_>,
     ) -> Response<ResponseBody> {
+        self.respond(wants_json, router, Some(callback))
+    }
+
+    /// The response, at the redirect URI when `at_callback` says what it knows.
+    fn respond(
+        self,
+        wants_json: bool,
+        router: &Router,
+        at_callback: Option<CallbackContext<'_>>,
+    ) -> Response<ResponseBody> {
+        let callback = at_callback.unwrap_or_default();
         let mut rendering = self.rendering();
         if callback.retry_on_reload {
             rendering.message = RELOAD_RETRIES.to_owned();
@@ -208,11 +219,15 @@ impl AppError {
                 tracing::error!(error = %error_chain(&self), status = rendering.status.as_u16(), "internal error")
             }
         }
-        // (JSON field, URL, link text) of the way forward, if there is one.
+        // (JSON field, URL, link text) of the way forward, if there is one. At the
+        // redirect URI, a provider that refused the code exchange or answered what failed
+        // validation (502) has spent the pending login all the same: signing in again is
+        // the user's one way forward (elsewhere, a login start, it would only repeat the
+        // request that failed).
+        let sign_in_again = || Some(("login_url", login_url(router, callback.return_to), "Sign in again"));
         let offer = match rendering.code {
-            "login_expired" | "invalid_callback" | "authorization_denied" | "login_failed" => {
-                Some(("login_url", login_url(router, callback.return_to), "Sign in again"))
-            }
+            "login_expired" | "invalid_callback" | "authorization_denied" | "login_failed" => sign_in_again(),
+            "idp_rejected" | "idp_invalid_response" if at_callback.is_some() => sign_in_again(),
             "forbidden" => Some(("logout_url", Cow::Borrowed(router.logout_path()), "Sign out")),
             _ => None,
         };
@@ -350,12 +365,17 @@ mod tests {
     use serde_json::Value;
     use std::time::Duration;
 
+    /// The JSON answer of `error` on any route but the redirect URI.
     async fn json_of(error: AppError) -> (Response<ResponseBody>, Value) {
-        callback_json_of(error, CallbackContext::default()).await
+        json_body(error.into_response(true, &router())).await
     }
 
     async fn callback_json_of(error: AppError, context: CallbackContext<'_>) -> (Response<ResponseBody>, Value) {
-        let (parts, body) = error.into_callback_response(true, &router(), context).into_parts();
+        json_body(error.into_callback_response(true, &router(), context)).await
+    }
+
+    async fn json_body(response: Response<ResponseBody>) -> (Response<ResponseBody>, Value) {
+        let (parts, body) = response.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
         (
             Response::from_parts(parts, pages::empty_body()),
@@ -421,6 +441,66 @@ mod tests {
             html.contains("href=\"/.auth/login?rd=%2Fo%27neil%26%22co%22%3Fq%3D%27x%27%26r%3D1\""),
             "{html}"
         );
+    }
+
+    fn rejected(endpoint: &'static str, error: &str) -> AppError {
+        AppError::Oidc(OidcError::ProviderRejected {
+            endpoint,
+            error: error.into(),
+            description: None,
+        })
+    }
+
+    /// The 502s the redirect URI can meet after its pending login is spent: the token
+    /// endpoint refusing this client, and provider answers that fail validation.
+    fn callback_502s() -> [AppError; 4] {
+        [
+            rejected("token", "invalid_client"),
+            AppError::Oidc(OidcError::InvalidIdToken("bad signature".into())),
+            AppError::Oidc(OidcError::SubjectMismatch),
+            AppError::Oidc(OidcError::InvalidResponse {
+                endpoint: "token",
+                detail: "not JSON".into(),
+            }),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_502_at_the_callback_offers_a_new_sign_in_that_returns_where_the_user_was() {
+        for error in callback_502s() {
+            let name = error.to_string();
+            let (response, body) = callback_json_of(error, returning_to(DEEP_LINK)).await;
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{name}");
+            assert_eq!(body["login_url"], DEEP_LOGIN, "{name}: {body}");
+            assert_eq!(body.get("logout_url"), None, "{name}: {body}");
+        }
+        for error in callback_502s() {
+            let name = error.to_string();
+            let (status, html) = callback_page_of(error, returning_to("/o'neil&\"co\"?q='x'&r=1")).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{name}");
+            assert!(
+                html.contains(
+                    "<a href=\"/.auth/login?rd=%2Fo%27neil%26%22co%22%3Fq%3D%27x%27%26r%3D1\">Sign in again</a>"
+                ),
+                "{name}: {html}"
+            );
+        }
+        // A return path that is not local never reaches the link: the bare login.
+        let (_, body) = callback_json_of(rejected("token", "invalid_client"), returning_to("//evil.example/")).await;
+        assert_eq!(body["login_url"], "/.auth/login", "{body}");
+        // Elsewhere (a login start whose PAR the provider refused or answered wrongly),
+        // signing in again would only repeat the request that failed: no offer.
+        for error in [
+            rejected("pushed authorization", "invalid_client"),
+            AppError::Oidc(OidcError::InvalidResponse {
+                endpoint: "pushed authorization",
+                detail: "no request_uri".into(),
+            }),
+        ] {
+            let (response, body) = json_of(error).await;
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+            assert_eq!(body.get("login_url"), None, "{body}");
+        }
     }
 
     #[tokio::test]
@@ -573,13 +653,6 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_spent_or_expired_code_is_the_users_to_retry() {
-        let rejected = |endpoint, error: &str| {
-            AppError::Oidc(OidcError::ProviderRejected {
-                endpoint,
-                error: error.into(),
-                description: None,
-            })
-        };
         let (response, body) = json_of(rejected("token", "invalid_grant")).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(

@@ -13,6 +13,8 @@
 //! - [`app`]: the phase driver (public-path decision, session phase with single-flight
 //!   refresh, access check, proxy).
 //! - [`auth`]: login, callback, logout and the dump page.
+//! - [`rescue`]: the background task that stores refreshed tokens the session store
+//!   could not take when they were issued.
 //! - [`oidc`]: the OpenID Connect relying party (discovery, PAR, callback checks, tokens, userinfo).
 //! - [`session`]: sessions, the stores (memory, Redis), cookies, the refresh gate and lock.
 //! - [`policy`]: public paths (with path normalisation), the access rule (groups, email
@@ -42,6 +44,7 @@ pub mod pages;
 mod per_thread;
 pub mod policy;
 pub mod proxy;
+mod rescue;
 pub mod router;
 pub mod server;
 pub mod session;
@@ -97,8 +100,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let store = app.sessions.clone();
     let store_report = tokio::spawn(async move { store.report_at_start().await });
 
+    // Stopped after the connections have drained (their requests may still rescue
+    // tokens), then given one last round, within the grace period.
+    let (stop_rescues, rescues_stopping) = tokio::sync::watch::channel(false);
+    let rescuer = {
+        let app = app.clone();
+        tokio::spawn(async move { app.store_rescued_tokens(rescues_stopping).await })
+    };
+
     let served = server::serve(listener, app, shutdown, &config.server, &config.base_url).await;
     discovery.abort();
     store_report.abort();
+    // An error means the task has ended already: nobody is left to tell.
+    let _ = stop_rescues.send(true);
+    if tokio::time::timeout(config.server.shutdown_grace, rescuer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("rescued tokens still not stored at shutdown; their sessions end at their next refresh");
+    }
     Ok(served?)
 }

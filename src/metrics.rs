@@ -75,6 +75,23 @@ pub enum RefreshOutcome {
     Unreachable,
 }
 
+/// What became of refreshed tokens the session store could not take (see
+/// [`crate::rescue`]): counted once as `Kept` when the store fails, then once as whatever
+/// ends their rescue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RescueOutcome {
+    /// The store failed to take a refresh's result; this replica keeps it.
+    Kept,
+    /// Stored later (by the rescue task, or a request of the session on this replica).
+    Stored,
+    /// Dropped: the store held newer tokens, stored by another replica.
+    Superseded,
+    /// Revoked: the session ended (a logout) before the store took them.
+    Ended,
+    /// Revoked: the session reached its absolute end while the store was still failing.
+    Expired,
+}
+
 /// Outcome of a login callback. `Completed` and `Failed` end the sign-in; `Unreachable`
 /// leaves it open, so one sign-in that meets an outage is counted once per attempt as
 /// `Unreachable` and then once as whatever ends it.
@@ -151,6 +168,7 @@ struct RequestCounters {
 pub struct Metrics {
     shards: [RequestCounters; SHARDS],
     refreshes: [AtomicU64; 3],
+    rescues: [AtomicU64; 5],
     logins_started: AtomicU64,
     logins: [AtomicU64; 3],
     logins_rate_limited: [AtomicU64; 2],
@@ -185,6 +203,10 @@ impl Metrics {
 
     pub fn refresh(&self, outcome: RefreshOutcome) {
         self.refreshes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rescue(&self, outcome: RescueOutcome) {
+        self.rescues[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn login_started(&self) {
@@ -316,6 +338,20 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "portcullis_token_refreshes_total{{result=\"{result}\"}} {}",
+                get(count)
+            );
+        }
+        header(
+            &mut out,
+            "portcullis_refresh_rescues_total",
+            "counter",
+            "Refreshed tokens the session store could not take (kept), and what became of them.",
+        );
+        let rescue_results = ["kept", "stored", "superseded", "ended", "expired"];
+        for (result, count) in rescue_results.iter().zip(&self.rescues) {
+            let _ = writeln!(
+                out,
+                "portcullis_refresh_rescues_total{{result=\"{result}\"}} {}",
                 get(count)
             );
         }
@@ -565,6 +601,8 @@ mod tests {
         metrics.connection_closed();
         metrics.connection_refused();
         metrics.refresh(RefreshOutcome::Refused);
+        metrics.rescue(RescueOutcome::Kept);
+        metrics.rescue(RescueOutcome::Stored);
         metrics.login_started();
         metrics.login(LoginOutcome::Completed);
         metrics.login_rate_limited(LoginLimit::Client);
@@ -579,6 +617,7 @@ mod tests {
             "portcullis_logins_total",
             "portcullis_logins_rate_limited_total",
             "portcullis_token_refreshes_total",
+            "portcullis_refresh_rescues_total",
             "portcullis_connections_open",
             "portcullis_connections_total",
             "portcullis_connections_refused_total",
@@ -595,6 +634,9 @@ mod tests {
         assert!(text.contains("portcullis_connections_refused_total 1\n"));
         assert!(text.contains("portcullis_upstream_body_idle_timeouts_total 1\n"));
         assert!(text.contains("portcullis_token_refreshes_total{result=\"refused\"} 1\n"));
+        assert!(text.contains("portcullis_refresh_rescues_total{result=\"kept\"} 1\n"));
+        assert!(text.contains("portcullis_refresh_rescues_total{result=\"stored\"} 1\n"));
+        assert!(text.contains("portcullis_refresh_rescues_total{result=\"expired\"} 0\n"));
         assert!(text.contains("portcullis_logins_total{result=\"completed\"} 1\n"));
         assert!(text.contains("portcullis_logins_started_total 1\n"));
         assert!(text.contains("portcullis_logins_rate_limited_total{limit=\"client\"} 2\n"));

@@ -54,6 +54,48 @@ fn provider_error(stack: &Stack, genuine: &Url, error: &str, description: &str) 
     url
 }
 
+/// A deep link the failed-sign-in tests start from.
+const DEEP: &str = "/reports/2026?view=full&sort=name";
+
+/// The "Sign in again" URL that returns to `path`.
+fn login_again_to(path: &str) -> String {
+    let rd: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
+    format!("/.auth/login?rd={rd}")
+}
+
+/// `resp` is a page whose "Sign in again" link (escaped as an attribute) is `login_again`.
+#[track_caller]
+fn assert_offers_sign_in(resp: &Resp, login_again: &str) {
+    assert_html_page(resp);
+    assert!(
+        resp.body
+            .contains(&format!("<a href=\"{}\">Sign in again</a>", html_escape(login_again))),
+        "the page does not offer a sign-in back by {login_again}:\n{}",
+        resp.body
+    );
+}
+
+/// `resp` is a JSON answer `status` with `error` whose `login_url` is `login_again`.
+#[track_caller]
+fn assert_offers_login_url(resp: &Resp, status: u16, error: &str, login_again: &str) {
+    assert_status(resp, status);
+    let body = resp.json();
+    assert_eq!(
+        (&body["error"], &body["login_url"]),
+        (&error.into(), &login_again.into()),
+        "{body}"
+    );
+}
+
+/// Walks a login as `user` from [`DEEP`] up to the redirect URI: its URL, and the one
+/// pending login the browser holds then.
+async fn deep_callback(stack: &Stack, client: &Browserless, user: &str) -> (Url, Vec<String>) {
+    let (_, callback) = client.login_until_callback(&stack.url(DEEP), user, PASSWORD).await;
+    let pending = pending_logins(client, &stack.base_url());
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    (callback, pending)
+}
+
 /// Walks a login as john up to the redirect URI and returns its URL.
 async fn callback_url(stack: &Stack, client: &Browserless) -> Url {
     let (_, callback) = client
@@ -197,27 +239,14 @@ async fn a_provider_error_is_shown_on_a_page_with_its_description_escaped() {
 async fn a_failed_callback_offers_a_new_sign_in_that_returns_where_the_user_was() {
     let stack = Stack::start().await;
     let app = stack.base_url();
-    let deep = "/reports/2026?view=full&sort=name";
-    let rd: String = url::form_urlencoded::byte_serialize(deep.as_bytes()).collect();
-    let login_again = format!("/.auth/login?rd={rd}");
+    let (deep, login_again) = (DEEP, login_again_to(DEEP));
 
     // A page, with the link escaped as an attribute value.
-    let (_, genuine) = stack
-        .client
-        .login_until_callback(&stack.url(deep), "john", PASSWORD)
-        .await;
-    let pending = pending_logins(&stack.client, &app);
-    assert_eq!(pending.len(), 1, "{pending:?}");
+    let (genuine, pending) = deep_callback(&stack, &stack.client, "john").await;
     let declined = provider_error(&stack, &genuine, "access_denied", "The user denied access");
     let resp = stack.client.navigate(declined.as_str()).await;
     assert_status(&resp, 403);
-    assert_html_page(&resp);
-    assert!(
-        resp.body
-            .contains(&format!("<a href=\"{}\">Sign in again</a>", html_escape(&login_again))),
-        "the page does not offer a sign-in back to {deep}:\n{}",
-        resp.body
-    );
+    assert_offers_sign_in(&resp, &login_again);
     // The attempt is over all the same.
     assert_eq!(pending_logins_cleared(&resp), pending, "{}", resp.summary());
     assert_eq!(pending_logins(&stack.client, &app), Vec::<String>::new());
@@ -241,13 +270,7 @@ async fn a_failed_callback_offers_a_new_sign_in_that_returns_where_the_user_was(
     let (_, genuine) = other.login_until_callback(&stack.url(deep), "harry", PASSWORD).await;
     let declined = provider_error(&stack, &genuine, "access_denied", "The user denied access");
     let resp = other.api_get(declined.as_str()).await;
-    assert_status(&resp, 403);
-    let body = resp.json();
-    assert_eq!(
-        (&body["error"], &body["login_url"]),
-        (&"authorization_denied".into(), &login_again.clone().into()),
-        "{body}"
-    );
+    assert_offers_login_url(&resp, 403, "authorization_denied", &login_again);
 
     // A callback whose pending login did not open knows no return path: the bare login.
     let stranger = stack.client.fresh();
@@ -394,4 +417,33 @@ async fn a_head_or_post_to_the_callback_changes_nothing_and_the_browsers_get_sti
         stack.client.api_get(&stack.url("/")).await.echo().values("remote-user"),
         ["john"]
     );
+}
+
+/// The provider refuses the code exchange for a reason of its own (here it does not
+/// accept the client's secret: a configuration to fix): a 502, the pending login spent.
+/// Signing in again is still the user's way forward, so the page offers it, back to
+/// where the user was going, as every other failed callback does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_502_at_the_callback_offers_a_new_sign_in_that_returns_where_the_user_was() {
+    // Without PAR the wrong secret first meets the provider at the token endpoint.
+    let stack = Stack::builder()
+        .idp(|o| o.require_par = false)
+        .env("PORTCULLIS_OIDC_PAR", "never")
+        .env("OIDC_CLIENT_SECRET", "not-the-secret-the-provider-knows")
+        .start()
+        .await;
+    let login_again = login_again_to(DEEP);
+    let (callback, pending) = deep_callback(&stack, &stack.client, "john").await;
+    let resp = stack.client.navigate(callback.as_str()).await;
+    assert_status(&resp, 502);
+    assert_mentions(&resp, "refused the sign-in request");
+    assert_offers_sign_in(&resp, &login_again);
+    assert_no_session_issued(&resp);
+    assert_eq!(pending_logins_cleared(&resp), pending, "{}", resp.summary());
+
+    // JSON, for another browser whose sign-in fails alike.
+    let other = stack.client.fresh();
+    let (callback, _) = deep_callback(&stack, &other, "harry").await;
+    let resp = other.api_get(callback.as_str()).await;
+    assert_offers_login_url(&resp, 502, "idp_rejected", &login_again);
 }

@@ -540,24 +540,27 @@ async fn tokens_rotated_while_redis_fails_are_refreshed_if_they_expired_meanwhil
     rotated_tokens_survive_a_redis_failure(true).await;
 }
 
-async fn rotated_tokens_survive_a_redis_failure(expire_while_down: bool) {
-    // Long enough for the refreshed token to stay fresh while Redis restarts.
-    const LONGER_TTL: u64 = 4;
-    let mut r = Replicas::builder()
+/// Access-token lifetime at the provider for the tests where Redis fails during a
+/// refresh: long enough for the refreshed token to stay fresh while Redis restarts.
+const LONGER_TTL: u64 = 4;
+
+/// Replicas whose provider answers each refresh grant late (after carrying it out),
+/// and that forward the access token upstream.
+fn replicas_with_slow_refreshes() -> common::redis_server::ReplicasBuilder {
+    Replicas::builder()
         .idp(|o| {
             o.access_token_ttl = Some(LONGER_TTL);
             o.refresh_delay = Duration::from_millis(1500);
         })
         .env("OIDC_SCOPES", SCOPES_WITH_REFRESH)
         .env("PORTCULLIS_IDENTITY_ACCESS_TOKEN", "x-forwarded-access-token")
-        .start()
-        .await;
-    let cookie = r.login_through_a("john", "/").await;
-    let before = r.client.me_json(&r.a.base_url()).await;
-    r.redis.save().await;
-    r.idp.reset_stats().await;
-    tokio::time::sleep(Duration::from_millis(LONGER_TTL * 1000 + 600)).await;
+}
 
+/// Lets the session's access token expire, then sends a request through A and kills
+/// Redis while the provider's answer to A's refresh (new tokens, the old refresh token
+/// spent) is on its way. Returns A's answer, checked to be served as john.
+async fn refresh_while_redis_dies(r: &mut Replicas) -> Resp {
+    tokio::time::sleep(Duration::from_millis(LONGER_TTL * 1000 + 600)).await;
     let (client, url) = (r.client.clone(), r.a.url("/during"));
     let during = tokio::spawn(async move { client.api_get(&url).await });
     eventually(
@@ -574,6 +577,16 @@ async fn rotated_tokens_survive_a_redis_failure(expire_while_down: bool) {
         "the request whose refresh went through was not served:\n{}",
         r.a.log_tail()
     );
+    during
+}
+
+async fn rotated_tokens_survive_a_redis_failure(expire_while_down: bool) {
+    let mut r = replicas_with_slow_refreshes().start().await;
+    let cookie = r.login_through_a("john", "/").await;
+    let before = r.client.me_json(&r.a.base_url()).await;
+    r.redis.save().await;
+    r.idp.reset_stats().await;
+    let during = refresh_while_redis_dies(&mut r).await;
     let rescued_token = during.echo().values("x-forwarded-access-token").join(",");
     if expire_while_down {
         tokio::time::sleep(Duration::from_millis(LONGER_TTL * 1000 + 600)).await;
@@ -613,4 +626,83 @@ async fn rotated_tokens_survive_a_redis_failure(expire_while_down: bool) {
         r.a.log_text().contains("refreshed tokens could not be stored"),
         "the log does not say what happened"
     );
+}
+
+/// As above, but the session's next request goes to the other replica. Replica A, which
+/// holds the rotated tokens, stores them by itself as soon as Redis is back, without
+/// waiting for a request of the session: otherwise B would find the spent refresh token
+/// in Redis, refresh with it, and the provider would end the grant (and the session).
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_rotated_while_redis_fails_reach_redis_without_a_request_on_that_replica() {
+    let metrics_port = free_port();
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let mut r = replicas_with_slow_refreshes()
+        .env_a("PORTCULLIS_SERVER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .start()
+        .await;
+    let cookie = r.login_through_a("john", "/").await;
+    let before = r.client.me_json(&r.a.base_url()).await;
+    let keys = r.redis.session_keys(PREFIX).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let spent = r.redis.get(&keys[0]).await.expect("the session in Redis");
+    r.redis.save().await;
+    r.idp.reset_stats().await;
+    let during = refresh_while_redis_dies(&mut r).await;
+    let rescued_token = during.echo().values("x-forwarded-access-token").join(",");
+
+    // Back with the data saved before the refresh: the spent refresh token. No request
+    // of the session reaches A from here on.
+    r.redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stored_by_a = loop {
+        if r.redis.get(&keys[0]).await.is_some_and(|now| now != spent) {
+            break true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    r.share_cookie_with_b(&cookie);
+    let on_b = r.client.api_get(&r.b.url("/on-b")).await;
+    assert_status(&on_b, 200);
+    assert_eq!(
+        on_b.echo().values("remote-user"),
+        ["john"],
+        "the session ended on B (A stored the rotated tokens: {stored_by_a}):\n{}\n{}",
+        r.a.log_tail(),
+        r.b.log_tail()
+    );
+    assert!(stored_by_a, "A did not store the rotated tokens once Redis was back");
+    // B went on with the rotated tokens: as they are, or refreshed with the rotated
+    // refresh token if they were due by then; never with the spent one.
+    let stats = r.idp.stats().await;
+    assert!((1..=2).contains(&stats.refresh_token), "{stats:?}");
+    assert_eq!(stats.revocation, 0, "{stats:?}");
+    let forwarded = on_b.echo().values("x-forwarded-access-token").join(",");
+    assert!(
+        stats.refresh_token == 2 || forwarded == rescued_token,
+        "B sent neither the rescued nor a newer access token"
+    );
+    let me_on_b = r.client.me_json(&r.b.base_url()).await;
+    assert_ne!(me_on_b["refreshToken"], before["refreshToken"], "{me_on_b:#}");
+    // And A, which still held the rescued tokens, goes on with what Redis has now.
+    assert_eq!(
+        r.client.api_get(&r.a.url("/on-a")).await.echo().values("remote-user"),
+        ["john"]
+    );
+    assert_eq!(r.idp.stats().await.revocation, 0);
+
+    let text = common::metrics::scrape(&metrics).await;
+    let rescued = common::metrics::value(&text, "portcullis_refresh_rescues_total{result=\"stored\"}");
+    assert_eq!(rescued, 1.0, "{text}");
+    let log = r.a.log_text();
+    assert!(
+        log.contains("rescued tokens stored"),
+        "the log does not say what happened:\n{log}"
+    );
+    for secret in [&rescued_token, &cookie] {
+        assert!(!log.contains(secret.as_str()), "A logged a token or the cookie");
+    }
 }

@@ -225,6 +225,19 @@ async fn run(mode: &str, expect: Expect) {
                 "{context}\ntoken endpoint calls (the code must be redeemed {})",
                 if code_redeemed { "once" } else { "never" }
             );
+            if !pending_kept {
+                // The attempt is spent, whatever failed (a forged token's 502 included):
+                // the way forward is a new sign-in, back to where the user was going.
+                let rd: String = url::form_urlencoded::byte_serialize(PROTECTED.as_bytes()).collect();
+                let link = format!(
+                    "<a href=\"{}\">Sign in again</a>",
+                    html_escape(&format!("/.auth/login?rd={rd}"))
+                );
+                assert!(
+                    landing.body.contains(&link),
+                    "{context}\nthe page offers no sign-in back to {PROTECTED}"
+                );
+            }
             if pending_kept {
                 // This rogue spent the code before the outage: a reload meets
                 // `invalid_grant`, which ends the attempt.

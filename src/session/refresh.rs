@@ -15,7 +15,8 @@
 //! A refresh whose result the store could not take (a Redis blip after the provider had
 //! rotated the refresh token) leaves that result here ([`RefreshState::keep_unstored`]):
 //! the stored session's refresh token is spent, and using it again would make Authelia
-//! end the grant, so the session's next turn stores these tokens instead.
+//! end the grant, so these tokens are stored instead, by the session's next turn here
+//! or, without waiting for one, by the rescue task ([`crate::rescue`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
@@ -50,19 +51,32 @@ struct Turns {
 #[derive(Debug, Default)]
 pub struct RefreshState {
     outage_at: Option<Instant>,
-    unstored: Option<Unstored>,
+    unstored: Option<KeptTokens>,
 }
 
 /// Refreshed tokens the store did not take, and the access token of the session they
 /// follow: they apply only while the store still holds that session.
 #[derive(Debug)]
-struct Unstored {
+struct KeptTokens {
     session: Arc<Session>,
     follows: Secret,
 }
 
 /// The right to refresh one session; others of the session wait until it is dropped.
 pub type RefreshPermit = OwnedMutexGuard<RefreshState>;
+
+/// What tokens kept by [`RefreshState::keep_unstored`] are worth, given what the store
+/// holds now ([`RefreshState::take_unstored`]).
+#[derive(Debug)]
+pub enum Unstored {
+    /// The store still holds the session they follow: store this in its place.
+    Follows(Arc<Session>),
+    /// The session ended meanwhile: nobody will use these tokens; revoke them.
+    Orphaned(Arc<Session>),
+    /// The store holds a newer session (another replica refreshed it): its tokens are as
+    /// good, and must not be overwritten; these are dropped.
+    Superseded,
+}
 
 impl RefreshState {
     /// Whether a refresh of this session met an outage less than [`RETRY_AFTER_OUTAGE`]
@@ -85,24 +99,30 @@ impl RefreshState {
     /// Keeps `refreshed`, which the store could not take in place of `previous`, for
     /// this session's next turn.
     pub fn keep_unstored(&mut self, refreshed: Arc<Session>, previous: &Session) {
-        self.unstored = Some(Unstored {
+        self.unstored = Some(KeptTokens {
             session: refreshed,
             follows: previous.tokens.access_token.clone(),
         });
     }
 
-    /// Takes the tokens kept by [`keep_unstored`](Self::keep_unstored), if any.
-    /// `stored` is what the store holds now: `Ok` with the session to store in its
-    /// place, or `Err` with tokens nobody will use (the session ended meanwhile), to be
-    /// revoked. When the store holds a newer session than the one they follow (another
-    /// replica refreshed it), they are dropped: that session's tokens are as good.
-    pub fn take_unstored(&mut self, stored: Option<&Session>) -> Option<Result<Arc<Session>, Arc<Session>>> {
+    /// Takes the tokens kept by [`keep_unstored`](Self::keep_unstored), if any, judged
+    /// against `stored`, what the store holds now (see [`Unstored`]).
+    pub fn take_unstored(&mut self, stored: Option<&Session>) -> Option<Unstored> {
         let unstored = self.unstored.take()?;
-        match stored {
-            None => Some(Err(unstored.session)),
-            Some(stored) if stored.tokens.access_token == unstored.follows => Some(Ok(unstored.session)),
-            Some(_) => None,
+        Some(match stored {
+            None => Unstored::Orphaned(unstored.session),
+            Some(stored) if stored.tokens.access_token == unstored.follows => Unstored::Follows(unstored.session),
+            Some(_) => Unstored::Superseded,
+        })
+    }
+
+    /// Takes the kept tokens if their session has reached its absolute end by `now`:
+    /// no store will hold it any more, and the tokens are to be revoked.
+    pub fn take_unstored_if_ended(&mut self, now: SystemTime) -> Option<Arc<Session>> {
+        if !self.unstored.as_ref()?.session.is_expired(now) {
+            return None;
         }
+        self.unstored.take().map(|kept| kept.session)
     }
 
     /// Whether tokens wait here for the store to take them.
@@ -283,19 +303,39 @@ mod tests {
         state.keep_unstored(refreshed.clone(), &previous);
         assert!(state.holds_unstored());
         let taken = state.take_unstored(Some(&previous));
-        assert!(matches!(&taken, Some(Ok(s)) if Arc::ptr_eq(s, &refreshed)), "{taken:?}");
+        assert!(
+            matches!(&taken, Some(Unstored::Follows(s)) if Arc::ptr_eq(s, &refreshed)),
+            "{taken:?}"
+        );
         assert!(!state.holds_unstored());
         assert!(state.take_unstored(Some(&previous)).is_none(), "taken once");
 
         // The session ended meanwhile: the tokens are nobody's, to be revoked.
         state.keep_unstored(refreshed.clone(), &previous);
-        assert!(matches!(state.take_unstored(None), Some(Err(s)) if Arc::ptr_eq(&s, &refreshed)));
+        assert!(matches!(state.take_unstored(None), Some(Unstored::Orphaned(s)) if Arc::ptr_eq(&s, &refreshed)));
 
         // Another replica stored a newer session: ours are dropped, not stored over it.
         state.keep_unstored(refreshed.clone(), &previous);
         let newer = session_with_access_token("at-3", Duration::from_secs(60));
-        assert!(state.take_unstored(Some(&newer)).is_none());
+        assert!(matches!(state.take_unstored(Some(&newer)), Some(Unstored::Superseded)));
         assert!(state.take_unstored(Some(&previous)).is_none(), "dropped for good");
+    }
+
+    #[test]
+    fn unstored_tokens_are_given_up_only_once_their_session_has_ended() {
+        let previous = session_with_access_token("at-1", Duration::from_secs(60));
+        let refreshed = session_with_access_token("at-2", Duration::from_secs(60));
+        let mut state = RefreshState::default();
+        assert!(
+            state.take_unstored_if_ended(SystemTime::now()).is_none(),
+            "nothing kept"
+        );
+        state.keep_unstored(refreshed.clone(), &previous);
+        assert!(state.take_unstored_if_ended(SystemTime::now()).is_none());
+        assert!(state.holds_unstored(), "live tokens were given up");
+        let ended = state.take_unstored_if_ended(refreshed.expires_at);
+        assert!(matches!(&ended, Some(s) if Arc::ptr_eq(s, &refreshed)), "{ended:?}");
+        assert!(!state.holds_unstored());
     }
 
     #[tokio::test]
@@ -315,7 +355,10 @@ mod tests {
         }
         assert!(gate.len() < SWEEP_SLACK, "swept: {} left", gate.len());
         let kept = gate.acquire(&live_key).await.take_unstored(Some(&previous));
-        assert!(matches!(kept, Some(Ok(_))), "the tokens to store were swept: {kept:?}");
+        assert!(
+            matches!(kept, Some(Unstored::Follows(_))),
+            "the tokens to store were swept: {kept:?}"
+        );
         let gone = gate.acquire(&ended_key).await.take_unstored(Some(&previous));
         assert!(gone.is_none(), "an ended session's tokens were kept: {gone:?}");
     }

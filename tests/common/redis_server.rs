@@ -208,6 +208,7 @@ pub struct Replicas {
 pub struct ReplicasBuilder {
     idp: IdpOptions,
     env: Vec<(String, String)>,
+    env_a: Vec<(String, String)>,
     env_b: Vec<(String, String)>,
     redis_password: Option<String>,
 }
@@ -221,6 +222,12 @@ impl ReplicasBuilder {
     /// An environment variable of both replicas.
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// An environment variable of replica A only (e.g. its metrics listener).
+    pub fn env_a(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env_a.push((key.to_owned(), value.into()));
         self
     }
 
@@ -255,7 +262,7 @@ impl ReplicasBuilder {
             }
             builder
         };
-        let (a, b) = tokio::join!(replica(app_a, &[]).start(), replica(app_b, &self.env_b).start());
+        let (a, b) = tokio::join!(replica(app_a, &self.env_a).start(), replica(app_b, &self.env_b).start());
         Replicas {
             idp,
             echo,
