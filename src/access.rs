@@ -7,8 +7,8 @@
 //! response body ([`AccessLine`], kept in [`ResponseBody`](crate::ResponseBody)). The
 //! body counts the bytes it hands to the connection, notes how it ended, and writes the
 //! line when hyper drops it: the last thing that happens to a response, however it ends.
-//! The line rides in the body that every response has anyway (no layer, no allocation);
-//! with the log off the body carries `None` and nothing is counted.
+//! The line rides in the body that every response has anyway (no layer of its own),
+//! boxed; with the log off the body carries `None` and nothing is counted.
 
 use std::net::IpAddr;
 use std::sync::Arc;
