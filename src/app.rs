@@ -15,6 +15,7 @@ use http::header::{LOCATION, SET_COOKIE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::access::{self, Requested};
 use crate::config::Config;
 use crate::error::AppError;
 use crate::limit::LoginLimiter;
@@ -50,13 +51,6 @@ pub struct App {
     /// Scheme of the public base URL, sent upstream as `X-Forwarded-Proto`.
     pub(crate) public_scheme: &'static str,
 }
-
-/// The session's subject, attached to a response for the access log.
-#[derive(Clone)]
-struct AccessSubject(Arc<Session>);
-
-/// The access-log target: one `info` line per request.
-const ACCESS_LOG: &str = "portcullis::access";
 
 /// A session that passed the session phase: present, alive, and refreshed if it was due.
 pub(crate) struct ActiveSession {
@@ -138,13 +132,15 @@ impl App {
         // Judged only if an error is to be rendered: a browser's `Accept` is long, and
         // most requests end without one. The value is kept, as the request is handed on.
         let accept = request.headers().get(http::header::ACCEPT).cloned();
-        // Taken only when the line will be written: the URI and method are cheap clones.
+        // Taken only when the line will be written: the path and method are cheap clones.
         // Health checks (a load balancer's, every few seconds) are counted, not logged.
         let logged = kind != RouteKind::Health && self.config.log.access_log;
-        let access = (logged && tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)).then(|| {
+        let access = (logged && tracing::enabled!(target: access::TARGET, tracing::Level::INFO)).then(|| {
             let client = self.upstream.client_ip(client_addr.ip(), request.headers());
-            (request.method().clone(), request.uri().clone(), client)
+            Requested::of(&request, client)
         });
+        // The session a forwarded request went with, for the line (set only when logged).
+        let mut user = None;
         // The host first, for every route: RFC 9112 §3.2 has a server refuse any request
         // that names no valid host, whatever it would do with it. Only the proxy passes
         // it on (portcullis' own URLs come from `base_url`); a refused request starts no
@@ -174,11 +170,11 @@ impl App {
             (Route::Protected, Ok(host)) => match self.admit(&request, client_addr, session_keys).await {
                 Ok(Admission::Forward(session)) => {
                     let ctx = self.forward_context(session.as_deref(), host.as_ref(), client_addr, upstream_slot);
-                    match self.upstream.forward(request, ctx).await {
-                        Ok(response) if access.is_some() => Ok(with_subject(response, session)),
-                        Ok(response) => Ok(response),
-                        Err(error) => Err(error.into()),
+                    let forwarded = self.upstream.forward(request, ctx).await;
+                    if access.is_some() {
+                        user = session;
                     }
+                    forwarded.map_err(AppError::from)
                 }
                 Ok(Admission::Answered(response)) => Ok(*response),
                 Err(error) => Err(error),
@@ -188,19 +184,10 @@ impl App {
             .unwrap_or_else(|error| error.into_response(policy::accept_prefers_json(accept.as_ref()), &self.router));
         let elapsed = started.elapsed();
         self.metrics.request(kind, response.status(), elapsed);
-        if let Some((method, uri, client)) = access {
-            let subject = response.extensions_mut().remove::<AccessSubject>();
-            // The path only: queries carry codes, states and whatever the app puts there.
-            tracing::info!(
-                target: ACCESS_LOG,
-                %method,
-                path = %uri.path(),
-                status = response.status().as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1e3,
-                %client,
-                user = %subject.as_ref().map_or("-", |s| s.0.subject.as_str()),
-                "request"
-            );
+        // Written when the body is over (sent, cut off, or abandoned by the client).
+        if let Some(requested) = access {
+            let line = requested.answered(response.status(), user, started, elapsed);
+            response.body_mut().log_when_over(line);
         }
         response
     }
@@ -453,14 +440,6 @@ impl App {
         }
         Ok(response)
     }
-}
-
-/// Tags a forwarded response with its session's subject for the access log line.
-fn with_subject(mut response: Response<ResponseBody>, session: Option<Arc<Session>>) -> Response<ResponseBody> {
-    if let Some(session) = session {
-        response.extensions_mut().insert(AccessSubject(session));
-    }
-    response
 }
 
 fn route_kind(route: Route) -> RouteKind {

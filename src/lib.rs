@@ -23,6 +23,7 @@
 //! - [`pages`]: every body portcullis writes itself, escaped.
 //! - [`limit`]: rate limiting of calls made to the provider for anonymous clients, per
 //!   client and in all.
+//! - [`access`]: the access log, its line written when the response is over.
 //! - [`metrics`]: counters and histograms, served to Prometheus on their own listener.
 //!
 //! These docs are for the people working on portcullis, private items included:
@@ -31,6 +32,7 @@
 // Module docs link the private modules they describe (resolved with --document-private-items).
 #![allow(rustdoc::private_intra_doc_links)]
 
+mod access;
 pub mod app;
 mod auth;
 mod body;

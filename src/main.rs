@@ -1,6 +1,7 @@
 //! The command line: parse, load configuration, hand over to the library.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -135,6 +136,14 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Colours for a person at a terminal only (and not with `NO_COLOR`, tracing's
+    // default): a journal or a log file would keep the escape codes, and writing them was
+    // half the cost of an access-log line, paid on every request.
+    let builder = if std::io::stderr().is_terminal() {
+        builder
+    } else {
+        builder.with_ansi(false)
+    };
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -15,6 +15,7 @@ use common::upstream::{pattern, read_request_head, PatternBody, RawUpstream, Rus
 use common::*;
 use http::Request;
 use http_body_util::BodyExt;
+use hyper::client::conn::{http1, http2};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,7 +24,18 @@ const MIB: u64 = 1 << 20;
 
 /// A logged-in stack in front of `upstream`; returns it with the `Cookie` value.
 async fn stack_before(upstream: &str) -> (Stack, String) {
-    let stack = Stack::builder().upstream(upstream).start().await;
+    stack_with(upstream, &[]).await
+}
+
+/// [`stack_before`] with portcullis' environment `env` added.
+async fn stack_with(upstream: &str, env: &[(&str, &str)]) -> (Stack, String) {
+    let stack = env
+        .iter()
+        .fold(Stack::builder().upstream(upstream), |builder, (key, value)| {
+            builder.env(key, *value)
+        })
+        .start()
+        .await;
     stack.login("john", "/").await;
     let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session cookie"));
     (stack, cookie)
@@ -581,6 +593,33 @@ async fn stalling_after_the_head() -> (String, Arc<AtomicU64>, tokio::task::Join
     (url, closed, task)
 }
 
+/// A GET of `target` with the session `cookie`: over `h2` if given, else over a new
+/// HTTP/1.1 connection, returned to be kept until the body has been read (dropping it
+/// could end the connection).
+async fn get_over(
+    h2: Option<&http2::SendRequest<TestBody>>,
+    port: u16,
+    target: &str,
+    cookie: &str,
+) -> (
+    http::Response<hyper::body::Incoming>,
+    Option<http1::SendRequest<TestBody>>,
+) {
+    if let Some(h2) = h2 {
+        let request = Request::get(format!("http://localhost:{port}{target}"))
+            .header("cookie", cookie)
+            .body(h1::empty())
+            .expect("request");
+        return (h2.clone().send_request(request).await.expect("response head"), None);
+    }
+    let mut sender = h1_connect(port).await;
+    let resp = sender
+        .send_request(h1::get(port, target, cookie))
+        .await
+        .expect("response head");
+    (resp, Some(sender))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout_and_portcullis_goes_on() {
     let (url, closed, upstream) = stalling_after_the_head().await;
@@ -608,18 +647,7 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout
     ] {
         // The query must not reach the log.
         let target = format!("{path}?token=secret-query");
-        // Kept until the body has been read (dropping it could end the connection).
-        let mut sender = h1_connect(port).await;
-        let resp = if http2 {
-            let request = Request::get(format!("http://localhost:{port}{target}"))
-                .header("cookie", &cookie)
-                .body(h1::empty())
-                .expect("request");
-            h2.clone().send_request(request).await
-        } else {
-            sender.send_request(h1::get(port, &target, &cookie)).await
-        }
-        .expect("response head");
+        let (resp, _sender) = get_over(http2.then_some(&h2), port, &target, &cookie).await;
         assert_eq!(resp.status(), 200, "{path} http2={http2}");
         let started = Instant::now();
         let (got, error) = drain(resp).await;
@@ -665,4 +693,153 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout
     let resp = send.send_request(h1::get(port, "/", &cookie)).await.expect("response");
     assert_eq!(resp.status(), 200);
     upstream.abort();
+}
+
+/// The numeric field `name` of access-log line `line` (text format).
+#[track_caller]
+fn logged_number(line: &str, name: &str) -> f64 {
+    access_field(line, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {name} in: {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_complete_download_is_logged_when_it_ends_with_its_bytes_and_complete_in_json_too() {
+    let upstream = RustUpstream::start().await;
+    let (stack, cookie) = stack_with(&upstream.url, &[("PORTCULLIS_LOG_FORMAT", "json")]).await;
+    let port = stack.portcullis.app.port;
+
+    // One with its length, one chunked; the query is not logged.
+    for target in ["/bytes?n=3000000", "/bytes?n=2000001&chunked=1"] {
+        let checker = download(port, target, &cookie).await;
+        assert_eq!(checker.mismatch, None, "{target}");
+    }
+    let lines = stack.portcullis.access_lines("/bytes", 2).await;
+    let mut sizes = Vec::new();
+    for line in &lines {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let fields = &json["fields"];
+        assert_eq!(fields["status"], 200, "{line}");
+        assert_eq!(fields["outcome"], "complete", "{line}");
+        assert_ne!(fields["user"], "-", "the session's subject: {line}");
+        let (duration, head) = (fields["duration_ms"].as_f64(), fields["head_ms"].as_f64());
+        assert!(
+            matches!((duration, head), (Some(d), Some(h)) if d >= h && h > 0.0),
+            "duration_ms (to the last byte) and head_ms (to the head): {line}"
+        );
+        assert!(
+            !line.contains("n=") && !line.contains("chunked="),
+            "the query was logged: {line}"
+        );
+        sizes.push(
+            fields["body_bytes"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no body_bytes: {line}")),
+        );
+    }
+    sizes.sort_unstable();
+    assert_eq!(sizes, [2_000_001, 3_000_000]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_cut_by_the_idle_timeout_is_logged_as_cut_with_the_bytes_sent() {
+    let (url, _closed, upstream) = stalling_after_the_head().await;
+    let (stack, cookie) = stack_with(
+        &url,
+        &[
+            ("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", "1s"),
+            ("PORTCULLIS_SERVER_H2C", "true"),
+        ],
+    )
+    .await;
+    let port = stack.portcullis.app.port;
+
+    let h2 = h2_over(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"))
+        .await
+        .expect("h2c handshake");
+    for (path, http2) in [("/stall-length", false), ("/stall-chunked", true)] {
+        let (resp, _sender) = get_over(http2.then_some(&h2), port, path, &cookie).await;
+        let (got, error) = drain(resp).await;
+        assert_eq!(got, 1000, "{path}");
+        assert!(error.is_some(), "{path}: the client saw a complete body");
+
+        let lines = stack.portcullis.access_lines(path, 1).await;
+        let line = &lines[0];
+        assert_eq!(access_field(line, "status"), Some("200"), "{line}");
+        assert_eq!(access_field(line, "outcome"), Some("upstream_idle"), "{line}");
+        assert_eq!(access_field(line, "body_bytes"), Some("1000"), "{line}");
+        // Written at the cut, a second after the head, not when the head went out.
+        let (duration, head) = (logged_number(line, "duration_ms"), logged_number(line, "head_ms"));
+        assert!(duration >= 900.0 && head < duration - 500.0, "{line}");
+    }
+    upstream.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_the_upstream_breaks_off_is_logged_as_an_upstream_error() {
+    // Announces 1 000 000 bytes, sends 300 000, closes.
+    let mut with_length =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    with_length.extend_from_slice(&pattern::slice(0, 300_000));
+    let upstream = RawUpstream::start_routes(vec![("/cut-length", with_length)]).await;
+    let (stack, cookie) = stack_before(&upstream.url).await;
+    let port = stack.portcullis.app.port;
+
+    let mut send = h1_connect(port).await;
+    let resp = send
+        .send_request(h1::get(port, "/cut-length", &cookie))
+        .await
+        .expect("response head");
+    let (got, error) = drain(resp).await;
+    assert!(error.is_some(), "the client saw a complete body of {got} bytes");
+
+    let lines = stack.portcullis.access_lines("/cut-length", 1).await;
+    let line = &lines[0];
+    assert_eq!(access_field(line, "status"), Some("200"), "{line}");
+    assert_eq!(access_field(line, "outcome"), Some("upstream_error"), "{line}");
+    let sent = logged_number(line, "body_bytes");
+    assert!(sent >= got as f64 && sent <= 300_000.0, "{got} bytes received: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_mid_download_is_logged_as_gone() {
+    let upstream = RustUpstream::start().await;
+    let (stack, cookie) = stack_with(&upstream.url, &[("PORTCULLIS_SERVER_H2C", "true")]).await;
+    let port = stack.portcullis.app.port;
+    let huge = format!("/bytes?n={}", 4 * GIB);
+
+    // HTTP/1.1: the client reads 1 MiB and closes its connection.
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!("GET {huge} HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: {cookie}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0;
+    while read < MIB as usize {
+        match tcp.read(&mut buf).await.expect("read") {
+            0 => panic!("portcullis closed after {read} bytes"),
+            n => read += n,
+        }
+    }
+    drop(tcp);
+    let lines = stack.portcullis.access_lines("/bytes", 1).await;
+    let line = &lines[0];
+    assert_eq!(access_field(line, "status"), Some("200"), "{line}");
+    assert_eq!(access_field(line, "outcome"), Some("client_gone"), "{line}");
+    let sent = logged_number(line, "body_bytes");
+    assert!(sent >= (MIB / 2) as f64 && sent < (4 * GIB) as f64, "{line}");
+
+    // HTTP/2: the client drops the response after its first frame (the stream is reset).
+    let h2 = h2_over(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"))
+        .await
+        .expect("h2c handshake");
+    let (resp, _) = get_over(Some(&h2), port, &huge, &cookie).await;
+    let mut body = resp.into_body();
+    body.frame().await.expect("a first frame").expect("data");
+    drop(body);
+    let lines = stack.portcullis.access_lines("/bytes", 2).await;
+    let line = &lines[1];
+    assert_eq!(access_field(line, "outcome"), Some("client_gone"), "{line}");
+    // The connection carries on.
+    let (resp, _) = get_over(Some(&h2), port, "/after", &cookie).await;
+    assert_eq!(resp.status(), 200);
 }

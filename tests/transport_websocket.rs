@@ -61,6 +61,12 @@ async fn an_authenticated_websocket_upgrade_carries_messages_both_ways() {
 
     // Upstream → client, unprompted.
     assert_eq!(recv(&mut tcp).await, (ws::TEXT, b"hello from upstream".to_vec()));
+    // The upgrade's access line went out with the 101, while the tunnel is open.
+    let lines = stack.portcullis.access_lines("/ws", 1).await;
+    let line = &lines[0];
+    assert_eq!(access_field(line, "status"), Some("101"), "{line}");
+    assert_eq!(access_field(line, "outcome"), Some("complete"), "{line}");
+    assert_eq!(access_field(line, "body_bytes"), Some("0"), "{line}");
     // Client → upstream → client, several times, text and binary, small and large.
     for i in 0..5 {
         let msg = format!("message {i}");

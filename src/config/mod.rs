@@ -273,7 +273,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing` filter directive (default `info`; `RUST_LOG` overrides).
     pub level: String,
-    /// One line per request at `info` on the `portcullis::access` target (default true).
+    /// One line per request at `info` on the `portcullis::access` target, written when its
+    /// response is over (`access`; default true).
     pub access_log: bool,
 }
 

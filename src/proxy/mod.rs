@@ -355,7 +355,7 @@ impl Upstream {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     response.body_mut().forget_connection();
                 }
-                response.map(ResponseBody::Upstream)
+                response.map(ResponseBody::upstream)
             }
             Transport::Http2(clients) => {
                 let authority = authority.as_ref().unwrap_or(self.target.authority());

@@ -43,7 +43,7 @@ pub use client::{html_escape, Browserless, LoginTrace, Resp, ACCEPT_HTML};
 pub use cookies::SetCookie;
 pub use peers::{Echo, EchoSeen, Idp, IdpOptions, IdpStats};
 pub use process::{eventually, free_port};
-pub use proxy::{rss_kib, AppAddr, Portcullis, PortcullisBuilder};
+pub use proxy::{access_field, rss_kib, AppAddr, Portcullis, PortcullisBuilder};
 pub use raw::{raw_exchange, raw_request, RawResponse};
 pub use redis_server::{Redis, Replicas};
 pub use stack::{Stack, StackBuilder};

@@ -6,7 +6,7 @@ use tokio::process::Command;
 use url::Url;
 
 use super::peers::plain_client;
-use super::process::{free_port, ChildProcess, READY_TIMEOUT};
+use super::process::{eventually, free_port, ChildProcess, READY_TIMEOUT};
 
 /// The address portcullis will listen on, chosen before anything starts because
 /// the provider must know the redirect URI up front.
@@ -132,6 +132,12 @@ impl PortcullisBuilder {
 /// The `tracing` target of the access log.
 pub const ACCESS_LOG_TARGET: &str = "portcullis::access";
 
+/// The value of field `name` in an access-log line of the text format (`name=value`).
+pub fn access_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[start..].split(' ').next()
+}
+
 /// A running portcullis.
 pub struct Portcullis {
     pub app: AppAddr,
@@ -195,6 +201,23 @@ impl Portcullis {
             .filter(|l| l.contains(ACCESS_LOG_TARGET))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The access-log lines of requests to `path` (text `path=… ` or JSON `"path":"…"`),
+    /// once there are `count` of them: each is written when its response is over, which
+    /// may come after the client has seen the end.
+    pub async fn access_lines(&self, path: &str, count: usize) -> Vec<String> {
+        let (text, json) = (format!(" path={path} "), format!("\"path\":\"{path}\""));
+        let what = format!("{count} access-log lines of {path}");
+        eventually(&what, Duration::from_secs(10), || {
+            let lines: Vec<String> = self
+                .access_log()
+                .into_iter()
+                .filter(|l| l.contains(&text) || l.contains(&json))
+                .collect();
+            async move { (lines.len() >= count).then_some(lines) }
+        })
+        .await
     }
 
     /// Resident memory (`VmRSS`) in KiB.
