@@ -79,6 +79,7 @@ impl App {
             &config.identity,
             cookie_filter,
             &config.server.trusted_proxies,
+            config.server.body_idle_timeout,
             metrics.clone(),
         )
         .map_err(crate::StartError::Upstream)?;

@@ -121,6 +121,8 @@ impl AppError {
             AppError::Oidc(error) => oidc_rendering(error),
             AppError::Proxy(ProxyError::Timeout) => r(S::GATEWAY_TIMEOUT, "upstream_timeout", "Application timed out", "The application did not answer in time. Try again shortly.", Fault::Upstream),
             AppError::Proxy(ProxyError::Connect(_)) | AppError::Proxy(ProxyError::Request(_)) => r(S::BAD_GATEWAY, "upstream_unavailable", "Application unavailable", "The application behind this sign-in could not be reached. Try again shortly.", Fault::Upstream),
+            // As nginx answers a `client_body_timeout`: the client's upload stopped, not the app.
+            AppError::Proxy(ProxyError::ClientBodyStalled) => r(S::REQUEST_TIMEOUT, "request_timeout", "Request timed out", "The request's body stopped arriving before it was complete.", Fault::Downstream),
             AppError::Proxy(ProxyError::BadRequest(reason)) => Rendering {
                 status: S::BAD_REQUEST,
                 code: "bad_request",

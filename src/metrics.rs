@@ -177,6 +177,8 @@ pub struct Metrics {
     connections_refused: AtomicU64,
     /// Not sharded: counted only when a response is cut off.
     upstream_body_idle_timeouts: AtomicU64,
+    /// Not sharded: counted only when a request is cut off.
+    client_body_idle_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -237,6 +239,11 @@ impl Metrics {
     /// An upstream response body sent nothing for `upstream.body_idle_timeout` and was cut off.
     pub fn upstream_body_idle_timeout(&self) {
         self.upstream_body_idle_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client's request body sent nothing for `server.body_idle_timeout` and was cut off.
+    pub fn client_body_idle_timeout(&self) {
+        self.client_body_idle_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4). `gauges` adds values read at
@@ -396,6 +403,18 @@ impl Metrics {
             out,
             "portcullis_upstream_body_idle_timeouts_total {}",
             get(&self.upstream_body_idle_timeouts)
+        );
+
+        header(
+            &mut out,
+            "portcullis_client_body_idle_timeouts_total",
+            "counter",
+            "Requests cut off because the client's body sent nothing for server.body_idle_timeout.",
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_client_body_idle_timeouts_total {}",
+            get(&self.client_body_idle_timeouts)
         );
 
         header(
@@ -609,6 +628,8 @@ mod tests {
         metrics.login_rate_limited(LoginLimit::Client);
         metrics.login_rate_limited(LoginLimit::Global);
         metrics.upstream_body_idle_timeout();
+        metrics.client_body_idle_timeout();
+        metrics.client_body_idle_timeout();
         let text = metrics.render(&gauges());
         for name in [
             "portcullis_requests_total",
@@ -622,6 +643,7 @@ mod tests {
             "portcullis_connections_total",
             "portcullis_connections_refused_total",
             "portcullis_upstream_body_idle_timeouts_total",
+            "portcullis_client_body_idle_timeouts_total",
             "portcullis_sessions",
             "portcullis_ready",
             "portcullis_uptime_seconds",
@@ -633,6 +655,7 @@ mod tests {
         assert!(text.contains("portcullis_connections_total 2\n"));
         assert!(text.contains("portcullis_connections_refused_total 1\n"));
         assert!(text.contains("portcullis_upstream_body_idle_timeouts_total 1\n"));
+        assert!(text.contains("portcullis_client_body_idle_timeouts_total 2\n"));
         assert!(text.contains("portcullis_token_refreshes_total{result=\"refused\"} 1\n"));
         assert!(text.contains("portcullis_refresh_rescues_total{result=\"kept\"} 1\n"));
         assert!(text.contains("portcullis_refresh_rescues_total{result=\"stored\"} 1\n"));

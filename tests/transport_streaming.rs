@@ -554,6 +554,30 @@ async fn an_upload_the_upstream_turns_away_before_reading_it_gets_the_upstreams_
 /// announced 1 000 000, to `/stall-chunked` as one chunk. Anything else gets `200 ok`
 /// and the connection closed. Counts the stalled connections that portcullis closed.
 async fn stalling_after_the_head() -> (String, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    holding_upstream(|head| {
+        let mut answer = if head.starts_with(b"GET /stall-length") {
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000000\r\n\r\n".to_vec()
+        } else if head.starts_with(b"GET /stall-chunked") {
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n3e8\r\n"
+                .to_vec()
+        } else {
+            return None;
+        };
+        answer.extend_from_slice(&pattern::slice(0, 1000));
+        if head.starts_with(b"GET /stall-chunked") {
+            answer.extend_from_slice(b"\r\n");
+        }
+        Some(answer)
+    })
+    .await
+}
+
+/// A raw upstream that answers each request by its head: `answer` gives what to send and
+/// then hold the connection, reading whatever comes until portcullis closes it (counted);
+/// `None` gets `200 ok` and the connection closed.
+async fn holding_upstream(
+    answer: fn(&[u8]) -> Option<Vec<u8>>,
+) -> (String, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let closed = Arc::new(AtomicU64::new(0));
@@ -565,21 +589,12 @@ async fn stalling_after_the_head() -> (String, Arc<AtomicU64>, tokio::task::Join
                 let Some(head) = read_request_head(&mut stream).await else {
                     return;
                 };
-                let mut answer = if head.starts_with(b"GET /stall-length") {
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000000\r\n\r\n"
-                        .to_vec()
-                } else if head.starts_with(b"GET /stall-chunked") {
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n3e8\r\n".to_vec()
-                } else {
+                let Some(answer) = answer(&head) else {
                     let _ = stream
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
                         .await;
                     return;
                 };
-                answer.extend_from_slice(&pattern::slice(0, 1000));
-                if head.starts_with(b"GET /stall-chunked") {
-                    answer.extend_from_slice(b"\r\n");
-                }
                 if stream.write_all(&answer).await.is_err() {
                     return;
                 }
@@ -620,19 +635,47 @@ async fn get_over(
     (resp, Some(sender))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout_and_portcullis_goes_on() {
-    let (url, closed, upstream) = stalling_after_the_head().await;
+/// A logged-in stack in front of `upstream` with h2c, metrics, and the timeout `var`
+/// at 1 s; returns it with the `Cookie` value and the metrics port.
+async fn h2c_stack_before(upstream: &str, var: &str) -> (Stack, String, u16) {
     let metrics_port = free_port();
     let stack = Stack::builder()
-        .upstream(&url)
-        .env("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", "1s")
+        .upstream(upstream)
+        .env(var, "1s")
         .env("PORTCULLIS_SERVER_H2C", "true")
         .env("PORTCULLIS_SERVER_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .start()
         .await;
     stack.login("john", "/").await;
     let cookie = format!("portcullis_session={}", stack.session_cookie().expect("session cookie"));
+    (stack, cookie, metrics_port)
+}
+
+/// Checks that three exchanges were cut off and reported: the upstream saw `closed` reach
+/// 3, portcullis logged three warnings saying `warning` (and never the query
+/// `secret-query`), and its counter `metric` says 3.
+async fn three_cut_offs_reported(stack: &Stack, closed: &AtomicU64, metrics_port: u16, warning: &str, metric: &str) {
+    eventually(
+        "the upstream to see its connections closed",
+        Duration::from_secs(5),
+        || async { (closed.load(Ordering::SeqCst) == 3).then_some(()) },
+    )
+    .await;
+    let log = stack.portcullis.log_text();
+    let warnings = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains(warning))
+        .count();
+    assert_eq!(warnings, 3, "{log}");
+    assert!(!log.contains("secret-query"), "the query reached the log:\n{log}");
+    let metrics = common::metrics::scrape(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+    assert!(metrics.contains(&format!("\n{metric} 3\n")), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout_and_portcullis_goes_on() {
+    let (url, closed, upstream) = stalling_after_the_head().await;
+    let (stack, cookie, metrics_port) = h2c_stack_before(&url, "PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT").await;
     let port = stack.portcullis.app.port;
 
     // Over HTTP/1.1 the connection closes short of the body's end; over HTTP/2 the
@@ -669,29 +712,138 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_body_idle_timeout
     assert_eq!(h1::text(resp).await.expect("body"), "ok");
 
     // Each stalled upstream connection was closed, not kept for another request.
-    eventually(
-        "the upstream to see its connections closed",
-        Duration::from_secs(5),
-        || async { (closed.load(Ordering::SeqCst) == 3).then_some(()) },
+    three_cut_offs_reported(
+        &stack,
+        &closed,
+        metrics_port,
+        "upstream response body stalled",
+        "portcullis_upstream_body_idle_timeouts_total",
     )
     .await;
-    let log = stack.portcullis.log_text();
-    let warnings = log
-        .lines()
-        .filter(|line| line.contains("WARN") && line.contains("upstream response body stalled"))
-        .count();
-    assert_eq!(warnings, 3, "{log}");
-    assert!(!log.contains("secret-query"), "the query reached the log:\n{log}");
-    let metrics = common::metrics::scrape(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
-    assert!(
-        metrics.contains("\nportcullis_upstream_body_idle_timeouts_total 3\n"),
-        "{metrics}"
-    );
 
     // portcullis is fine afterwards: a new connection is answered.
     let mut send = h1_connect(port).await;
     let resp = send.send_request(h1::get(port, "/", &cookie)).await.expect("response");
     assert_eq!(resp.status(), 200);
+    upstream.abort();
+}
+
+/// An upstream that answers a `POST /upload` at once (`200`, `early`) and reads the
+/// upload on to its end, and that reads a `POST /read-first` without ever answering;
+/// either way it holds the connection until portcullis closes it. Counts the
+/// connections portcullis closed. Anything else gets `200 ok` and the connection closed.
+async fn answering_uploads_early() -> (String, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    holding_upstream(|head| {
+        if head.starts_with(b"POST /upload") {
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly".to_vec())
+        } else if head.starts_with(b"POST ") {
+            Some(Vec::new())
+        } else {
+            None
+        }
+    })
+    .await
+}
+
+/// Reads from `tcp` until portcullis closes it: what came, and how long after the
+/// first bytes the close came. Panics if it is still open after 10 s.
+async fn read_until_closed(tcp: &mut TcpStream) -> (String, Duration) {
+    let mut read = Vec::new();
+    let mut first = None;
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+            Err(_) => panic!("still open after 10 s, having read: {}", String::from_utf8_lossy(&read)),
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => {
+                read.extend_from_slice(&chunk[..n]);
+                first.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+    let waited = first.map_or(Duration::ZERO, |first| first.elapsed());
+    (String::from_utf8_lossy(&read).into_owned(), waited)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_stalls_after_an_early_answer_is_cut_off_after_the_client_body_idle_timeout() {
+    let (url, closed, upstream) = answering_uploads_early().await;
+    let (stack, cookie, metrics_port) = h2c_stack_before(&url, "PORTCULLIS_SERVER_BODY_IDLE_TIMEOUT").await;
+    let port = stack.portcullis.app.port;
+    let in_time = |waited: Duration| waited >= Duration::from_millis(900) && waited < Duration::from_secs(5);
+
+    // HTTP/1.1: a gigabyte announced, three bytes sent, then nothing. The query must
+    // not reach the log.
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!(
+        "POST /upload?token=secret-query HTTP/1.1\r\nhost: localhost:{port}\r\ncookie: {cookie}\r\ncontent-length: 1000000000\r\n\r\nabc"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let (response, waited) = read_until_closed(&mut tcp).await;
+    assert!(
+        response.starts_with("HTTP/1.1 200 OK\r\n") && response.ends_with("\r\n\r\nearly"),
+        "{response}"
+    );
+    assert!(
+        in_time(waited),
+        "HTTP/1.1: closed {waited:?} after the answer, not after the 1 s timeout"
+    );
+
+    // HTTP/2: the same upload on a stream; the stream is reset (hyper's client then drops
+    // the body it was sending), and the connection carries the next request.
+    let mut h2 = h2_over(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"))
+        .await
+        .expect("h2c handshake");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok::<_, common::upstream::BoxError>(http_body::Frame::data(data)), rx))
+    });
+    let upload = Request::post(format!("http://localhost:{port}/upload?token=secret-query"))
+        .header("cookie", &cookie)
+        .header("content-length", "1000000000")
+        .body(http_body_util::StreamBody::new(frames).boxed())
+        .expect("request");
+    tx.send(Bytes::from_static(b"abc")).await.expect("first bytes");
+    let resp = h2.send_request(upload).await.expect("the early answer");
+    assert_eq!(h1::text(resp).await.expect("body"), "early");
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), tx.closed())
+        .await
+        .expect("the upload's stream still open after 10 s");
+    assert!(
+        in_time(answered.elapsed()),
+        "HTTP/2: reset {:?} after the answer",
+        answered.elapsed()
+    );
+    let health = Request::get(format!("http://localhost:{port}/.auth/healthz"))
+        .body(h1::empty())
+        .expect("request");
+    let resp = h2.send_request(health).await.expect("the connection goes on");
+    assert_eq!(resp.status(), 200);
+
+    // Before any answer (the upstream reads and says nothing): 408, not the 504 of the
+    // response timeout a minute on.
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!(
+        "POST /read-first HTTP/1.1\r\nhost: localhost:{port}\r\ncookie: {cookie}\r\naccept: application/json\r\ncontent-length: 1000\r\n\r\nabc"
+    );
+    let sent = Instant::now();
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let (response, _) = read_until_closed(&mut tcp).await;
+    assert!(response.starts_with("HTTP/1.1 408 "), "{response}");
+    assert!(in_time(sent.elapsed()), "408 after {:?}", sent.elapsed());
+
+    // Each upstream connection was closed, not kept for another request.
+    three_cut_offs_reported(
+        &stack,
+        &closed,
+        metrics_port,
+        "client request body stalled",
+        "portcullis_client_body_idle_timeouts_total",
+    )
+    .await;
     upstream.abort();
 }
 

@@ -18,6 +18,14 @@ fn list(items: impl IntoIterator<Item = impl AsRef<str>>) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// An idle timeout's value, `0s` with a note on what `off` lets happen (reads back as off).
+fn idle_timeout(timeout: Option<std::time::Duration>, off_lets: &str) -> String {
+    match timeout {
+        Some(timeout) => q(&format_duration(timeout)),
+        None => format!("\"0s\"  # off: {off_lets}"),
+    }
+}
+
 const REDACTED: &str = "\"[redacted]\"";
 
 impl Config {
@@ -153,13 +161,8 @@ impl Config {
         writeln!(out, "\n[upstream]")?;
         writeln!(out, "connect_timeout = {}", q(&d(u.connect_timeout)))?;
         writeln!(out, "response_timeout = {}", q(&d(u.response_timeout)))?;
-        match u.body_idle_timeout {
-            Some(timeout) => writeln!(out, "body_idle_timeout = {}", q(&d(timeout)))?,
-            None => writeln!(
-                out,
-                "body_idle_timeout = \"0s\"  # off: a response body may stall as long as its client waits"
-            )?,
-        }
+        let stalls = "a response body may stall as long as its client waits";
+        writeln!(out, "body_idle_timeout = {}", idle_timeout(u.body_idle_timeout, stalls))?;
         writeln!(out, "show_address_on_error = {}", u.show_address_on_error)?;
         writeln!(out, "preserve_host = {}", u.preserve_host)?;
         match &u.ca_file {
@@ -198,6 +201,12 @@ impl Config {
         writeln!(out, "shutdown_grace = {}", q(&d(self.server.shutdown_grace)))?;
         writeln!(out, "header_read_timeout = {}", q(&d(self.server.header_read_timeout)))?;
         let sv = &self.server;
+        let stalls = "a client's request body may stall as long as the client likes";
+        writeln!(
+            out,
+            "body_idle_timeout = {}",
+            idle_timeout(sv.body_idle_timeout, stalls)
+        )?;
         match &sv.tls {
             Some(tls) => {
                 writeln!(out, "tls_cert_file = {}", q(&tls.cert.display().to_string()))?;

@@ -234,6 +234,10 @@ pub struct ServerConfig {
     /// on a kept-alive one (hyper uses one timer for both; default 30 s). A client that has
     /// started sending a head and not finished gets 408; an idle connection is closed.
     pub header_read_timeout: Duration,
+    /// Longest wait for the next frame of a client's request body, before its response
+    /// and after it (default 5 min); `None` (configured as `0`) waits as long as the
+    /// client takes. Bounds a gap, never a whole upload.
+    pub body_idle_timeout: Option<Duration>,
     /// Terminate TLS on the main listener with these PEM files (default: plain HTTP).
     pub tls: Option<TlsFiles>,
     /// A second, plain-HTTP listener that redirects every request to `base_url` (default none).

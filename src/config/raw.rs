@@ -138,6 +138,7 @@ struct RawPages {
 struct RawServer {
     shutdown_grace: Leaf,
     header_read_timeout: Leaf,
+    body_idle_timeout: Leaf,
     tls_cert_file: Leaf,
     tls_key_file: Leaf,
     http_redirect_addr: Leaf,

@@ -464,59 +464,57 @@ fn upstream_url_forms() {
 
 #[test]
 fn the_body_idle_timeout_is_read_checked_and_shown_and_0_turns_it_off() {
+    an_idle_timeout_is_read_checked_and_shown_and_0_turns_it_off("upstream", |c| c.upstream.body_idle_timeout);
+}
+
+#[test]
+fn the_client_body_idle_timeout_is_read_checked_and_shown_and_0_turns_it_off() {
+    an_idle_timeout_is_read_checked_and_shown_and_0_turns_it_off("server", |c| c.server.body_idle_timeout);
+}
+
+/// The lines `describe` shows under `[section]`.
+fn shown_in<'a>(shown: &'a str, section: &str) -> &'a str {
+    let header = format!("\n[{section}]\n");
+    let from = shown.find(&header).map_or(shown.len(), |at| at + header.len() - 1);
+    let rest = &shown[from..];
+    &rest[..rest.find("\n[").unwrap_or(rest.len())]
+}
+
+/// `body_idle_timeout` of `[section]`, which `get` reads back: 5 min by default, from
+/// the file or (winning) the environment, shown by `describe` in its section so that it
+/// reads back, `0` in any spelling off, and every bad value refused under its key.
+fn an_idle_timeout_is_read_checked_and_shown_and_0_turns_it_off(section: &str, get: fn(&Config) -> Option<Duration>) {
+    let key = format!("{section}.body_idle_timeout");
+    let var = format!("PORTCULLIS_{}_BODY_IDLE_TIMEOUT", section.to_uppercase());
+    let in_file = |value: &str| format!("[{section}]\nbody_idle_timeout = {value}");
     let default = ok("", &seed_env());
-    assert_eq!(default.upstream.body_idle_timeout, Some(Duration::from_secs(300)));
-    assert!(default.describe().contains("\nbody_idle_timeout = \"5m\"\n"));
-    let file = ok("[upstream]\nbody_idle_timeout = \"90s\"", &seed_env());
-    assert_eq!(file.upstream.body_idle_timeout, Some(Duration::from_secs(90)));
-    assert_eq!(
-        ok(&file.describe(), &seed_env()).upstream.body_idle_timeout,
-        Some(Duration::from_secs(90))
-    );
+    assert_eq!(get(&default), Some(Duration::from_secs(300)));
+    assert!(shown_in(&default.describe(), section).contains("\nbody_idle_timeout = \"5m\"\n"));
+    let file = ok(&in_file("\"90s\""), &seed_env());
+    assert_eq!(get(&file), Some(Duration::from_secs(90)));
+    assert_eq!(get(&ok(&file.describe(), &seed_env())), Some(Duration::from_secs(90)));
     // The environment wins over the file, as for every key.
-    let env = with(seed_env(), &[("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", "1500ms")]);
-    let from_env = ok("[upstream]\nbody_idle_timeout = \"90s\"", &env);
-    assert_eq!(from_env.upstream.body_idle_timeout, Some(Duration::from_millis(1500)));
+    let env = with(seed_env(), &[(var.as_str(), "1500ms")]);
+    assert_eq!(get(&ok(&in_file("\"90s\""), &env)), Some(Duration::from_millis(1500)));
 
     for off in ["0", "0s", "0ms"] {
-        let env = with(seed_env(), &[("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", off)]);
+        let env = with(seed_env(), &[(var.as_str(), off)]);
         let config = ok("", &env);
-        assert_eq!(config.upstream.body_idle_timeout, None, "{off}");
+        assert_eq!(get(&config), None, "{off}");
         let shown = config.describe();
         assert!(
-            shown.contains("\nbody_idle_timeout = \"0s\"  # off: "),
+            shown_in(&shown, section).contains("\nbody_idle_timeout = \"0s\"  # off: "),
             "{off}: {shown}"
         );
         // And it reads back as off.
-        assert_eq!(ok(&shown, &seed_env()).upstream.body_idle_timeout, None);
+        assert_eq!(get(&ok(&shown, &seed_env())), None);
     }
-    assert_eq!(
-        ok("[upstream]\nbody_idle_timeout = 0", &seed_env())
-            .upstream
-            .body_idle_timeout,
-        None
-    );
+    assert_eq!(get(&ok(&in_file("0"), &seed_env())), None);
 
-    rejects(
-        "[upstream]\nbody_idle_timeout = -1",
-        "upstream.body_idle_timeout",
-        "negative",
-    );
-    rejects(
-        "[upstream]\nbody_idle_timeout = \"soon\"",
-        "upstream.body_idle_timeout",
-        "a duration such as",
-    );
-    rejects(
-        "[upstream]\nbody_idle_timeout = true",
-        "upstream.body_idle_timeout",
-        "must be a duration",
-    );
-    rejects_env(
-        &[("PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT", "5 minutes")],
-        "PORTCULLIS_UPSTREAM_BODY_IDLE_TIMEOUT",
-        "needs a unit",
-    );
+    rejects(&in_file("-1"), &key, "negative");
+    rejects(&in_file("\"soon\""), &key, "a duration such as");
+    rejects(&in_file("true"), &key, "must be a duration");
+    rejects_env(&[(var.as_str(), "5 minutes")], &var, "needs a unit");
 }
 
 #[test]

@@ -13,6 +13,14 @@ use url::Url;
 use super::source::Source;
 use super::{ServerConfig, TlsFiles};
 
+/// `server.body_idle_timeout`: Envoy's stream idle timeout, as `upstream.body_idle_timeout`
+/// is, and for the same reason in the other direction. nginx's `client_body_timeout` is
+/// 60 s, but it would then race `upstream.response_timeout` (60 s from the last frame)
+/// before the answer, and turn today's `504` into a `408` for the same stall; a client
+/// streaming a body (gRPC, a paused mobile upload) may also go quiet for a while. Five
+/// minutes of nothing is a client that has gone or is holding the connection on purpose.
+const DEFAULT_CLIENT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
 pub fn server(src: &mut Source<'_>, base_url: Option<&Url>) -> ServerConfig {
     let tls = tls_files(src);
     let http_redirect_addr = socket_addr(src, "server.http_redirect_addr", "0.0.0.0:80");
@@ -24,6 +32,9 @@ pub fn server(src: &mut Source<'_>, base_url: Option<&Url>) -> ServerConfig {
     ServerConfig {
         shutdown_grace: src.duration("server.shutdown_grace", Duration::from_secs(30)),
         header_read_timeout: src.positive_duration("server.header_read_timeout", Duration::from_secs(30)),
+        // 0 turns it off, as it does `upstream.body_idle_timeout`.
+        body_idle_timeout: Some(src.duration("server.body_idle_timeout", DEFAULT_CLIENT_BODY_IDLE_TIMEOUT))
+            .filter(|timeout| !timeout.is_zero()),
         tls,
         http_redirect_addr,
         metrics_addr,

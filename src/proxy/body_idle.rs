@@ -49,22 +49,38 @@ pub enum BodyError {
     Failed(hyper::Error),
 }
 
-/// What every upstream response body shares: the timeout, and where a body it cut off
-/// is counted. Each downstream connection's `UpstreamSlot` keeps a copy.
+/// What every body shares: the timeouts of upstream response bodies and of client
+/// request bodies (`upload_idle`), and where a body they cut off is counted. Each
+/// downstream connection's `UpstreamSlot` keeps a copy.
 #[derive(Clone)]
 pub(super) struct BodyIdleLimit {
-    /// `None`: off (configured as `0`).
+    /// `upstream.body_idle_timeout`; `None`: off (configured as `0`).
     timeout: Option<Duration>,
+    /// `server.body_idle_timeout`; `None`: off.
+    upload: Option<Duration>,
     metrics: Arc<Metrics>,
 }
 
 impl BodyIdleLimit {
-    pub(super) fn new(timeout: Option<Duration>, metrics: Arc<Metrics>) -> Self {
-        BodyIdleLimit { timeout, metrics }
+    pub(super) fn new(timeout: Option<Duration>, upload: Option<Duration>, metrics: Arc<Metrics>) -> Self {
+        BodyIdleLimit {
+            timeout,
+            upload,
+            metrics,
+        }
     }
 
     pub(super) fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// The longest wait for a client's next request-body frame.
+    pub(super) fn upload_timeout(&self) -> Option<Duration> {
+        self.upload
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -166,7 +182,7 @@ impl Body for Http2Body {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -199,14 +215,15 @@ mod tests {
             frames,
             timer: ResponseTimer::default(),
             idle: BodyIdle::default(),
-            limit: BodyIdleLimit::new(timeout, metrics.clone()),
+            limit: BodyIdleLimit::new(timeout, None, metrics.clone()),
         };
         (tx, body)
     }
 
     /// Reads `body` to its end or its error: the bytes, and the error. Gives up after
     /// two (paused) hours, so that a body never cut fails the test rather than hanging it.
-    async fn read(mut body: Fed) -> (usize, Option<BodyError>) {
+    /// (Also `upload_idle`'s.)
+    pub(in crate::proxy) async fn read<B: Body<Data = Bytes> + Unpin>(mut body: B) -> (usize, Option<B::Error>) {
         use http_body_util::BodyExt;
         let mut bytes = 0;
         let deadline = Instant::now() + 7200 * SECOND;
@@ -222,16 +239,22 @@ mod tests {
         (bytes, None)
     }
 
-    fn stalled_count(metrics: &Metrics) -> String {
+    /// The line of the counter `name` in `metrics`' exposition. (Also `upload_idle`'s.)
+    pub(in crate::proxy) fn counter(metrics: &Metrics, name: &str) -> String {
         let text = metrics.render(&crate::metrics::ScrapeGauges {
             sessions: None,
             ready: true,
             uptime: Duration::ZERO,
         });
+        let prefix = format!("{name} ");
         text.lines()
-            .find(|line| line.starts_with("portcullis_upstream_body_idle_timeouts_total "))
+            .find(|line| line.starts_with(&prefix))
             .unwrap_or_default()
             .to_owned()
+    }
+
+    fn stalled_count(metrics: &Metrics) -> String {
+        counter(metrics, "portcullis_upstream_body_idle_timeouts_total")
     }
 
     #[tokio::test(start_paused = true)]

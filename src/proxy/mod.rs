@@ -16,6 +16,8 @@
 //! - `early_answer`: an upstream's answer to an upload it stopped reading, kept readable.
 //! - `timeout`: the response timeout measured from the request's last progress.
 //! - `body_idle`: the response body's idle timeout, the longest wait for its next frame.
+//! - `upload_idle`: the request body's idle timeout, the longest wait for the client's
+//!   next frame.
 //! - `upgrade`: splicing upgraded (WebSocket) connections, each holding its downstream
 //!   connection's [`ConnectionHold`].
 //!
@@ -40,6 +42,7 @@ mod pool;
 mod target;
 mod timeout;
 mod upgrade;
+mod upload_idle;
 
 #[cfg(test)]
 mod tests;
@@ -121,6 +124,12 @@ pub enum ProxyError {
     /// timeout after the request's last progress. Upstream's fault: 504.
     #[error("upstream did not respond in time")]
     Timeout,
+    /// The client's request body sent nothing for `server.body_idle_timeout` before the
+    /// response head came: the client announced more than it sent and went quiet (the
+    /// upstream was waiting for it). Downstream's fault: 408, not logged as an error
+    /// (`upload_idle` logs the stall).
+    #[error("client request body stalled")]
+    ClientBodyStalled,
     /// The connection broke or the upstream sent something invalid (including a
     /// `101` to a request that asked for no upgrade). Upstream's fault: 502.
     #[error("upstream request failed")]
@@ -159,7 +168,7 @@ pub struct Upstream {
     access_token_header: Option<HeaderName>,
     cookies: CookieFilter,
     response_timeout: Duration,
-    /// `upstream.body_idle_timeout`, copied into every slot.
+    /// `upstream.body_idle_timeout` and `server.body_idle_timeout`, copied into every slot.
     body_idle: BodyIdleLimit,
     tunnels: Tunnels,
     /// Send the client's `Host` (else the target authority).
@@ -223,13 +232,16 @@ impl Upstream {
     /// a warning when there are none), adds `ca_file`'s, and fixes the TLS server name
     /// (`tls_server_name`, else the URL's host). `ca_file` or `tls_server_name` on a
     /// non-https upstream is a [`ProxyError::Config`]. `trusted_proxies` are the peers
-    /// whose `X-Forwarded-*` are believed; `metrics` counts the response bodies cut off
-    /// by the body idle timeout. Needs no runtime; `forward` needs tokio.
+    /// whose `X-Forwarded-*` are believed; `client_body_idle_timeout`
+    /// (`server.body_idle_timeout`) bounds each wait for a client's next request-body
+    /// frame; `metrics` counts the bodies cut off by either idle timeout. Needs no
+    /// runtime; `forward` needs tokio.
     pub fn new(
         upstream: &UpstreamConfig,
         identity: &IdentityConfig,
         cookie_names: CookieFilter,
         trusted_proxies: &[IpNet],
+        client_body_idle_timeout: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
         let target = Target::new(&upstream.target)?;
@@ -280,7 +292,7 @@ impl Upstream {
             access_token_header,
             cookies: cookie_names,
             response_timeout: upstream.response_timeout,
-            body_idle: BodyIdleLimit::new(upstream.body_idle_timeout, metrics),
+            body_idle: BodyIdleLimit::new(upstream.body_idle_timeout, client_body_idle_timeout, metrics),
             tunnels: Tunnels::new(),
             preserve_host: upstream.preserve_host,
             http2: upstream.http2,
@@ -331,7 +343,11 @@ impl Upstream {
         // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
         // mean nothing to the upstream connection.
         parts.extensions = Extensions::new();
-        let progress = Progress::of(&body);
+        // The response timer covers the body's waits for the client until the answer
+        // when the body is polled in the request's task: an HTTP/1.1 upstream's (see
+        // `upload_idle`).
+        let covered = matches!(self.transport, Transport::Http1);
+        let progress = Progress::of(&body, self.body_idle.upload_timeout(), covered);
         // Only a request with a body (`progress`) can keep its connection busy after the response.
         let open = progress.as_ref().and_then(|_| ctx.upstream_slot.open_body());
 
@@ -349,7 +365,8 @@ impl Upstream {
                         .headers
                         .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
                 }
-                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone(), open));
+                let body = ProgressBody::new(body, progress.clone(), open, ctx.upstream_slot);
+                let request = Request::from_parts(parts, body);
                 let due = Due::from_now(progress.as_deref(), self.response_timeout);
                 let mut response = self.http1.send(ctx.upstream_slot, request, due).await?;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -361,18 +378,24 @@ impl Upstream {
                 let authority = authority.as_ref().unwrap_or(self.target.authority());
                 parts.uri = self.target.uri_for(&parts.uri, authority)?;
                 parts.version = Version::HTTP_2;
-                let request = Request::from_parts(parts, ProgressBody::new(body, progress.clone(), open));
+                let body = ProgressBody::new(body, progress.clone(), open, ctx.upstream_slot);
+                let request = Request::from_parts(parts, body);
                 let client = clients.here();
                 let sent = pin!(client.request(request));
                 let due = Due::from_now(progress.as_deref(), self.response_timeout);
                 // Streams share the connection: each request has a timer of its own,
                 // which its body's waits use next.
                 let mut timer = ResponseTimer::default();
-                let response = timer
-                    .within(due, sent)
-                    .await
-                    .ok_or(ProxyError::Timeout)?
-                    .map_err(classify)?;
+                let response =
+                    timer
+                        .within(due, sent)
+                        .await
+                        .ok_or(ProxyError::Timeout)?
+                        .map_err(|error| match progress.as_deref() {
+                            // Its body stalled (logged and counted there): hyper reset the stream.
+                            Some(progress) if progress.has_stalled() => ProxyError::ClientBodyStalled,
+                            _ => classify(error),
+                        })?;
                 let slot = ctx.upstream_slot.clone();
                 response.map(|body| ResponseBody::boxed(Http2Body::new(body, timer, slot)))
             }

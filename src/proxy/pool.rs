@@ -285,7 +285,7 @@ impl Http1Pool {
                 Some(Ok(())) => {}
                 Some(Err(_)) if idle_for.is_some() => continue, // closed while kept: try the next one
                 Some(Err(error)) => return Err(ProxyError::Request(error.into())),
-                None => return Err(ProxyError::Timeout),
+                None => return Err(due.expired(&slot.body_idle)),
             }
             let copy = match idle_for {
                 Some(idle) if idle >= RACE_IDLE && !resent => HeadCopy::of(&request),
@@ -295,10 +295,12 @@ impl Http1Pool {
             let (sent, _) = driver.inline(|| sender.try_send_request(request));
             let answered = timer.within(due, pin!(driver.drive(pin!(sent)))).await;
             let Some(answered) = answered else {
-                return Err(ProxyError::Timeout);
+                // The request (its body, if still being sent) goes with the connection.
+                return Err(due.expired(&slot.body_idle));
             };
             match answered {
                 Ok(response) => {
+                    due.answered();
                     let keep = Some((connection, slot.clone()));
                     return Ok(response.map(|body| PooledBody {
                         inner: body,
@@ -472,7 +474,10 @@ impl Drop for UpstreamSlot {
 /// for this upload to end. Nor dropped: that would be simpler, but it would cut off an
 /// upload the upstream is still reading, and the upstream would see a truncated
 /// request where the client sent a whole one. The task costs nothing on the usual path:
-/// only an exchange that outlives its response gets one.
+/// only an exchange that outlives its response gets one. It does not outlive a client
+/// that stops sending: the body it drives bounds each wait for the client's next frame
+/// (`server.body_idle_timeout`, [`super::upload_idle`]), and a stalled body fails the
+/// exchange, so the connection is dropped here.
 fn finish_exchange(mut connection: UpstreamConnection, slot: Arc<UpstreamSlot>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime (dropped at shutdown): the connection goes with it.

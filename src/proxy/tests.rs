@@ -5,6 +5,7 @@ mod body_idle;
 mod pool;
 mod support;
 mod transport;
+mod upload_idle;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,9 @@
 //! The response timeout. It runs from the last progress of the request, not from
 //! its start: every request-body frame pushes the deadline out, so a large upload
 //! (which the upstream usually reads in full before answering) is not cut off, while
-//! an upstream that stops reading the body or never answers is.
+//! an upstream that stops reading the body or never answers is. Until the answer it
+//! also bounds, for an HTTP/1.1 upstream, each wait of the body for the client's next
+//! frame (`upload_idle`).
 //!
 //! A request to an HTTP/2 upstream gets a [`ResponseTimer`] of its own. An upstream
 //! HTTP/1.1 connection carries one request at a time, so it keeps one for all of them:
@@ -12,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -22,41 +24,119 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::RequestBodyWatch;
+use super::body_idle::BodyIdleLimit;
+use super::pool::UpstreamSlot;
+use super::upload_idle::{report_stall, UploadError, UploadIdle};
+use super::{ProxyError, RequestBodyWatch};
 
-/// When the request last made progress, shared between the body (which moves it)
-/// and [`Due`] (which reads it).
+/// `Progress::waiting_ms` while the body is not waiting for the client.
+const NOT_WAITING: u64 = u64::MAX;
+
+/// When the request last made progress, and whether its body waits for the client
+/// (`upload_idle`), shared between the body (which moves them) and [`Due`] (which reads
+/// them).
 #[derive(Debug)]
 pub(super) struct Progress {
     start: Instant,
     /// Milliseconds after `start` of the last body frame (0: none yet).
     last_ms: AtomicU64,
+    /// Milliseconds after `start` when the body's current wait for the client began, or
+    /// [`NOT_WAITING`].
+    waiting_ms: AtomicU64,
+    /// `server.body_idle_timeout`, for [`Due`]: the longest such wait (`None`: off).
+    upload_timeout: Option<Duration>,
+    /// The response timer of the task that polls the body bounds its waits, through
+    /// [`Due`]: an HTTP/1.1 upstream's request until its response head. Cleared at the
+    /// answer ([`Due::answered`]); never set for an HTTP/2 upstream.
+    covered: AtomicBool,
+    /// The body stalled on its own timer (`upload_idle`), and so the request failed.
+    stalled: AtomicBool,
 }
 
 impl Progress {
     /// The progress of a request with `body`; `None` for a request without one (most
-    /// are), whose timeout simply runs from the start.
-    pub(super) fn of(body: &Incoming) -> Option<Arc<Self>> {
-        (!body.is_end_stream()).then(|| {
-            Arc::new(Progress {
-                start: Instant::now(),
-                last_ms: AtomicU64::new(0),
-            })
-        })
+    /// are), whose timeout simply runs from the start. `upload_timeout` bounds each wait
+    /// of the body for the client; `covered` says the response timer bounds them until
+    /// the answer.
+    pub(super) fn of(body: &Incoming, upload_timeout: Option<Duration>, covered: bool) -> Option<Arc<Self>> {
+        (!body.is_end_stream()).then(|| Arc::new(Progress::new(upload_timeout, covered)))
+    }
+
+    /// A request body's progress from now (see [`Self::of`]).
+    pub(super) fn new(upload_timeout: Option<Duration>, covered: bool) -> Self {
+        Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting_ms: AtomicU64::new(NOT_WAITING),
+            upload_timeout,
+            covered: AtomicBool::new(covered),
+            stalled: AtomicBool::new(false),
+        }
+    }
+
+    fn ms_since_start(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u64::MAX)
+            .min(NOT_WAITING - 1)
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = self.ms_since_start(Instant::now());
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
     fn deadline(&self, timeout: Duration) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+        let answer = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout;
+        match self.client_deadline() {
+            Some(upload) => answer.min(upload),
+            None => answer,
+        }
+    }
+
+    /// When the body's current wait for the client passes `server.body_idle_timeout`,
+    /// if it is waiting, the timeout is on and the response timer covers the wait.
+    fn client_deadline(&self) -> Option<Instant> {
+        let timeout = self.upload_timeout?;
+        if !self.is_covered() {
+            return None;
+        }
+        match self.waiting_ms.load(Ordering::Relaxed) {
+            NOT_WAITING => None,
+            ms => Some(self.start + Duration::from_millis(ms) + timeout),
+        }
+    }
+
+    /// A poll of the body found nothing from the client: its wait starts now, which is
+    /// returned.
+    pub(super) fn wait_started(&self) -> Instant {
+        let now = Instant::now();
+        self.waiting_ms.store(self.ms_since_start(now), Ordering::Relaxed);
+        now
+    }
+
+    /// The body's wait has ended (a frame, its end or an error).
+    pub(super) fn wait_ended(&self) {
+        self.waiting_ms.store(NOT_WAITING, Ordering::Relaxed);
+    }
+
+    /// Whether the response timer bounds the body's waits (see `covered`).
+    pub(super) fn is_covered(&self) -> bool {
+        self.covered.load(Ordering::Relaxed)
+    }
+
+    /// The body stalled on its own timer.
+    pub(super) fn stalled(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn has_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
     }
 }
 
 /// When a request's response is due: `timeout` after its last progress (body frame
-/// sent, or its start).
+/// sent, or its start), or earlier, when its body has waited for the client longer
+/// than `server.body_idle_timeout` under this timer (see [`Progress::covered`]).
 #[derive(Clone, Copy)]
 pub(super) struct Due<'a> {
     progress: Option<&'a Progress>,
@@ -78,6 +158,30 @@ impl<'a> Due<'a> {
         match self.progress {
             Some(progress) => progress.deadline(self.timeout),
             None => self.start + self.timeout,
+        }
+    }
+
+    /// The response head has come: the response timer stops covering the body's waits,
+    /// which its own timer bounds from now on (the body is polled again with the
+    /// connection, and finds that out).
+    pub(super) fn answered(&self) {
+        if let Some(progress) = self.progress {
+            progress.covered.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Why a wait under this deadline ended without an answer: the client's body
+    /// stalled past `server.body_idle_timeout` ([`ProxyError::ClientBodyStalled`], logged
+    /// and counted through `limit`), or else the upstream did not answer in time
+    /// ([`ProxyError::Timeout`]).
+    pub(super) fn expired(&self, limit: &BodyIdleLimit) -> ProxyError {
+        let stalled = self.progress.and_then(Progress::client_deadline);
+        match (stalled, self.progress.and_then(|progress| progress.upload_timeout)) {
+            (Some(deadline), Some(timeout)) if deadline <= Instant::now() => {
+                report_stall(limit, timeout);
+                ProxyError::ClientBodyStalled
+            }
+            _ => ProxyError::Timeout,
         }
     }
 }
@@ -173,8 +277,9 @@ impl Drop for OpenBody {
 }
 
 /// The downstream request body, streamed as is but for its trailers, reporting each
-/// frame to [`Progress`], and its end to the downstream connection ([`OpenBody`]). (Or
-/// no body at all: a bodiless request rebuilt for a retry.)
+/// frame to [`Progress`], and its end to the downstream connection ([`OpenBody`]); each
+/// wait for the client's next frame is bounded (`upload_idle`). (Or no body at all: a
+/// bodiless request rebuilt for a retry.)
 ///
 /// Request trailers are dropped, as nginx does (RFC 9110 §6.5.1 lets an intermediary
 /// discard them): they would reach the upstream after the body, past the phases that
@@ -186,14 +291,27 @@ pub(super) struct ProgressBody {
     progress: Option<Arc<Progress>>,
     /// Dropped when the body ends, whoever keeps the body after that.
     open: Option<OpenBody>,
+    /// The wait for the client's next frame.
+    idle: UploadIdle,
+    /// The downstream connection's, for its [`BodyIdleLimit`]; only with `progress` (a
+    /// bodiless request has no frame to wait for).
+    slot: Option<Arc<UpstreamSlot>>,
 }
 
 impl ProgressBody {
-    pub(super) fn new(inner: Incoming, progress: Option<Arc<Progress>>, open: Option<OpenBody>) -> Self {
+    /// `slot` is kept only when there is `progress`, that is a body.
+    pub(super) fn new(
+        inner: Incoming,
+        progress: Option<Arc<Progress>>,
+        open: Option<OpenBody>,
+        slot: &Arc<UpstreamSlot>,
+    ) -> Self {
         ProgressBody {
             inner: Some(inner),
+            slot: progress.as_ref().map(|_| slot.clone()),
             progress,
             open,
+            idle: UploadIdle::default(),
         }
     }
 
@@ -203,13 +321,15 @@ impl ProgressBody {
             inner: None,
             progress: self.progress.clone(),
             open: None,
+            idle: UploadIdle::default(),
+            slot: None,
         }
     }
 }
 
 impl Body for ProgressBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UploadError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
@@ -217,7 +337,11 @@ impl Body for ProgressBody {
             return Poll::Ready(None);
         };
         loop {
-            let polled = ready!(Pin::new(&mut *inner).poll_frame(cx));
+            let polled = Pin::new(&mut *inner).poll_frame(cx);
+            let polled = ready!(match (&this.progress, &this.slot) {
+                (Some(progress), Some(slot)) => this.idle.check(polled, progress, slot.body_idle(), cx),
+                _ => polled.map(|frame| frame.map(|frame| frame.map_err(UploadError::Failed))),
+            });
             let (progressed, ended) = match &polled {
                 Some(Ok(_)) => (true, inner.is_end_stream()),
                 None => (true, true),
@@ -304,10 +428,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn body_progress_moves_the_deadline_on() {
         let mut timer = ResponseTimer::default();
-        let progress = Progress {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        };
+        let progress = Progress::new(None, false);
         let due = Due::from_now(Some(&progress), 2 * SECOND);
         let uploading = async {
             for _ in 0..3 {

@@ -131,19 +131,6 @@ async fn assert_cut_off(response: Response<Incoming>, path: &str) {
     );
 }
 
-/// Waits until `count` reaches `expected`, at most five seconds.
-async fn reaches(what: &str, count: &AtomicUsize, expected: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count.load(Ordering::SeqCst) != expected {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} not {expected}",
-            count.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_body_that_stalls_after_its_head_is_cut_off_and_its_upstream_connection_dropped() {
     let upstream = StallingUpstream::start().await;

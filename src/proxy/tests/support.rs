@@ -188,6 +188,7 @@ fn variant(error: &ProxyError) -> &'static str {
         ProxyError::Request(_) => "request",
         ProxyError::Config(_) => "config",
         ProxyError::BadRequest(_) => "bad-request",
+        ProxyError::ClientBodyStalled => "client-body-stalled",
         ProxyError::InvalidForwardedHost => "invalid-forwarded-host",
     }
 }
@@ -248,6 +249,16 @@ pub fn upstream_config(target: UpstreamTarget, response_timeout: Duration) -> Up
 }
 
 pub fn build_upstream(config: &UpstreamConfig, trusted_proxies: &[ipnet::IpNet]) -> Result<Upstream, ProxyError> {
+    // The default, so that every test runs with the request body's wait in play.
+    build_upstream_waiting(config, trusted_proxies, Some(Duration::from_secs(300)))
+}
+
+/// [`build_upstream`] with `server.body_idle_timeout` set to `client_body_idle_timeout`.
+pub fn build_upstream_waiting(
+    config: &UpstreamConfig,
+    trusted_proxies: &[ipnet::IpNet],
+    client_body_idle_timeout: Option<Duration>,
+) -> Result<Upstream, ProxyError> {
     let cookies = CookieFilter {
         session_cookie: "portcullis".into(),
         login_cookie_prefix: "portcullis_login_".into(),
@@ -257,6 +268,7 @@ pub fn build_upstream(config: &UpstreamConfig, trusted_proxies: &[ipnet::IpNet])
         &identity_config(),
         cookies,
         trusted_proxies,
+        client_body_idle_timeout,
         crate::metrics::Metrics::new(),
     )
 }
@@ -453,4 +465,17 @@ pub fn proxy_error(response: &Response<Incoming>) -> &str {
 /// The request-building boilerplate.
 pub fn get(addr: SocketAddr, path: &str) -> http::request::Builder {
     Request::get(format!("http://{addr}{path}"))
+}
+
+/// Waits until `count` reaches `expected`, at most five seconds.
+pub async fn reaches(what: &str, count: &std::sync::atomic::AtomicUsize, expected: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while count.load(std::sync::atomic::Ordering::SeqCst) != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} not {expected}",
+            count.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
