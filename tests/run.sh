@@ -8,10 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # The fuzz run (its release build is the largest single step here) starts first, beside
 # everything else, at idle priority: it gets only the CPU the installs, the test build's
-# serial stretches and the tests waiting on their peers leave unused, so the tests take as
-# long as they would alone and the fuzz run is mostly done when they end. Its output
-# follows theirs. `set -m` gives it a process group of its own, which the trap stops if
-# this script ends early.
+# serial stretches and the tests waiting on their peers leave unused (fuzz/README.md,
+# Build time, for what that saved). Its output follows theirs. `set -m` gives it a process
+# group of its own, which the trap stops if this script ends early.
 fuzz_log=$(mktemp)
 set -m
 bash fuzz/run.sh --idle >"$fuzz_log" 2>&1 &
