@@ -34,6 +34,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{OidcConfig, Secret};
+use crate::per_thread::PerThread;
 
 pub use discovery::{ExtraMetadata, Provider};
 pub use error::OidcError;
@@ -52,7 +53,12 @@ struct Inner {
     config: Arc<OidcConfig>,
     /// The issuer exactly as compared with `iss` values (`OidcConfig::issuer_exact`, never re-serialised from a `Url`).
     issuer: String,
-    http: reqwest::Client,
+    /// One back-channel client per thread that calls the provider ([`PerThread`]): reqwest
+    /// drives each connection with a task on the runtime that dialed it, so with one
+    /// shared client every login on a connection worker woke the main thread (which dialed
+    /// at discovery) to send each request and again to hand back each answer: about 12
+    /// cross-thread wake-ups per login.
+    http: PerThread<reqwest::Client>,
     /// Set once by discovery; never changes afterwards.
     provider: OnceLock<Provider>,
     jwks: jwks::JwksCache,
@@ -61,15 +67,24 @@ struct Inner {
 impl OidcClient {
     /// Builds the client without touching the network.
     pub fn new(config: Arc<OidcConfig>) -> Result<Self, OidcError> {
-        let http = http::build_client(config.http_timeout)?;
         let inner = Inner {
             issuer: config.issuer_exact.clone(),
             jwks: jwks::JwksCache::new(config.jwks_refetch_interval),
             provider: OnceLock::new(),
-            http,
+            http: PerThread::new(),
             config,
         };
-        Ok(OidcClient { inner: Arc::new(inner) })
+        let client = OidcClient { inner: Arc::new(inner) };
+        // This thread's client now: a client that cannot be built fails start-up, not a login.
+        client.http()?;
+        Ok(client)
+    }
+
+    /// This thread's back-channel client (a clone shares its connection pool).
+    fn http(&self) -> Result<reqwest::Client, OidcError> {
+        self.inner
+            .http
+            .get_or_try_make(|| http::build_client(self.inner.config.http_timeout))
     }
 
     /// Loads the metadata and JWKS, retrying with exponential backoff (1 s doubling up
@@ -91,7 +106,7 @@ impl OidcClient {
     }
 
     async fn discover_once(&self) -> Result<(), OidcError> {
-        let (provider, keys) = discovery::discover(&self.inner.http, &self.inner.issuer).await?;
+        let (provider, keys) = discovery::discover(&self.http()?, &self.inner.issuer).await?;
         if authorize::provider_refuses_unpushed_logins(
             self.inner.config.par,
             provider.extra.require_pushed_authorization_requests,
@@ -143,7 +158,7 @@ impl OidcClient {
         let url = match par {
             Some(endpoint) => {
                 let auth = self.auth();
-                let pushed = authorize::push(&self.inner.http, endpoint, auth.id, auth.secret, &request.params).await?;
+                let pushed = authorize::push(&self.http()?, endpoint, auth.id, auth.secret, &request.params).await?;
                 authorize::authorize_url(
                     &provider.authorization_endpoint,
                     [
@@ -177,8 +192,9 @@ impl OidcClient {
             &self.inner.issuer,
             provider.extra.authorization_response_iss_parameter_supported,
         )?;
+        let http = self.http()?;
         let response = tokens::exchange_code(
-            &self.inner.http,
+            &http,
             &provider.token_endpoint,
             &self.auth(),
             code,
@@ -198,9 +214,7 @@ impl OidcClient {
             )
             .await?;
         let userinfo = match &provider.userinfo_endpoint {
-            Some(endpoint) => {
-                Some(tokens::userinfo(&self.inner.http, endpoint, &response.access_token, &id_token.subject).await?)
-            }
+            Some(endpoint) => Some(tokens::userinfo(&http, endpoint, &response.access_token, &id_token.subject).await?),
             None => None,
         };
         let claims = tokens::merge_claims(&id_token.claims, userinfo.as_ref());
@@ -224,13 +238,8 @@ impl OidcClient {
         previous_id_token: &Claims,
     ) -> Result<RefreshOutcome, OidcError> {
         let provider = self.ready()?;
-        let response = tokens::refresh(
-            &self.inner.http,
-            &provider.token_endpoint,
-            &self.auth(),
-            refresh_token.expose(),
-        )
-        .await?;
+        let http = self.http()?;
+        let response = tokens::refresh(&http, &provider.token_endpoint, &self.auth(), refresh_token.expose()).await?;
         let id_token_claims = match &response.id_token {
             Some(raw) => {
                 let token = self
@@ -249,16 +258,14 @@ impl OidcClient {
         // rule until the next login. A userinfo that fails otherwise leaves the previous
         // claims in place; the tokens themselves are good.
         let userinfo = match &provider.userinfo_endpoint {
-            Some(endpoint) => {
-                match tokens::userinfo(&self.inner.http, endpoint, &response.access_token, expected_subject).await {
-                    Ok(claims) => Some(claims),
-                    Err(OidcError::SubjectMismatch) => return Err(OidcError::SubjectMismatch),
-                    Err(error) => {
-                        tracing::warn!(error = %error, "userinfo after a token refresh failed; keeping the previous claims");
-                        None
-                    }
+            Some(endpoint) => match tokens::userinfo(&http, endpoint, &response.access_token, expected_subject).await {
+                Ok(claims) => Some(claims),
+                Err(OidcError::SubjectMismatch) => return Err(OidcError::SubjectMismatch),
+                Err(error) => {
+                    tracing::warn!(error = %error, "userinfo after a token refresh failed; keeping the previous claims");
+                    None
                 }
-            }
+            },
             None => None,
         };
         Ok(RefreshOutcome {
@@ -275,7 +282,7 @@ impl OidcClient {
             endpoint: "discovery",
             detail: "no userinfo_endpoint".into(),
         })?;
-        tokens::userinfo(&self.inner.http, endpoint, access_token.expose(), expected_subject).await
+        tokens::userinfo(&self.http()?, endpoint, access_token.expose(), expected_subject).await
     }
 
     /// RFC 7009 revocation.
@@ -286,7 +293,7 @@ impl OidcClient {
             .revocation_endpoint
             .as_ref()
             .ok_or(OidcError::RevocationUnsupported)?;
-        tokens::revoke(&self.inner.http, endpoint, &self.auth(), token.expose(), hint).await
+        tokens::revoke(&self.http()?, endpoint, &self.auth(), token.expose(), hint).await
     }
 
     /// Validates an ID token, re-fetching the JWKS once (rate-limited, shared between
@@ -307,11 +314,9 @@ impl OidcClient {
             access_token: Some(access_token),
         };
         let inner = &self.inner;
+        let http = self.http()?;
         verify::validate_with_rotation(raw, inner.jwks.current(), &expect, |seen| async move {
-            inner
-                .jwks
-                .refresh_after_miss(&inner.http, &provider.jwks_uri, &seen)
-                .await
+            inner.jwks.refresh_after_miss(&http, &provider.jwks_uri, &seen).await
         })
         .await
     }
