@@ -791,23 +791,38 @@ def perf_profile(c, others, tmp, started_at):
     log(f"perf profile of portcullis at c={CONNECTIONS[0]} saved to {os.path.relpath(path, ROOT)}")
 
 
-def login_cost(portcullis, n):
-    """`n` logins at portcullis; its own CPU time per login."""
-    log(f"login cost: {n} logins at portcullis against the test provider")
+def login_cost(binaries, n):
+    """`n` logins at each portcullis in `binaries` (the measured one first, then any
+    `BENCH_COMPARE` binaries); each one's own CPU time per login. The logins alternate
+    between the binaries in batches of 20, so a host whose speed drifts moves them alike."""
+    log(f"login cost: {n} logins at {len(binaries)} portcullis binar{'y' if len(binaries) == 1 else 'ies'} against the test provider")
     # one untimed login first (connection pools, JWKS cache, lazy statics)
-    login_client.login(portcullis.url)
-    before = cpu_seconds(portcullis.proc.pid)
-    started = time.time()
+    for c in binaries:
+        login_client.login(c.url)
+    cpu = {c.key: 0.0 for c in binaries}
+    wall = {c.key: 0.0 for c in binaries}
+    cookies = {c.key: [] for c in binaries}
+    done = 0
     with ThreadPoolExecutor(max_workers=2) as pool:
-        cookies = list(pool.map(lambda _: login_client.login(portcullis.url)[0], range(n)))
-    elapsed = time.time() - started
-    after = cpu_seconds(portcullis.proc.pid)
+        while done < n:
+            batch = min(20, n - done)
+            for c in binaries:
+                before = cpu_seconds(c.proc.pid)
+                started = time.time()
+                cookies[c.key] += pool.map(lambda _, url=c.url: login_client.login(url)[0], range(batch))
+                wall[c.key] += time.time() - started
+                cpu[c.key] += cpu_seconds(c.proc.pid) - before
+            done += batch
     # every login must have produced a working session
-    for cookie in cookies[:: max(1, n // 10)]:
-        status, _, _ = http_get(portcullis.url, {"Cookie": cookie})
-        if status != 200:
-            raise SystemExit(f"a benchmark login did not give a working session ({status})")
-    return {"cpu_ms": (after - before) * 1000 / n, "logins_per_s": n / elapsed, "n": n}
+    for c in binaries:
+        for cookie in cookies[c.key][:: max(1, n // 10)]:
+            status, _, _ = http_get(c.url, {"Cookie": cookie})
+            if status != 200:
+                raise SystemExit(f"a benchmark login at {c.label} did not give a working session ({status})")
+    return {
+        c.key: {"cpu_ms": cpu[c.key] * 1000 / n, "logins_per_s": n / wall[c.key], "n": n, "label": c.label}
+        for c in binaries
+    }
 
 
 def main():
@@ -1073,14 +1088,20 @@ def run(tmp, procs, started_at, load_before):
     if RUN_STREAM:
         stream = stream_test([by_key["upstream"], by_key["nginx"], by_key["portcullis"]], tmp)
 
-    login = login_cost(by_key["portcullis"], LOGINS) if LOGINS > 0 else None
-    if login:
-        log(f"login: {login['cpu_ms']:.2f} ms portcullis CPU per login ({login['logins_per_s']:.0f} logins/s end to end)")
+    logins = (
+        login_cost([by_key["portcullis"]] + [c for c in contenders if c.key.startswith("compare")], LOGINS)
+        if LOGINS > 0
+        else {}
+    )
+    for result in logins.values():
+        log(f"login: {result['cpu_ms']:.2f} ms CPU per login at {result['label']} ({result['logins_per_s']:.0f} logins/s end to end)")
+    login = logins.get("portcullis")
+    login_compared = [result for key, result in logins.items() if key != "portcullis"]
     load_after = open("/proc/loadavg").read().split()[:3]
-    return render(contenders, by_key, session_memory, criterion, stream, login, foreign, started_at, load_before, load_after)
+    return render(contenders, by_key, session_memory, criterion, stream, login, login_compared, foreign, started_at, load_before, load_after)
 
 
-def render(contenders, by_key, session_memory, criterion, stream, login, foreign, started_at, load_before, load_after):
+def render(contenders, by_key, session_memory, criterion, stream, login, login_compared, foreign, started_at, load_before, load_after):
     lines = []
     c_lo, c_hi = CONNECTIONS[0], CONNECTIONS[-1]
     v = versions()
@@ -1242,6 +1263,11 @@ def render(contenders, by_key, session_memory, criterion, stream, login, foreign
             f"Logins: {login['n']} at portcullis, {login['cpu_ms']:.2f} ms of portcullis CPU each; "
             f"{login['logins_per_s']:.0f} logins/s end to end (2 clients, provider and client included)."
         )
+        for other in login_compared:
+            lines.append(
+                f"Logins at {other['label']}: {other['cpu_ms']:.2f} ms each "
+                f"({other['cpu_ms'] / login['cpu_ms']:.2f}× portcullis; batches of 20 alternated between them)."
+            )
     return "\n".join(lines)
 
 
