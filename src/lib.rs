@@ -20,6 +20,7 @@
 //! - [`policy`]: public paths (with path normalisation), the access rule (groups, email
 //!   domains), local-redirect checks, browser detection.
 //! - [`proxy`]: the upstream client and header rewriting.
+//! - [`tls_roots`]: what the TLS clients (upstream, provider back channel) trust.
 //! - [`pages`]: every body portcullis writes itself, escaped.
 //! - [`limit`]: rate limiting of calls made to the provider for anonymous clients, per
 //!   client and in all.
@@ -50,6 +51,7 @@ mod rescue;
 pub mod router;
 pub mod server;
 pub mod session;
+mod tls_roots;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! PEM files of CA certificates (`upstream.ca_file`, `session.redis_ca_file`): read and
+//! PEM files of CA certificates (`upstream.ca_file`, `oidc.ca_file`,
+//! `session.redis_ca_file`): read and
 //! checked while the configuration loads, so that `portcullis check` finds a missing,
 //! empty or unusable file under the key that names it, and start-up never reads the file
 //! again.

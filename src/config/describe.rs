@@ -67,6 +67,10 @@ impl Config {
         };
         writeln!(out, "par = {}", q(par))?;
         writeln!(out, "allow_insecure_issuer = {}", o.allow_insecure_issuer)?;
+        match &o.ca_file {
+            Some(ca) => writeln!(out, "ca_file = {}", q(&ca.path.display().to_string()))?,
+            None => writeln!(out, "# ca_file unset: system roots only")?,
+        }
         writeln!(out, "http_timeout = {}", q(&d(o.http_timeout)))?;
         writeln!(out, "discovery_retry_max = {}", q(&d(o.discovery_retry_max)))?;
         writeln!(out, "jwks_refetch_interval = {}", q(&d(o.jwks_refetch_interval)))?;

@@ -116,6 +116,10 @@ pub struct OidcConfig {
     pub par: ParMode,
     /// Permit an `http:` issuer that is not on loopback.
     pub allow_insecure_issuer: bool,
+    /// Extra CA certificates trusted for an https provider's back channel (discovery, JWKS,
+    /// PAR, token, userinfo, revocation), beside the system roots: a provider behind a
+    /// private CA.
+    pub ca_file: Option<CaFile>,
     /// Timeout of every back-channel call to the provider (default 10 s).
     pub http_timeout: Duration,
     /// Upper bound of the discovery retry backoff (default 60 s).

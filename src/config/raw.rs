@@ -42,6 +42,7 @@ struct RawOidc {
     scopes: Leaf,
     par: Leaf,
     allow_insecure_issuer: Leaf,
+    ca_file: Leaf,
     http_timeout: Leaf,
     discovery_retry_max: Leaf,
     jwks_refetch_interval: Leaf,

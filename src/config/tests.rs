@@ -1631,3 +1631,88 @@ fn the_upstream_ca_file_is_read_and_checked_with_the_configuration() {
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_problem(&found, "upstream.ca_file", "only applies to an https upstream_url");
 }
+
+/// The provider's CA file: read and checked while loading (from the file or the
+/// environment), kept, shown by `describe` so that it reads back, and refused for an
+/// http issuer, where it would mean nothing.
+#[test]
+fn the_oidc_ca_file_is_read_checked_and_shown_for_an_https_issuer() {
+    let file = |content: &[u8]| {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, content).expect("write");
+        file
+    };
+    let in_file = |path: &std::path::Path| format!("[oidc]\nca_file = \"{}\"\n", path.display());
+    let pem = rcgen::generate_simple_self_signed(vec!["auth.internal".to_owned()])
+        .expect("certificate")
+        .cert
+        .pem();
+    let good = file(pem.as_bytes());
+
+    let unset = ok("", &seed_env());
+    assert_eq!(unset.oidc.ca_file, None);
+    assert!(shown_in(&unset.describe(), "oidc").contains("\n# ca_file unset: system roots only\n"));
+
+    let config = ok(&in_file(good.path()), &seed_env());
+    let ca = config.oidc.ca_file.clone().expect("the CA file is kept");
+    assert_eq!((ca.path.as_path(), ca.pem.as_slice()), (good.path(), pem.as_bytes()));
+    assert_eq!(ca.certificates().len(), 1);
+    let shown = config.describe();
+    assert!(
+        shown_in(&shown, "oidc").contains(&format!("\nca_file = \"{}\"\n", good.path().display())),
+        "{shown}"
+    );
+    assert_eq!(ok(&shown, &seed_env()).oidc.ca_file, Some(ca.clone()));
+    assert!(!shown.contains("BEGIN CERTIFICATE"), "{shown}");
+    // From the environment, as every key.
+    let good_path = good.path().display().to_string();
+    let from_env = ok(
+        "",
+        &with(seed_env(), &[("PORTCULLIS_OIDC_CA_FILE", good_path.as_str())]),
+    );
+    assert_eq!(from_env.oidc.ca_file, Some(ca));
+
+    let missing = good.path().with_extension("missing");
+    assert_problem(
+        &problems(&in_file(&missing), &seed_env()),
+        "oidc.ca_file",
+        &format!("cannot read {}", missing.display()),
+    );
+    let empty = file(b"");
+    rejects(
+        &in_file(empty.path()),
+        "oidc.ca_file",
+        "holds no readable PEM certificate",
+    );
+    // Problems name the file, never its content.
+    let garbage = file(b"-----BEGIN CERTIFICATE-----\nSECRET-LOOKING-CONTENT\n");
+    let found = problems(&in_file(garbage.path()), &seed_env());
+    assert_problem(&found, "oidc.ca_file", "holds no readable PEM certificate");
+    assert!(!format!("{found:?}").contains("SECRET-LOOKING"), "{found:?}");
+    let key_only = file(rcgen::KeyPair::generate().expect("key").serialize_pem().as_bytes());
+    let missing_path = missing.display().to_string();
+    rejects_env(
+        &[(
+            "PORTCULLIS_OIDC_CA_FILE",
+            key_only.path().to_str().expect("a UTF-8 path"),
+        )],
+        "PORTCULLIS_OIDC_CA_FILE",
+        "holds no readable PEM certificate",
+    );
+
+    // An http issuer (loopback) takes no CA file: not read, the one problem is that.
+    let http = with(seed_env(), &[("OIDC_ISSUER", "http://127.0.0.1:9091")]);
+    let found = problems("", &with(http, &[("PORTCULLIS_OIDC_CA_FILE", missing_path.as_str())]));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_problem(
+        &found,
+        "PORTCULLIS_OIDC_CA_FILE",
+        "only applies to an https oidc.issuer",
+    );
+
+    let oidc_section = shown_in(EXAMPLE, "oidc");
+    assert!(
+        oidc_section.contains("\n#   ca_file = \""),
+        "proxy.toml.example's [oidc] lacks ca_file"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::{Host, Url};
 
-use super::ca::read_ca;
+use super::ca::{read_ca, CaFile};
 use super::identity::identity;
 use super::policy::policy;
 use super::routes::routes;
@@ -169,6 +169,7 @@ fn oidc(src: &mut Source<'_>, base_url: Option<&Url>, routes: &RoutePaths) -> Op
         }
         Some((url, value))
     });
+    let ca_file = oidc_ca_file(src, issuer.as_ref().map(|(url, _)| url));
     let client_id = required(src, "oidc.client_id", "the client_id of the Authelia client").and_then(|(key, value)| {
         if value.is_empty() {
             src.problem(key, "must not be empty");
@@ -220,6 +221,7 @@ fn oidc(src: &mut Source<'_>, base_url: Option<&Url>, routes: &RoutePaths) -> Op
         redirect_url: redirect_url?,
         par,
         allow_insecure_issuer,
+        ca_file,
         http_timeout,
         discovery_retry_max,
         jwks_refetch_interval,
@@ -230,6 +232,20 @@ fn oidc(src: &mut Source<'_>, base_url: Option<&Url>, routes: &RoutePaths) -> Op
         login_rate_per_client_per_minute: u32::try_from(client_rate).unwrap_or(u32::MAX),
         login_rate_per_client_burst: u32::try_from(client_burst).unwrap_or(u32::MAX),
     })
+}
+
+/// `oidc.ca_file`, read and checked now; it only applies to an https issuer, and is not
+/// read while the issuer itself is invalid (that problem comes first).
+fn oidc_ca_file(src: &mut Source<'_>, issuer: Option<&Url>) -> Option<CaFile> {
+    let (key, path) = src.string("oidc.ca_file")?;
+    match issuer {
+        Some(issuer) if issuer.scheme() == "https" => read_ca(src, &key, PathBuf::from(path.trim())),
+        Some(_) => {
+            src.problem(key, "only applies to an https oidc.issuer");
+            None
+        }
+        None => None,
+    }
 }
 
 fn scopes(src: &mut Source<'_>) -> Vec<String> {

@@ -1,5 +1,6 @@
 //! Back-channel HTTP plumbing shared by every call to the provider: the client (redirects
-//! disabled, every call bounded by the configured timeout), `client_secret_basic`
+//! disabled, every call bounded by the configured timeout, TLS verified as
+//! [`crate::tls_roots`] says, with `oidc.ca_file`), `client_secret_basic`
 //! credentials, bounded response bodies and OAuth error bodies turned into [`OidcError`]s
 //! that never carry a secret.
 
@@ -14,6 +15,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::OidcError;
+use crate::config::CaFile;
+use crate::tls_roots::{verifying_client_config, TlsPeer};
 
 /// Largest response body read from the provider; a rogue or broken provider cannot make
 /// us buffer more than this.
@@ -22,15 +25,27 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Longest provider-supplied `error`/`error_description` kept in an error value.
 const MAX_ERROR_TEXT: usize = 300;
 
-/// Builds the client used for every provider call. Redirects are disabled so that a
-/// provider (or whoever controls a URL it advertises) cannot bounce our back-channel
-/// requests, with credentials, to another host (SSRF).
-pub(super) fn build_client(timeout: Duration) -> Result<reqwest::Client, OidcError> {
+/// The TLS configuration of every back-channel client: the system roots (else the
+/// bundled ones) plus `ca_file`'s certificates. Reads the system certificate store, so it
+/// is built once, at start-up, and each thread's client gets a copy.
+pub(super) fn tls_config(ca_file: Option<&CaFile>) -> Result<rustls::ClientConfig, OidcError> {
+    let mut config =
+        verifying_client_config(TlsPeer::Provider, ca_file).map_err(|e| OidcError::HttpClient(e.to_string()))?;
+    // reqwest adds no ALPN to a configuration it is handed. Its http2 feature is off,
+    // so HTTP/1.1 is all it speaks, as its own configuration would say.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Builds the client used for every provider call, over `tls` (from [`tls_config`]).
+/// Redirects are disabled so that a provider (or whoever controls a URL it advertises)
+/// cannot bounce our back-channel requests, with credentials, to another host (SSRF).
+pub(super) fn build_client(timeout: Duration, tls: rustls::ClientConfig) -> Result<reqwest::Client, OidcError> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout)
-        .use_rustls_tls()
+        .use_preconfigured_tls(tls)
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| OidcError::HttpClient(e.without_url().to_string()))

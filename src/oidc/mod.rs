@@ -59,6 +59,9 @@ struct Inner {
     /// at discovery) to send each request and again to hand back each answer: about 12
     /// cross-thread wake-ups per login.
     http: PerThread<reqwest::Client>,
+    /// The TLS configuration every thread's client is built over: the roots were read
+    /// from the disk once, in [`OidcClient::new`], never on a worker as it first logs in.
+    tls: rustls::ClientConfig,
     /// Set once by discovery; never changes afterwards.
     provider: OnceLock<Provider>,
     jwks: jwks::JwksCache,
@@ -68,6 +71,7 @@ impl OidcClient {
     /// Builds the client without touching the network.
     pub fn new(config: Arc<OidcConfig>) -> Result<Self, OidcError> {
         let inner = Inner {
+            tls: http::tls_config(config.ca_file.as_ref())?,
             issuer: config.issuer_exact.clone(),
             jwks: jwks::JwksCache::new(config.jwks_refetch_interval),
             provider: OnceLock::new(),
@@ -84,7 +88,7 @@ impl OidcClient {
     fn http(&self) -> Result<reqwest::Client, OidcError> {
         self.inner
             .http
-            .get_or_try_make(|| http::build_client(self.inner.config.http_timeout))
+            .get_or_try_make(|| http::build_client(self.inner.config.http_timeout, self.inner.tls.clone()))
     }
 
     /// Loads the metadata and JWKS, retrying with exponential backoff (1 s doubling up

@@ -1,7 +1,7 @@
 //! The connector behind the pooled upstream client: TCP with optional TLS
-//! (hyper-rustls, verified against the system roots, else the bundled webpki roots,
-//! plus an optional CA file; SNI and the checked name fixed at startup), or a unix
-//! socket. Both are bounded by the connect timeout.
+//! (hyper-rustls, verified as [`crate::tls_roots`] says: the system roots, else the
+//! bundled webpki roots, plus an optional CA file; SNI and the checked name fixed at
+//! startup), or a unix socket. Both are bounded by the connect timeout.
 
 use std::future::Future;
 use std::io;
@@ -16,13 +16,14 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::RootCertStore;
 use tokio::net::{TcpStream, UnixStream};
 use tower_service::Service;
 
 use super::ProxyError;
 use crate::config::CaFile;
+use crate::tls_roots::{client_config, verifying_client_config, TlsPeer};
 use crate::BoxError;
 
 /// Connects to the one configured upstream. Cheap to clone (the pool clones it).
@@ -66,10 +67,11 @@ impl UpstreamConnector {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout));
         let inner = match tls {
-            None => HttpsConnector::from((http, tls_config(RootCertStore::empty())?)),
+            None => HttpsConnector::from((http, client_config(RootCertStore::empty()).map_err(tls_setup)?)),
             Some(tls) => {
+                let config = verifying_client_config(TlsPeer::Upstream, tls.ca_file).map_err(tls_setup)?;
                 let builder = HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config(root_store(tls.ca_file)?)?)
+                    .with_tls_config(config)
                     .https_or_http()
                     .with_server_name_resolver(FixedServerNameResolver::new(tls.server_name));
                 if tls.http2 {
@@ -90,47 +92,9 @@ impl UpstreamConnector {
     }
 }
 
-/// A rustls client configuration with the ring provider chosen explicitly (the
-/// process-wide default may be unset, or ambiguous when two providers are linked).
-fn tls_config(roots: RootCertStore) -> Result<rustls::ClientConfig, ProxyError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ProxyError::Config(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
-}
-
-/// The system CA certificates (else, with a warning, the bundled webpki roots), plus
-/// every certificate of the configured CA file.
-fn root_store(ca_file: Option<&CaFile>) -> Result<RootCertStore, ProxyError> {
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!(%error, "could not load some system CA certificates");
-    }
-    trusted_roots(native.certs, ca_file.map(CaFile::certificates).unwrap_or_default())
-}
-
-/// The roots trusted for an `https` upstream: the system's usable certificates (the
-/// bundled webpki roots only when there are none, never both), plus `extra`.
-fn trusted_roots(
-    system: Vec<CertificateDer<'static>>,
-    extra: Vec<CertificateDer<'static>>,
-) -> Result<RootCertStore, ProxyError> {
-    let mut roots = RootCertStore::empty();
-    let (added, _unusable) = roots.add_parsable_certificates(system);
-    if added == 0 {
-        tracing::warn!("no usable system CA certificates; verifying the upstream against the bundled webpki roots");
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    for cert in extra {
-        // The configuration checked every one of them; this is only a second line.
-        roots
-            .add(cert)
-            .map_err(|e| ProxyError::Config(format!("upstream.ca_file: unusable certificate: {e}")))?;
-    }
-    Ok(roots)
+/// The upstream's TLS could not be set up: a configuration problem.
+fn tls_setup(error: crate::tls_roots::TlsSetupError) -> ProxyError {
+    ProxyError::Config(error.to_string())
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
@@ -242,52 +206,6 @@ impl Write for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Http(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             UpstreamIo::Unix(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_ca() -> CertificateDer<'static> {
-        rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()])
-            .expect("certificate")
-            .cert
-            .der()
-            .clone()
-    }
-
-    #[test]
-    fn the_system_roots_are_trusted_and_the_bundled_ones_only_without_them() {
-        let roots = trusted_roots(vec![new_ca(), new_ca()], Vec::new()).expect("roots");
-        assert_eq!(roots.len(), 2, "the bundled roots are not added to the system's");
-
-        let bundled = webpki_roots::TLS_SERVER_ROOTS.len();
-        assert!(bundled > 100);
-        assert_eq!(trusted_roots(Vec::new(), Vec::new()).expect("roots").len(), bundled);
-        let unusable = CertificateDer::from(vec![0x30, 0x00]);
-        let roots = trusted_roots(vec![unusable], Vec::new()).expect("roots");
-        assert_eq!(roots.len(), bundled, "no usable system root: the bundled ones");
-    }
-
-    #[test]
-    fn the_ca_files_certificates_are_trusted_beside_the_others() {
-        let roots = trusted_roots(vec![new_ca()], vec![new_ca(), new_ca()]).expect("roots");
-        assert_eq!(roots.len(), 3);
-        let roots = trusted_roots(Vec::new(), vec![new_ca()]).expect("roots");
-        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len() + 1);
-    }
-
-    #[test]
-    fn an_unusable_certificate_in_the_ca_file_is_a_configuration_error() {
-        let unusable = CertificateDer::from(vec![0x30, 0x00]);
-        match trusted_roots(vec![new_ca()], vec![unusable]) {
-            Err(ProxyError::Config(message)) => assert!(message.starts_with("upstream.ca_file: "), "{message}"),
-            other => panic!(
-                "expected a configuration error, got {:?}",
-                other.map(|roots| roots.len())
-            ),
         }
     }
 }

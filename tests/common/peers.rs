@@ -2,6 +2,7 @@
 //! like Authelia) and the echo upstream (tests/upstream/echo.mjs).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -28,6 +29,10 @@ pub struct IdpOptions {
     /// token already spent), or, with `refresh_delay_before`, before it is looked at.
     pub refresh_delay: Duration,
     pub refresh_delay_before: bool,
+    /// Serve https with this certificate and key (PEM files), the issuer then being
+    /// `https://127.0.0.1:<port>`; `None` = plain http. Its control endpoints (`stats`…)
+    /// are then out of reach of this harness's plain client.
+    pub tls_cert_and_key: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for IdpOptions {
@@ -43,6 +48,7 @@ impl Default for IdpOptions {
             rotate_refresh_token: true,
             refresh_delay: Duration::ZERO,
             refresh_delay_before: false,
+            tls_cert_and_key: None,
         }
     }
 }
@@ -59,7 +65,7 @@ pub struct IdpStats {
 
 /// A running test provider.
 pub struct Idp {
-    /// `http://127.0.0.1:<port>`, exactly as the provider spells its issuer.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS), exactly as the provider spells its issuer.
     pub issuer: String,
     pub port: u16,
     proc: ChildProcess,
@@ -98,6 +104,10 @@ impl Idp {
                 None => cmd.env_remove(key),
             };
         }
+        match &opts.tls_cert_and_key {
+            Some((cert, key)) => cmd.env("IDP_TLS_CERT", cert).env("IDP_TLS_KEY", key),
+            None => cmd.env_remove("IDP_TLS_CERT").env_remove("IDP_TLS_KEY"),
+        };
         let (proc, issuer) = ChildProcess::spawn_announcing("idp", cmd, "IDP_READY").await;
         let port = Url::parse(&issuer)
             .ok()

@@ -3,7 +3,8 @@
 //
 //   IDP_REDIRECT_URIS=http://127.0.0.1:4180/callback node tests/idp/server.mjs
 //
-// Prints exactly one line on stdout when ready: `IDP_READY http://127.0.0.1:<port>`.
+// Prints exactly one line on stdout when ready: `IDP_READY http://127.0.0.1:<port>`
+// (`https://…` when serving TLS, see IDP_TLS_CERT).
 // Everything else (request log, provider errors) goes to stderr.
 //
 // Environment:
@@ -25,6 +26,9 @@
 //                            is slow on its way back) or before (the provider is stuck before
 //                            it looks at the grant)
 //   IDP_QUIET                1 = no request log on stderr
+//   IDP_TLS_CERT, IDP_TLS_KEY  PEM files: serve https with this certificate (and its chain)
+//                            and key, and make the issuer https://127.0.0.1:<port> (both or
+//                            neither; default plain http)
 //
 // Test control endpoints (not part of the provider):
 //   GET  /__test/stats                  {"par":N,"authorization_code":N,"refresh_token":N,"userinfo":N,"revocation":N}
@@ -34,7 +38,9 @@
 //                                       administrator changes them in Authelia's user database)
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 
 import Provider from 'oidc-provider';
 
@@ -78,6 +84,9 @@ const CLAIMS_IN_ID_TOKEN = envBool('IDP_CLAIMS_IN_ID_TOKEN', false);
 const REQUIRE_PAR = envBool('IDP_REQUIRE_PAR', true);
 const ROTATE_REFRESH_TOKEN = envBool('IDP_ROTATE_REFRESH_TOKEN', true);
 const REFRESH_DELAY_MS = envInt('IDP_REFRESH_DELAY_MS', 0);
+const TLS_CERT = process.env.IDP_TLS_CERT || '';
+const TLS_KEY = process.env.IDP_TLS_KEY || '';
+if (Boolean(TLS_CERT) !== Boolean(TLS_KEY)) die('IDP_TLS_CERT and IDP_TLS_KEY go together');
 const REFRESH_DELAY_WHEN = process.env.IDP_REFRESH_DELAY_WHEN || 'after';
 if (!['after', 'before'].includes(REFRESH_DELAY_WHEN)) die('IDP_REFRESH_DELAY_WHEN is after or before');
 const QUIET = envBool('IDP_QUIET', false);
@@ -521,7 +530,7 @@ const ROUTES = {
 let provider; // set once the port is known (the issuer contains it)
 let callback;
 
-const server = http.createServer(async (req, res) => {
+const handler = async (req, res) => {
   const started = Date.now();
   res.on('finish', () => {
     log(req.method, req.url.length > 200 ? `${req.url.slice(0, 200)}...` : req.url, '->', res.statusCode, `${Date.now() - started}ms`);
@@ -603,11 +612,15 @@ const server = http.createServer(async (req, res) => {
     }
     return res.destroy();
   }
-});
+};
+
+const server = TLS_CERT
+  ? https.createServer({ cert: fs.readFileSync(TLS_CERT), key: fs.readFileSync(TLS_KEY) }, handler)
+  : http.createServer(handler);
 
 server.listen(PORT, HOST, () => {
   const { port } = server.address();
-  const issuer = `http://${HOST}:${port}`;
+  const issuer = `${TLS_CERT ? 'https' : 'http'}://${HOST}:${port}`;
 
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
   const jwk = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomBytes(8).toString('hex'), alg: 'RS256', use: 'sig' };

@@ -776,7 +776,11 @@ async fn provider_answers_are_read_up_to_one_mebibyte_and_no_further() {
 async fn a_failed_discovery_is_an_outage_only_when_the_provider_answers_5xx() {
     const DISCOVERY: &str = "/.well-known/openid-configuration";
     let p = TestProvider::start().await;
-    let http = crate::oidc::http::build_client(Duration::from_secs(5)).expect("client");
+    let http = crate::oidc::http::build_client(
+        Duration::from_secs(5),
+        crate::oidc::http::tls_config(None).expect("TLS"),
+    )
+    .expect("client");
     let page = |status| Canned {
         status,
         content_type: "text/html",
@@ -800,7 +804,11 @@ async fn a_failed_discovery_is_an_outage_only_when_the_provider_answers_5xx() {
 async fn discovery_and_jwks_bodies_are_bounded_like_every_other_provider_answer() {
     const DISCOVERY: &str = "/.well-known/openid-configuration";
     let p = TestProvider::start().await;
-    let http = crate::oidc::http::build_client(Duration::from_secs(5)).expect("client");
+    let http = crate::oidc::http::build_client(
+        Duration::from_secs(5),
+        crate::oidc::http::tls_config(None).expect("TLS"),
+    )
+    .expect("client");
     let oversized = |value: Value| Canned {
         status: 200,
         content_type: "application/json",
@@ -842,4 +850,80 @@ async fn discovery_and_jwks_bodies_are_bounded_like_every_other_provider_answer(
         }
         other => panic!("an oversized JWKS was read: {:?}", other.map(|_| ())),
     }
+}
+
+/// A TLS listener presenting a certificate for 127.0.0.1 issued by a fresh CA (whose PEM
+/// is returned), offering `http/1.1`. It completes handshakes, reports the protocol each
+/// negotiated (or `None` for a failed one), and hangs up.
+async fn tls_listener_from_a_private_ca() -> (
+    std::net::SocketAddr,
+    String,
+    tokio::sync::mpsc::Receiver<Option<Vec<u8>>>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_pem = ca_params.self_signed(&ca_key).expect("CA").pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .expect("server certificate");
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (report, handshakes) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let negotiated = match acceptor.accept(tcp).await {
+                Ok(tls) => Some(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec).unwrap_or_default()),
+                Err(_) => None,
+            };
+            let _ = report.send(negotiated).await;
+        }
+    });
+    (addr, ca_pem, handshakes)
+}
+
+#[tokio::test]
+async fn the_providers_certificate_is_verified_against_the_system_roots_and_the_ca_file() {
+    let (addr, ca_pem, mut handshakes) = tls_listener_from_a_private_ca().await;
+    let issuer = format!("https://{addr}");
+
+    // Its CA is neither a system root nor configured: refused, and the error says why.
+    let client = OidcClient::new(Arc::new(config(&issuer))).expect("client");
+    match client.discover_once().await {
+        Err(error @ OidcError::ProviderUnreachable(_)) => {
+            let why = error.to_string();
+            assert!(why.contains("invalid peer certificate: UnknownIssuer"), "{why}");
+            assert_no_secret(&error, &[SECRET]);
+        }
+        other => panic!("expected an untrusted provider, got {other:?}"),
+    }
+    assert_eq!(handshakes.recv().await, Some(None), "the handshake failed");
+
+    // With the CA file the handshake completes, offering what reqwest speaks.
+    let mut cfg = config(&issuer);
+    cfg.ca_file = Some(crate::config::CaFile {
+        path: "/etc/portcullis/provider-ca.pem".into(),
+        pem: ca_pem.into_bytes(),
+    });
+    let client = OidcClient::new(Arc::new(cfg)).expect("client");
+    // The listener hangs up after the handshake: still unreachable, for another reason.
+    match client.discover_once().await {
+        Err(OidcError::ProviderUnreachable(why)) => assert!(!why.contains("certificate"), "{why}"),
+        other => panic!("expected a provider that hangs up, got {other:?}"),
+    }
+    assert_eq!(handshakes.recv().await, Some(Some(b"http/1.1".to_vec())));
 }

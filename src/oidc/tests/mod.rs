@@ -26,6 +26,7 @@ pub fn config(issuer: &str) -> OidcConfig {
         redirect_url: Url::parse("https://express.example.com/callback").expect("url"),
         par: ParMode::Auto,
         allow_insecure_issuer: true,
+        ca_file: None,
         http_timeout: Duration::from_secs(2),
         discovery_retry_max: Duration::from_secs(2),
         jwks_refetch_interval: Duration::from_secs(30),
