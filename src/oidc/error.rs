@@ -54,7 +54,8 @@ pub enum OidcError {
     /// session and send the user through a new login. Carries the OAuth error code.
     #[error("refresh token refused: {0}")]
     RefreshRejected(String),
-    /// Added: the HTTP client could not be built (TLS roots); only from [`OidcClient::new`](super::OidcClient::new).
+    /// Added: the HTTP client could not be built (its TLS configuration: the roots,
+    /// `oidc.ca_file`); at start-up, from [`OidcClient::new`](super::OidcClient::new).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
     /// Added: [`OidcClient::revoke`](super::OidcClient::revoke) was called but the provider has no revocation endpoint.

@@ -68,7 +68,8 @@ struct Inner {
 }
 
 impl OidcClient {
-    /// Builds the client without touching the network.
+    /// Builds the client without touching the network. It reads the system's CA
+    /// certificates (the back channel's TLS roots): call it once, at start-up.
     pub fn new(config: Arc<OidcConfig>) -> Result<Self, OidcError> {
         let inner = Inner {
             tls: http::tls_config(config.ca_file.as_ref())?,
