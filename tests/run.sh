@@ -20,6 +20,7 @@ trap 'kill -- "-$fuzz" 2>/dev/null || true; rm -f "$fuzz_log"' EXIT
 
 bash tests/setup.sh
 (cd tests/idp && node --test selftest.mjs)
+# The unit tests, then the end-to-end tests: one test binary, tests/e2e (tests/README.md).
 cargo test --lib --bins --tests
 
 echo "tests/run.sh: the fuzz run (fuzz/run.sh), started beside the tests:"

@@ -1,6 +1,6 @@
 //! TTL arithmetic of the Redis store (idle timeout, cut short by the absolute deadline),
 //! its connection managers per thread, its keys and its `Debug` form. (Its commands,
-//! against a real redis-server, are tested end to end: `tests/redis_store.rs`.)
+//! against a real redis-server, are tested end to end: `tests/e2e/redis_store.rs`.)
 
 use std::time::{Duration, SystemTime};
 
