@@ -8,7 +8,9 @@
 //! body counts the bytes it hands to the connection, notes how it ended, and writes the
 //! line when hyper drops it: the last thing that happens to a response, however it ends.
 //! The line rides in the body that every response has anyway (no layer of its own),
-//! boxed; with the log off the body carries `None` and nothing is counted.
+//! boxed; with the log off the body carries `None` and nothing is counted. A request
+//! dropped before its response head (the client gone while the upstream was waited on)
+//! has its line written as it is dropped, with the status [`client_closed_request`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,6 +28,13 @@ use crate::BoxError;
 
 /// The access-log target.
 pub(crate) const TARGET: &str = "portcullis::access";
+
+/// The status logged and counted for a request whose client went away before its
+/// response head was ready: nginx's 499, "client closed request", which no response
+/// carries.
+pub(crate) fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
 
 /// How a response ended: the line's `outcome`. Only [`Outcome::Complete`] means the
 /// client was sent the whole response.

@@ -57,6 +57,52 @@ pub(crate) struct ActiveSession {
     pub session: Arc<Session>,
 }
 
+/// What [`App::handle`] owes a request until its response head is ready: the request
+/// metric and the access line. If the request is dropped before (its client closed the
+/// connection or reset the stream while the upstream or the provider was being waited
+/// on, or a shutdown's grace period ran out), both are written then, as nginx does, with
+/// the status 499 ("client closed request") and the outcome `client_gone`.
+struct Unanswered<'a> {
+    metrics: &'a Metrics,
+    kind: RouteKind,
+    started: Instant,
+    /// `None` when no line is to be written.
+    access: Option<Requested>,
+    /// The session a forwarded request goes with, for the line (set only when written).
+    user: Option<Arc<Session>>,
+    answered: bool,
+}
+
+impl Unanswered<'_> {
+    /// The response head is ready: counts it, and hands the line to its body, to be
+    /// written when the body is over (sent, cut off, or abandoned by the client).
+    fn answer(&mut self, response: &mut Response<ResponseBody>) {
+        self.answered = true;
+        let elapsed = self.started.elapsed();
+        self.metrics.request(self.kind, response.status(), elapsed);
+        if let Some(requested) = self.access.take() {
+            let line = requested.answered(response.status(), self.user.take(), self.started, elapsed);
+            response.body_mut().log_when_over(line);
+        }
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let status = access::client_closed_request();
+        let elapsed = self.started.elapsed();
+        self.metrics.request(self.kind, status, elapsed);
+        if let Some(requested) = self.access.take() {
+            requested
+                .answered(status, self.user.take(), self.started, elapsed)
+                .write(false);
+        }
+    }
+}
+
 /// What [`App::admit`] decided for a request to the app.
 enum Admission {
     /// Forward it, with this session's identity (`None`: a public path, no identity).
@@ -140,8 +186,14 @@ impl App {
             let client = self.upstream.client_ip(client_addr.ip(), request.headers());
             Requested::of(&request, client)
         });
-        // The session a forwarded request went with, for the line (set only when logged).
-        let mut user = None;
+        let mut unanswered = Unanswered {
+            metrics: &self.metrics,
+            kind,
+            started,
+            access,
+            user: None,
+            answered: false,
+        };
         // The host first, for every route: RFC 9112 §3.2 has a server refuse any request
         // that names no valid host, whatever it would do with it. Only the proxy passes
         // it on (portcullis' own URLs come from `base_url`); a refused request starts no
@@ -171,11 +223,10 @@ impl App {
             (Route::Protected, Ok(host)) => match self.admit(&request, client_addr, session_keys).await {
                 Ok(Admission::Forward(session)) => {
                     let ctx = self.forward_context(session.as_deref(), host.as_ref(), client_addr, upstream_slot);
-                    let forwarded = self.upstream.forward(request, ctx).await;
-                    if access.is_some() {
-                        user = session;
+                    if unanswered.access.is_some() {
+                        unanswered.user.clone_from(&session);
                     }
-                    forwarded.map_err(AppError::from)
+                    self.upstream.forward(request, ctx).await.map_err(AppError::from)
                 }
                 Ok(Admission::Answered(response)) => Ok(*response),
                 Err(error) => Err(error),
@@ -183,13 +234,7 @@ impl App {
         };
         let mut response = result
             .unwrap_or_else(|error| error.into_response(policy::accept_prefers_json(accept.as_ref()), &self.router));
-        let elapsed = started.elapsed();
-        self.metrics.request(kind, response.status(), elapsed);
-        // Written when the body is over (sent, cut off, or abandoned by the client).
-        if let Some(requested) = access {
-            let line = requested.answered(response.status(), user, started, elapsed);
-            response.body_mut().log_when_over(line);
-        }
+        unanswered.answer(&mut response);
         response
     }
 

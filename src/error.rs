@@ -81,6 +81,11 @@ pub struct CallbackContext<'a> {
 /// The message of a callback whose pending login is kept through a provider outage.
 const RELOAD_RETRIES: &str = "The identity provider is unavailable, so this sign-in cannot be finished right now. It is kept: reload this page in a moment to try again.";
 
+/// The message of a callback whose new session the store could not take: the code is
+/// spent and the pending login with it, so only a new sign-in can follow.
+const STORE_AT_CALLBACK: &str =
+    "The session store is unavailable, so this sign-in could not be saved. Sign in again in a moment.";
+
 /// Who caused an error; decides the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -202,6 +207,8 @@ impl AppError {
         let mut rendering = self.rendering();
         if callback.retry_on_reload {
             rendering.message = RELOAD_RETRIES.to_owned();
+        } else if at_callback.is_some() && matches!(self, AppError::Store(_)) {
+            rendering.message = STORE_AT_CALLBACK.to_owned();
         }
         match (&self, rendering.fault) {
             (AppError::Forbidden(denied), _) => tracing::info!(
@@ -225,11 +232,13 @@ impl AppError {
         // redirect URI, a provider that refused the code exchange or answered what failed
         // validation (502) has spent the pending login all the same: signing in again is
         // the user's one way forward (elsewhere, a login start, it would only repeat the
-        // request that failed).
+        // request that failed). So has a store that could not take the new session.
         let sign_in_again = || Some(("login_url", login_url(router, callback.return_to), "Sign in again"));
         let offer = match rendering.code {
             "login_expired" | "invalid_callback" | "authorization_denied" | "login_failed" => sign_in_again(),
-            "idp_rejected" | "idp_invalid_response" if at_callback.is_some() => sign_in_again(),
+            "idp_rejected" | "idp_invalid_response" | "session_store_unavailable" if at_callback.is_some() => {
+                sign_in_again()
+            }
             "forbidden" => Some(("logout_url", Cow::Borrowed(router.logout_path()), "Sign out")),
             _ => None,
         };
@@ -570,6 +579,36 @@ mod tests {
                 assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{name}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_at_the_callback_offers_a_new_sign_in_and_elsewhere_a_retry() {
+        let store_down = || AppError::Store(StoreError::Unavailable("connection refused".into()));
+        let (response, body) = callback_json_of(store_down(), returning_to(DEEP_LINK)).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "5");
+        assert_eq!(body["error"], "session_store_unavailable", "{body}");
+        assert_eq!(body["login_url"], DEEP_LOGIN, "{body}");
+        assert_eq!(body["message"], STORE_AT_CALLBACK, "{body}");
+        let (status, html) = callback_page_of(store_down(), returning_to(DEEP_LINK)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            html.contains(&format!("<a href=\"{DEEP_LOGIN}\">Sign in again</a>")),
+            "{html}"
+        );
+        assert!(
+            !html.contains("connection refused"),
+            "the cause reached the page: {html}"
+        );
+        // On any other route the session is only being checked: reloading is the way.
+        let (_, body) = json_of(store_down()).await;
+        assert_eq!(body.get("login_url"), None, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Try again shortly")),
+            "{body}"
+        );
     }
 
     #[tokio::test]

@@ -125,6 +125,33 @@ fn a_body_dropped_before_its_end_is_logged_as_the_client_gone() {
 }
 
 #[test]
+fn a_request_whose_client_left_before_the_head_is_logged_499_gone() {
+    // What `App::handle` writes when its request is dropped unanswered: no body at all.
+    let lines = lines_of(|| {
+        let request = Request::builder().method(Method::POST).uri("/slow").body(()).unwrap();
+        let requested = Requested::of(&request, IpAddr::from([192, 0, 2, 7]));
+        requested
+            .answered(
+                client_closed_request(),
+                None,
+                Instant::now(),
+                Duration::from_millis(300),
+            )
+            .write(false);
+    });
+    assert_fields(
+        &lines[0],
+        &[
+            "method=POST",
+            "path=/slow",
+            "status=499",
+            "body_bytes=0",
+            "outcome=client_gone",
+        ],
+    );
+}
+
+#[test]
 fn a_body_the_upstream_cuts_off_is_logged_with_why() {
     let stalled: BoxError = BodyError::Stalled(Duration::from_secs(1)).into();
     let broken: BoxError = std::io::Error::other("connection reset").into();

@@ -55,24 +55,6 @@ fn provider_error(stack: &Stack, genuine: &Url, error: &str, description: &str) 
 /// A deep link the failed-sign-in tests start from.
 const DEEP: &str = "/reports/2026?view=full&sort=name";
 
-/// The "Sign in again" URL that returns to `path`.
-fn login_again_to(path: &str) -> String {
-    let rd: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
-    format!("/.auth/login?rd={rd}")
-}
-
-/// `resp` is a page whose "Sign in again" link (escaped as an attribute) is `login_again`.
-#[track_caller]
-fn assert_offers_sign_in(resp: &Resp, login_again: &str) {
-    assert_html_page(resp);
-    assert!(
-        resp.body
-            .contains(&format!("<a href=\"{}\">Sign in again</a>", html_escape(login_again))),
-        "the page does not offer a sign-in back by {login_again}:\n{}",
-        resp.body
-    );
-}
-
 /// `resp` is a JSON answer `status` with `error` whose `login_url` is `login_again`.
 #[track_caller]
 fn assert_offers_login_url(resp: &Resp, status: u16, error: &str, login_again: &str) {

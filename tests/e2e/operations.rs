@@ -141,6 +141,44 @@ async fn the_access_log_has_one_line_per_request_with_user_and_without_query_or_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_before_the_answer_is_logged_and_counted_as_499() {
+    use tokio::io::AsyncWriteExt;
+
+    let (stack, metrics) = stack_with_metrics().await;
+    stack.login("john", "/").await;
+    let cookie = stack.session_cookie().expect("a session");
+    let class = "portcullis_requests_total{route=\"app\",status=\"4xx\"}";
+    let before = value(&scrape(&metrics).await, class);
+
+    // The upstream takes 5 s; the client gives up after 300 ms and closes.
+    let port = stack.portcullis.app.port;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "GET /__slow?ms=5000 HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: portcullis_session={cookie}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(tcp);
+
+    let lines = stack.portcullis.access_lines("/__slow", 1).await;
+    let line = &lines[0];
+    assert_eq!(access_field(line, "status"), Some("499"), "{line}");
+    assert_eq!(access_field(line, "outcome"), Some("client_gone"), "{line}");
+    assert_eq!(access_field(line, "body_bytes"), Some("0"), "{line}");
+    // The session's subject, known before the upstream was asked.
+    assert!(access_field(line, "user").is_some_and(|user| user != "-"), "{line}");
+    // Written when the client left, not when the upstream would have answered.
+    let duration: f64 = access_field(line, "duration_ms")
+        .and_then(|d| d.parse().ok())
+        .expect("duration");
+    assert!((250.0..4000.0).contains(&duration), "{line}");
+    assert!(!line.contains(&cookie), "{line}");
+    assert_eq!(value(&scrape(&metrics).await, class), before + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_access_log_can_be_turned_off() {
     let stack = Stack::builder().env("PORTCULLIS_LOG_ACCESS_LOG", "false").start().await;
     stack.login("john", "/").await;

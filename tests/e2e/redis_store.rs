@@ -256,6 +256,41 @@ async fn an_unreachable_store_answers_503_then_sessions_work_again_when_it_is_ba
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_store_down_at_the_callback_offers_a_new_sign_in_that_works_once_it_is_back() {
+    // By the time the new session is to be stored the code is spent, and the pending
+    // login with it: a reload cannot finish this sign-in, only a new one can, back to
+    // where the user was going.
+    const DEEP: &str = "/reports/q3?view=full";
+    let mut r = Replicas::builder().start().await;
+    let (_, callback) = r.client.login_until_callback(&r.a.url(DEEP), "john", PASSWORD).await;
+    let pending = pending_logins(&r.client, &r.a.base_url());
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    r.redis.stop().await;
+
+    let page = r.client.navigate(callback.as_str()).await;
+    assert_status(&page, 503);
+    assert!(page.header("retry-after").is_some(), "503 without Retry-After");
+    assert_mentions(&page, "could not be saved");
+    assert_offers_sign_in(&page, &login_again_to(DEEP));
+    assert_eq!(pending_logins_cleared(&page), pending, "the spent login was kept");
+    assert!(page.set_cookie(SESSION_COOKIE).is_none(), "{}", page.summary());
+
+    r.redis.restart().await;
+    store_ready(&r.client, &r.a).await;
+    let again = r.a.url(&login_again_to(DEEP));
+    let trace = r.client.login(&again, "john", PASSWORD).await;
+    let landing = trace.landing();
+    assert_eq!(
+        (landing.status, landing.url.as_str()),
+        (reqwest::StatusCode::OK, r.a.url(DEEP).as_str()),
+        "{}",
+        trace.describe()
+    );
+    let seen = r.client.api_get(&r.a.url(DEEP)).await.echo();
+    assert_eq!(seen.values("remote-user"), ["john"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_connection_redis_dropped_while_idle_is_replaced_within_the_request() {
     // Redis restarted, failed over, or a firewall dropped the idle connection: the next
     // request finds the connection gone, and gets its answer on a new one, not a 503.
@@ -306,6 +341,16 @@ async fn store_not_ready(client: &Browserless, portcullis: &Portcullis) {
             let resp = client.send(client.get(&readyz)).await;
             (resp.status == 503 && resp.body.contains("session store")).then_some(())
         }
+    })
+    .await;
+}
+
+/// Waits until readyz answers 200 again.
+async fn store_ready(client: &Browserless, portcullis: &Portcullis) {
+    let readyz = portcullis.url("/.auth/readyz");
+    eventually("readyz to answer 200", Duration::from_secs(10), || {
+        let (client, readyz) = (client.clone(), readyz.clone());
+        async move { (client.send(client.get(&readyz)).await.status == 200).then_some(()) }
     })
     .await;
 }

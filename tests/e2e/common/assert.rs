@@ -6,7 +6,7 @@ use cookie::SameSite;
 use reqwest::StatusCode;
 use url::Url;
 
-use super::client::{Browserless, Resp};
+use super::client::{html_escape, Browserless, Resp};
 use super::cookies::SetCookie;
 use super::peers::Idp;
 
@@ -241,5 +241,23 @@ pub fn assert_walk_stays_on_app(trace: &super::client::LoginTrace, app: &Url, id
         origin(&trace.landing().url) == origin(app),
         "the walk ended off the app:\n{}",
         trace.describe()
+    );
+}
+
+/// The "Sign in again" URL that returns to `path`.
+pub fn login_again_to(path: &str) -> String {
+    let rd: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
+    format!("/.auth/login?rd={rd}")
+}
+
+/// `resp` is a page whose "Sign in again" link (escaped as an attribute) is `login_again`.
+#[track_caller]
+pub fn assert_offers_sign_in(resp: &Resp, login_again: &str) {
+    assert_html_page(resp);
+    assert!(
+        resp.body
+            .contains(&format!("<a href=\"{}\">Sign in again</a>", html_escape(login_again))),
+        "the page does not offer a sign-in back by {login_again}:\n{}",
+        resp.body
     );
 }
