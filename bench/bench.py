@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +59,7 @@ STREAM_MIB = env_int("BENCH_STREAM_MIB", 1024)
 RUN_STREAM = env_flag("BENCH_STREAM", True)
 RUN_SESSION_MEMORY = env_flag("BENCH_SESSION_MEMORY", True)
 RUN_CRITERION = env_flag("BENCH_CRITERION", True)
+IDLE_CONNECTIONS = env_int("BENCH_IDLE_CONNECTIONS", 1000)
 KEEP_TMP = env_flag("BENCH_KEEP_TMP", False)
 PERF = env_flag("BENCH_PERF", False)
 PORTCULLIS_BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target", "release", "portcullis"))
@@ -711,6 +713,64 @@ def stream_test(contenders, tmp):
     return results
 
 
+def read_response(sock):
+    """Reads one HTTP/1.1 response with a Content-Length body; returns its status."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    chunked = re.search(rb"(?im)^transfer-encoding:.*chunked", head)
+    if not length and not chunked:
+        raise ConnectionError("neither Content-Length nor chunked: " + head[:200].decode(errors="replace"))
+    while (len(body) < int(length.group(1))) if length else not body.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed mid-body")
+        body += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def idle_connection_memory(contenders, n):
+    """RSS growth per idle keep-alive connection: n connections, one request each (so a
+    proxy has dialed, and may keep, its upstream connections), left open while the
+    contender's RSS is read, then closed."""
+    results = {}
+    for c in contenders:
+        url = urllib.parse.urlsplit(c.wrk_url)
+        port = url.port
+        head = f"GET {url.path or '/'} HTTP/1.1\r\nHost: {c.host}\r\n"
+        if c.cookie:
+            head += f"Cookie: {c.cookie}\r\n"
+        request = (head + "\r\n").encode()
+        time.sleep(0.5)
+        before = rss_bytes(c.proc.pid)
+        socks = []
+        try:
+            for _ in range(n):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sock.sendall(request)
+                socks.append(sock)
+            statuses = [read_response(sock) for sock in socks]
+            time.sleep(0.5)
+            after = rss_bytes(c.proc.pid)
+        except OSError as error:
+            c.warnings.append(f"idle connections: {error}")
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        if statuses.count(200) != n:
+            c.warnings.append(f"idle connections: answered {sorted(set(statuses))}, not 200")
+            continue
+        results[c.key] = (after - before) / n
+        log(f"{n} idle keep-alive connections at {c.label}: RSS +{fmt_mib(after - before)}, {results[c.key] / 1024:.1f} KiB each")
+    return results
+
+
 def perf_profile(c, others, tmp, started_at):
     """`perf record` of portcullis during one extra c=32 run; the top of the report is saved."""
     if not shutil.which("perf"):
@@ -1084,6 +1144,14 @@ def run(tmp, procs, started_at, load_before):
             started_at,
         )
 
+    # After the throughput rounds (which RSS peak and CPU describe), for the proxies; the
+    # public-path row shares portcullis' process.
+    idle = (
+        idle_connection_memory([c for c in contenders if c.key not in ("upstream", "portcullis_public")], IDLE_CONNECTIONS)
+        if IDLE_CONNECTIONS > 0
+        else {}
+    )
+
     stream = None
     if RUN_STREAM:
         stream = stream_test([by_key["upstream"], by_key["nginx"], by_key["portcullis"]], tmp)
@@ -1098,10 +1166,10 @@ def run(tmp, procs, started_at, load_before):
     login = logins.get("portcullis")
     login_compared = [result for key, result in logins.items() if key != "portcullis"]
     load_after = open("/proc/loadavg").read().split()[:3]
-    return render(contenders, by_key, session_memory, criterion, stream, login, login_compared, foreign, started_at, load_before, load_after)
+    return render(contenders, by_key, session_memory, criterion, stream, login, login_compared, foreign, idle, started_at, load_before, load_after)
 
 
-def render(contenders, by_key, session_memory, criterion, stream, login, login_compared, foreign, started_at, load_before, load_after):
+def render(contenders, by_key, session_memory, criterion, stream, login, login_compared, foreign, idle, started_at, load_before, load_after):
     lines = []
     c_lo, c_hi = CONNECTIONS[0], CONNECTIONS[-1]
     v = versions()
@@ -1150,6 +1218,12 @@ def render(contenders, by_key, session_memory, criterion, stream, login, login_c
                 f"- {c.label}: CPU s/10k req is portcullis alone; redis-server used "
                 f"{c.helper_cpu / c.requests * 10000:.3f} s/10k req more (one GETEX per request)."
             )
+    if idle:
+        per = ", ".join(f"{c.label} {idle[c.key] / 1024:.1f} KiB" for c in contenders if c.key in idle)
+        lines.append(
+            f"- Memory per idle keep-alive connection ({IDLE_CONNECTIONS} connections, one request each, "
+            f"left open; RSS growth / count, the proxy's upstream connections included): {per}."
+        )
     for c in contenders:
         for w in c.warnings:
             lines.append(f"- warning, {c.label}: {w}")

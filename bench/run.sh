@@ -15,6 +15,7 @@
 #   BENCH_STREAM=1            1 GiB streaming test (0 = skip); BENCH_STREAM_MIB=1024
 #   BENCH_SESSION_MEMORY=1    memory per session, 100,000 sessions (0 = skip)
 #   BENCH_CRITERION=1         session-store insert/lookup rates with criterion (0 = skip)
+#   BENCH_IDLE_CONNECTIONS=1000  idle keep-alive connections per proxy, for the memory each costs (0 = skip)
 #   BENCH_KEEP_TMP=0          1 = keep the generated configurations and logs
 set -euo pipefail
 

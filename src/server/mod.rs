@@ -298,18 +298,23 @@ async fn serve_connection(
     };
     match &shared.tls {
         None => serve_protocol(&shared, TokioIo::new(stream), protocol, downstream, stopped, report).await,
-        Some(acceptor) => match tokio::time::timeout(shared.head_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => {
-                let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Protocol::Http2
-                } else {
-                    Protocol::Http1
-                };
-                serve_protocol(&shared, TokioIo::new(tls), protocol, downstream, stopped, report).await
-            }
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        Some(acceptor) => {
+            // Boxed, as the protocols are (see `serve_protocol`): a handshake's state and
+            // the TLS stream's are large. The handshake's result is gone before the
+            // connection is served, so the task holds neither inline.
+            let handshake = Box::pin(acceptor.accept(stream));
+            let tls = match tokio::time::timeout(shared.head_timeout, handshake).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(error)) => return tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            serve_protocol(&shared, TokioIo::new(tls), protocol, downstream, stopped, report).await
+        }
     }
 }
 
@@ -372,6 +377,11 @@ struct Downstream<'a> {
 
 /// Serves one connection in its protocol until it ends, shutting it down gracefully
 /// (finish in-flight requests, take no new ones) once `stopped` turns true.
+///
+/// Each protocol's future is boxed, once per connection: a connection's task is as large
+/// as the largest thing it may await, and an HTTP/2 connection's state (and a TLS
+/// handshake's, in [`serve_connection`]) is several times an HTTP/1.1 one's. Inline, every
+/// connection held room for all of them, idle or not.
 async fn serve_protocol<I>(
     shared: &Shared,
     io: TokioIo<I>,
@@ -382,67 +392,88 @@ async fn serve_protocol<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    match protocol {
+        Protocol::Http1 => Box::pin(serve_http1(shared, io, downstream, stopped, report)).await,
+        Protocol::Http2 => Box::pin(serve_http2(shared, io, downstream, stopped, report)).await,
+    }
+}
+
+async fn serve_http1<I>(
+    shared: &Shared,
+    io: TokioIo<I>,
+    downstream: Downstream<'_>,
+    stopped: watch::Receiver<bool>,
+    report: impl FnOnce(Ended<'_>),
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Downstream { peer, state, lease } = downstream;
     // Each service builds its request's future inside the one it returns: that future
     // is large, and one built outside would be moved into it once more per request.
-    match protocol {
-        Protocol::Http1 => {
-            let clock = HeadClock::new(state.clone());
-            let head_timer = HeadTimer::new(clock.clone(), shared.head_timeout);
-            // A request body may be read on after its response: the clock is told when
-            // it ends (the connection is busy until then).
-            let upstream_slot = shared.app.upstream.slot(peer, lease, Some(clock.clone()));
-            let session_keys = SessionKeyMemo::default();
-            // hyper polls an HTTP/1.1 request's future inside this connection's, so the
-            // future may borrow what the connection holds: no reference count of the
-            // app (shared by every connection on every core) is touched per request.
-            let (app, upstream_slot, session_keys) = (&*shared.app, &upstream_slot, &session_keys);
-            let service = service_fn(move |request| {
-                clock.request_started();
-                let clock = clock.clone();
-                async move {
-                    let response = app.handle(request, peer, upstream_slot, session_keys).await;
-                    Ok::<_, Infallible>(response.map(|body| Sent::new(body, clock)))
-                }
-            });
-            let connection = shared.http1.serve_connection(io, service).with_upgrades();
-            let idle = Idle::Close(head_timer);
-            until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
+    let clock = HeadClock::new(state.clone());
+    let head_timer = HeadTimer::new(clock.clone(), shared.head_timeout);
+    // A request body may be read on after its response: the clock is told when
+    // it ends (the connection is busy until then).
+    let upstream_slot = shared.app.upstream.slot(peer, lease, Some(clock.clone()));
+    let session_keys = SessionKeyMemo::default();
+    // hyper polls an HTTP/1.1 request's future inside this connection's, so the
+    // future may borrow what the connection holds: no reference count of the
+    // app (shared by every connection on every core) is touched per request.
+    let (app, upstream_slot, session_keys) = (&*shared.app, &upstream_slot, &session_keys);
+    let service = service_fn(move |request| {
+        clock.request_started();
+        let clock = clock.clone();
+        async move {
+            let response = app.handle(request, peer, upstream_slot, session_keys).await;
+            Ok::<_, Infallible>(response.map(|body| Sent::new(body, clock)))
         }
-        Protocol::Http2 => {
-            // The clock counts the open streams (which are what is watched here, not
-            // their bodies): once none has been open for the head timeout (the HTTP/1.1
-            // keep-alive bound), the connection is closed with a GOAWAY.
-            let upstream_slot = shared.app.upstream.slot(peer, lease, None);
-            let session_keys = Arc::new(SessionKeyMemo::default());
-            let clock = HeadClock::http2();
-            let idle = Idle::GoAway(HeadTimer::new(clock.clone(), shared.head_timeout));
-            let streams = clock.clone();
-            let app = shared.app.clone();
-            let service = service_fn(move |request| {
-                let stream = streams.stream_opened();
-                let (app, upstream_slot, session_keys) = (app.clone(), upstream_slot.clone(), session_keys.clone());
-                async move {
-                    let response = app.handle(request, peer, &upstream_slot, &session_keys).await;
-                    Ok::<_, Infallible>(response.map(|body| stream.sent(body)))
-                }
-            });
-            // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
-            // and first request: a connection that has sent no request within the head
-            // timeout is closed, so silent clients cannot hold connection slots.
-            let connection = shared.http2.serve_connection(io, service);
-            let first_request = async {
-                tokio::time::sleep(shared.head_timeout).await;
-                if clock.had_a_stream() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report) => {}
-                () = first_request => {
-                    tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
-                }
-            }
+    });
+    let connection = shared.http1.serve_connection(io, service).with_upgrades();
+    let idle = Idle::Close(head_timer);
+    until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
+}
+
+async fn serve_http2<I>(
+    shared: &Shared,
+    io: TokioIo<I>,
+    downstream: Downstream<'_>,
+    stopped: watch::Receiver<bool>,
+    report: impl FnOnce(Ended<'_>),
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Downstream { peer, lease, .. } = downstream;
+    // The clock counts the open streams (which are what is watched here, not
+    // their bodies): once none has been open for the head timeout (the HTTP/1.1
+    // keep-alive bound), the connection is closed with a GOAWAY.
+    let upstream_slot = shared.app.upstream.slot(peer, lease, None);
+    let session_keys = Arc::new(SessionKeyMemo::default());
+    let clock = HeadClock::http2();
+    let idle = Idle::GoAway(HeadTimer::new(clock.clone(), shared.head_timeout));
+    let streams = clock.clone();
+    let app = shared.app.clone();
+    let service = service_fn(move |request| {
+        let stream = streams.stream_opened();
+        let (app, upstream_slot, session_keys) = (app.clone(), upstream_slot.clone(), session_keys.clone());
+        async move {
+            let response = app.handle(request, peer, &upstream_slot, &session_keys).await;
+            Ok::<_, Infallible>(response.map(|body| stream.sent(body)))
+        }
+    });
+    // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
+    // and first request: a connection that has sent no request within the head
+    // timeout is closed, so silent clients cannot hold connection slots.
+    let connection = shared.http2.serve_connection(io, service);
+    let first_request = async {
+        tokio::time::sleep(shared.head_timeout).await;
+        if clock.had_a_stream() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report) => {}
+        () = first_request => {
+            tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
         }
     }
 }
