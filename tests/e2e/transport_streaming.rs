@@ -963,6 +963,36 @@ async fn a_body_the_upstream_breaks_off_is_logged_as_an_upstream_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_http2_stream_reset_before_its_answer_is_logged_499_and_the_connection_carries_on() {
+    let upstream = RustUpstream::start().await;
+    let (stack, cookie) = stack_with(&upstream.url, &[("PORTCULLIS_SERVER_H2C", "true")]).await;
+    let port = stack.portcullis.app.port;
+    let h2 = h2_over(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"))
+        .await
+        .expect("h2c handshake");
+
+    // The client gives up on a slow answer: dropping the pending response resets the stream.
+    let request = Request::get(format!("http://localhost:{port}/slow?ms=5000"))
+        .header("cookie", &cookie)
+        .body(h1::empty())
+        .expect("request");
+    let pending = h2.clone().send_request(request);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), pending).await.is_err(),
+        "the slow answer came early"
+    );
+
+    let lines = stack.portcullis.access_lines("/slow", 1).await;
+    let line = &lines[0];
+    assert_eq!(access_field(line, "status"), Some("499"), "{line}");
+    assert_eq!(access_field(line, "outcome"), Some("client_gone"), "{line}");
+    assert!(logged_number(line, "duration_ms") < 4000.0, "{line}");
+    // The connection carries on.
+    let (resp, _) = get_over(Some(&h2), port, "/after", &cookie).await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_mid_download_is_logged_as_gone() {
     let upstream = RustUpstream::start().await;
     let (stack, cookie) = stack_with(&upstream.url, &[("PORTCULLIS_SERVER_H2C", "true")]).await;
