@@ -7,6 +7,7 @@
 //! Handlers return `Result<Response, AppError>`; the error becomes a response in
 //! exactly one place, at the end of `handle`, so hyper only ever sees a response.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -166,76 +167,82 @@ impl App {
     /// Answers one request. Never fails: every error is turned into a response here.
     /// `upstream_slot` and `session_keys` are the downstream connection's (from
     /// [`Upstream::slot`], and one [`SessionKeyMemo`] per connection).
-    pub async fn handle(
-        &self,
+    // Not an `async fn`: one would keep a second copy of the request in its future (the
+    // arguments, moved into locals at the first poll), and move it there once more.
+    #[allow(clippy::manual_async_fn)]
+    pub fn handle<'a>(
+        &'a self,
         request: Request<Incoming>,
         client_addr: SocketAddr,
-        upstream_slot: &Arc<UpstreamSlot>,
-        session_keys: &SessionKeyMemo,
-    ) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let route = self.router.classify(request.uri().path());
-        let kind = route_kind(route);
-        // Judged only if an error is to be rendered: a browser's `Accept` is long, and
-        // most requests end without one. The value is kept, as the request is handed on.
-        let accept = request.headers().get(http::header::ACCEPT).cloned();
-        // Taken only when the line will be written: the path and method are cheap clones.
-        // Health checks (a load balancer's, every few seconds) are counted, not logged.
-        let logged = kind != RouteKind::Health && self.config.log.access_log;
-        let access = (logged && tracing::enabled!(target: access::TARGET, tracing::Level::INFO)).then(|| {
-            let client = self.upstream.client_ip(client_addr.ip(), request.headers());
-            Requested::of(&request, client)
-        });
-        let mut unanswered = Unanswered {
-            metrics: &self.metrics,
-            kind,
-            started,
-            access,
-            user: None,
-            answered: false,
-        };
-        // The host first, for every route: RFC 9112 §3.2 has a server refuse any request
-        // that names no valid host, whatever it would do with it. Only the proxy passes
-        // it on (portcullis' own URLs come from `base_url`); a refused request starts no
-        // login and reaches no upstream.
-        let host = crate::host::request_host(&request);
-        // The routes other than the proxied one are boxed: their futures (provider calls)
-        // are many kilobytes, and every request's future would otherwise be as large as
-        // the largest of them, and be moved and laid out in memory at that size.
-        let result = match (route, host) {
-            (_, Err(invalid)) => Err(invalid.into()),
-            // Probes GET or HEAD, as every route of ours but the callback (GET alone) is
-            // asked; another method is a 405.
-            (Route::Healthz, _) => {
-                require_get_or_head(request.method()).map(|()| pages::text_response(StatusCode::OK, "ok\n"))
-            }
-            (Route::Readyz, _) => match require_get_or_head(request.method()) {
-                Ok(()) => Ok(Box::pin(self.readiness()).await),
-                Err(error) => Err(error),
-            },
-            (Route::Login, _) => Box::pin(self.login(&request, client_addr)).await,
-            (Route::Callback, _) => Box::pin(self.callback(&request)).await,
-            (Route::Logout, _) => Box::pin(self.logout(request)).await,
-            (Route::Me, _) => Box::pin(self.me(&request, client_addr, session_keys)).await,
-            (Route::ReservedUnknown, _) => Err(AppError::NotFound),
-            // The request is handed straight to the proxy: each async function it passes
-            // through by value stores and moves it (some 250 bytes) once more.
-            (Route::Protected, Ok(host)) => match self.admit(&request, client_addr, session_keys).await {
-                Ok(Admission::Forward(session)) => {
-                    let ctx = self.forward_context(session.as_deref(), host.as_ref(), client_addr, upstream_slot);
-                    if unanswered.access.is_some() {
-                        unanswered.user.clone_from(&session);
-                    }
-                    self.upstream.forward(request, ctx).await.map_err(AppError::from)
+        upstream_slot: &'a Arc<UpstreamSlot>,
+        session_keys: &'a SessionKeyMemo,
+    ) -> impl Future<Output = Response<ResponseBody>> + 'a {
+        async move {
+            let started = Instant::now();
+            let route = self.router.classify(request.uri().path());
+            let kind = route_kind(route);
+            // Judged only if an error is to be rendered: a browser's `Accept` is long, and
+            // most requests end without one. The value is kept, as the request is handed on.
+            let accept = request.headers().get(http::header::ACCEPT).cloned();
+            // Taken only when the line will be written: the path and method are cheap clones.
+            // Health checks (a load balancer's, every few seconds) are counted, not logged.
+            let logged = kind != RouteKind::Health && self.config.log.access_log;
+            let access = (logged && tracing::enabled!(target: access::TARGET, tracing::Level::INFO)).then(|| {
+                let client = self.upstream.client_ip(client_addr.ip(), request.headers());
+                Requested::of(&request, client)
+            });
+            let mut unanswered = Unanswered {
+                metrics: &self.metrics,
+                kind,
+                started,
+                access,
+                user: None,
+                answered: false,
+            };
+            // The host first, for every route: RFC 9112 §3.2 has a server refuse any request
+            // that names no valid host, whatever it would do with it. Only the proxy passes
+            // it on (portcullis' own URLs come from `base_url`); a refused request starts no
+            // login and reaches no upstream.
+            let host = crate::host::request_host(&request);
+            // The routes other than the proxied one are boxed: their futures (provider calls)
+            // are many kilobytes, and every request's future would otherwise be as large as
+            // the largest of them, and be moved and laid out in memory at that size.
+            let result = match (route, host) {
+                (_, Err(invalid)) => Err(invalid.into()),
+                // Probes GET or HEAD, as every route of ours but the callback (GET alone) is
+                // asked; another method is a 405.
+                (Route::Healthz, _) => {
+                    require_get_or_head(request.method()).map(|()| pages::text_response(StatusCode::OK, "ok\n"))
                 }
-                Ok(Admission::Answered(response)) => Ok(*response),
-                Err(error) => Err(error),
-            },
-        };
-        let mut response = result
-            .unwrap_or_else(|error| error.into_response(policy::accept_prefers_json(accept.as_ref()), &self.router));
-        unanswered.answer(&mut response);
-        response
+                (Route::Readyz, _) => match require_get_or_head(request.method()) {
+                    Ok(()) => Ok(Box::pin(self.readiness()).await),
+                    Err(error) => Err(error),
+                },
+                (Route::Login, _) => Box::pin(self.login(&request, client_addr)).await,
+                (Route::Callback, _) => Box::pin(self.callback(&request)).await,
+                (Route::Logout, _) => Box::pin(self.logout(request)).await,
+                (Route::Me, _) => Box::pin(self.me(&request, client_addr, session_keys)).await,
+                (Route::ReservedUnknown, _) => Err(AppError::NotFound),
+                // The request is handed straight to the proxy: each async function it passes
+                // through by value stores and moves it (some 250 bytes) once more.
+                (Route::Protected, Ok(host)) => match self.admit(&request, client_addr, session_keys).await {
+                    Ok(Admission::Forward(session)) => {
+                        let ctx = self.forward_context(session.as_deref(), host.as_ref(), client_addr, upstream_slot);
+                        if unanswered.access.is_some() {
+                            unanswered.user.clone_from(&session);
+                        }
+                        self.upstream.forward(request, ctx).await.map_err(AppError::from)
+                    }
+                    Ok(Admission::Answered(response)) => Ok(*response),
+                    Err(error) => Err(error),
+                },
+            };
+            let mut response = result.unwrap_or_else(|error| {
+                error.into_response(policy::accept_prefers_json(accept.as_ref()), &self.router)
+            });
+            unanswered.answer(&mut response);
+            response
+        }
     }
 
     /// `/.auth/readyz`: ready when the provider's metadata is loaded and the session

@@ -47,6 +47,7 @@ mod upload_idle;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
@@ -321,73 +322,77 @@ impl Upstream {
 
     /// Forwards an authorised request and returns the upstream's response, its body
     /// streamed. An upgrade (`101`) is spliced in the background.
-    pub async fn forward(
-        &self,
+    // Not an `async fn`: one would keep a second copy of the request and its context in
+    // its future (the arguments, moved into locals at the first poll), and move them there
+    // once more.
+    #[allow(clippy::manual_async_fn)]
+    pub fn forward<'a>(
+        &'a self,
         mut request: Request<Incoming>,
-        ctx: ForwardContext<'_>,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        if request.method() == Method::CONNECT {
-            return Err(ProxyError::BadRequest("CONNECT is not proxied"));
-        }
-        let upgrade = headers::is_upgrade_request(request.headers());
-        if upgrade && self.http2 {
-            return Err(ProxyError::BadRequest("WebSocket upgrades need an HTTP/1.1 upstream"));
-        }
-        // Must be taken before the request is consumed: it is the handle hyper's
-        // server gives us to the downstream connection after our `101`.
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-
-        let (mut parts, body) = request.into_parts();
-        let (authority, host) = self.upstream_host(ctx.host)?;
-        self.request_headers(&mut parts.headers, upgrade, host, ctx.host.cloned(), &ctx)?;
-        // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
-        // mean nothing to the upstream connection.
-        parts.extensions = Extensions::new();
-        // The response timer covers the body's waits for the client until the answer
-        // when the body is polled in the request's task: an HTTP/1.1 upstream's (see
-        // `upload_idle`).
-        let covered = matches!(self.transport, Transport::Http1);
-        let progress = Progress::of(&body, self.body_idle.upload_timeout(), covered);
-        // Only a request with a body (`progress`) can keep its connection busy after the response.
-        let open = progress.as_ref().and_then(|_| ctx.upstream_slot.open_body());
-
-        let mut response = match &self.transport {
-            Transport::Http1 => {
-                parts.uri = self.target.origin_form(&parts.uri)?;
-                parts.version = Version::HTTP_11;
-                // A body of unknown length (chunked from the client, or an HTTP/2 one
-                // without `Content-Length`) goes chunked. hyper's client decides so itself,
-                // but not for a GET, HEAD or CONNECT, which it frames as bodiless unless
-                // told otherwise: the body would be lost. (A bodiless request, most of
-                // them, is not looked at twice: it has no progress.)
-                if progress.is_some() && body.size_hint().exact().is_none() {
-                    parts
-                        .headers
-                        .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                }
-                let body = ProgressBody::new(body, progress.clone(), open, ctx.upstream_slot);
-                let request = Request::from_parts(parts, body);
-                let due = Due::from_now(progress.as_deref(), self.response_timeout);
-                let mut response = self.http1.send(ctx.upstream_slot, request, due).await?;
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    response.body_mut().forget_connection();
-                }
-                response.map(ResponseBody::upstream)
+        ctx: ForwardContext<'a>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + 'a {
+        async move {
+            if request.method() == Method::CONNECT {
+                return Err(ProxyError::BadRequest("CONNECT is not proxied"));
             }
-            Transport::Http2(clients) => {
-                let authority = authority.as_ref().unwrap_or(self.target.authority());
-                parts.uri = self.target.uri_for(&parts.uri, authority)?;
-                parts.version = Version::HTTP_2;
-                let body = ProgressBody::new(body, progress.clone(), open, ctx.upstream_slot);
-                let request = Request::from_parts(parts, body);
-                let client = clients.here();
-                let sent = pin!(client.request(request));
-                let due = Due::from_now(progress.as_deref(), self.response_timeout);
-                // Streams share the connection: each request has a timer of its own,
-                // which its body's waits use next.
-                let mut timer = ResponseTimer::default();
-                let response =
-                    timer
+            let upgrade = headers::is_upgrade_request(request.headers());
+            if upgrade && self.http2 {
+                return Err(ProxyError::BadRequest("WebSocket upgrades need an HTTP/1.1 upstream"));
+            }
+            // Must be taken before the request is consumed: it is the handle hyper's
+            // server gives us to the downstream connection after our `101`.
+            let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+            let (mut parts, body) = request.into_parts();
+            let (authority, host) = self.upstream_host(ctx.host)?;
+            self.request_headers(&mut parts.headers, upgrade, host, ctx.host.cloned(), &ctx)?;
+            // Downstream extensions (hyper's connection internals, HTTP/2 `:protocol`)
+            // mean nothing to the upstream connection.
+            parts.extensions = Extensions::new();
+            // The response timer covers the body's waits for the client until the answer
+            // when the body is polled in the request's task: an HTTP/1.1 upstream's (see
+            // `upload_idle`).
+            let covered = matches!(self.transport, Transport::Http1);
+            let progress = Progress::of(&body, self.body_idle.upload_timeout(), covered);
+            // Only a request with a body (`progress`) can keep its connection busy after the response.
+            let open = progress.as_ref().and_then(|_| ctx.upstream_slot.open_body());
+
+            let mut response = match &self.transport {
+                Transport::Http1 => {
+                    parts.uri = self.target.origin_form(&parts.uri)?;
+                    parts.version = Version::HTTP_11;
+                    // A body of unknown length (chunked from the client, or an HTTP/2 one
+                    // without `Content-Length`) goes chunked. hyper's client decides so itself,
+                    // but not for a GET, HEAD or CONNECT, which it frames as bodiless unless
+                    // told otherwise: the body would be lost. (A bodiless request, most of
+                    // them, is not looked at twice: it has no progress.)
+                    if progress.is_some() && body.size_hint().exact().is_none() {
+                        parts
+                            .headers
+                            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                    }
+                    let body = ProgressBody::new(body, progress.clone(), open, ctx.upstream_slot);
+                    let request = Request::from_parts(parts, body);
+                    let due = Due::from_now(progress.as_deref(), self.response_timeout);
+                    let mut response = self.http1.send(ctx.upstream_slot, request, due).await?;
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        response.body_mut().forget_connection();
+                    }
+                    response.map(ResponseBody::upstream)
+                }
+                Transport::Http2(clients) => {
+                    let authority = authority.as_ref().unwrap_or(self.target.authority());
+                    parts.uri = self.target.uri_for(&parts.uri, authority)?;
+                    parts.version = Version::HTTP_2;
+                    let body = ProgressBody::new(body, progress.clone(), open, ctx.upstream_slot);
+                    let request = Request::from_parts(parts, body);
+                    let client = clients.here();
+                    let sent = pin!(client.request(request));
+                    let due = Due::from_now(progress.as_deref(), self.response_timeout);
+                    // Streams share the connection: each request has a timer of its own,
+                    // which its body's waits use next.
+                    let mut timer = ResponseTimer::default();
+                    let response = timer
                         .within(due, sent)
                         .await
                         .ok_or(ProxyError::Timeout)?
@@ -396,27 +401,28 @@ impl Upstream {
                             Some(progress) if progress.has_stalled() => ProxyError::ClientBodyStalled,
                             _ => classify(error),
                         })?;
-                let slot = ctx.upstream_slot.clone();
-                response.map(|body| ResponseBody::boxed(Http2Body::new(body, timer, slot)))
-            }
-        };
+                    let slot = ctx.upstream_slot.clone();
+                    response.map(|body| ResponseBody::boxed(Http2Body::new(body, timer, slot)))
+                }
+            };
 
-        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match (switched, downstream_upgrade) {
-            (true, Some(downstream)) => {
-                let upstream = hyper::upgrade::on(&mut response);
-                // The tunnel goes on using the downstream connection after hyper let go
-                // of it: it counts under the connection limit until it ends.
-                self.tunnels
-                    .splice(downstream, upstream, ctx.upstream_slot.connection());
+            let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            match (switched, downstream_upgrade) {
+                (true, Some(downstream)) => {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    // The tunnel goes on using the downstream connection after hyper let go
+                    // of it: it counts under the connection limit until it ends.
+                    self.tunnels
+                        .splice(downstream, upstream, ctx.upstream_slot.connection());
+                }
+                (true, None) => return Err(ProxyError::Request(UnexpectedSwitch.into())),
+                (false, _) => {}
             }
-            (true, None) => return Err(ProxyError::Request(UnexpectedSwitch.into())),
-            (false, _) => {}
+            headers::remove_hop_by_hop(response.headers_mut(), Message::Response, switched);
+            // The downstream connection has its own version; an HTTP/2 upstream's must not leak.
+            *response.version_mut() = Version::HTTP_11;
+            Ok(response)
         }
-        headers::remove_hop_by_hop(response.headers_mut(), Message::Response, switched);
-        // The downstream connection has its own version; an HTTP/2 upstream's must not leak.
-        *response.version_mut() = Version::HTTP_11;
-        Ok(response)
     }
 
     /// The `Host` to send, and for an HTTP/2 upstream the URI authority.

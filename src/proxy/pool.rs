@@ -251,74 +251,79 @@ impl Http1Pool {
     /// waits for the connection to take it and then for the response head until `due`
     /// ([`ProxyError::Timeout`]). The response's body gives the connection back when it
     /// has been read to the end.
-    pub(super) async fn send(
-        &self,
-        slot: &Arc<UpstreamSlot>,
+    // Not an `async fn`: one would keep a second copy of the request in its future (the
+    // arguments, moved into locals at the first poll), and move it there once more.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn send<'a>(
+        &'a self,
+        slot: &'a Arc<UpstreamSlot>,
         mut request: Request<ProgressBody>,
-        due: Due<'_>,
-    ) -> Result<Response<PooledBody>, ProxyError> {
-        let mut resent = false;
-        loop {
-            // After a request was sent again: other kept connections are as old as the one
-            // that closed under it, so a new one is dialed.
-            let kept = if resent {
-                None
-            } else {
-                slot.take().or_else(|| self.take_idle())
-            };
-            // `None`: a new connection, which nothing can have closed yet.
-            let (mut connection, idle_for) = match kept {
-                Some(kept) => {
-                    let idle_for = kept.since.elapsed();
-                    (kept.connection, Some(idle_for))
-                }
-                // Boxed: dialing (TCP, TLS) is a large future, needed once per connection.
-                None => (Box::pin(self.connect()).await?, None),
-            };
-            let UpstreamConnection {
-                sender, driver, timer, ..
-            } = &mut connection;
-            // At once for a kept connection (only ready ones are kept) and for a new one
-            // (its driver's first poll); bounded all the same, as the wait for the answer is.
-            let ready = timer.within(due, pin!(driver.drive(pin!(sender.ready())))).await;
-            match ready {
-                Some(Ok(())) => {}
-                Some(Err(_)) if idle_for.is_some() => continue, // closed while kept: try the next one
-                Some(Err(error)) => return Err(ProxyError::Request(error.into())),
-                None => return Err(due.expired(&slot.body_idle)),
-            }
-            let copy = match idle_for {
-                Some(idle) if idle >= RACE_IDLE && !resent => HeadCopy::of(&request),
-                _ => None,
-            };
-            // The driver is polled next thing anyway: handing it the request need not wake it.
-            let (sent, _) = driver.inline(|| sender.try_send_request(request));
-            let answered = timer.within(due, pin!(driver.drive(pin!(sent)))).await;
-            let Some(answered) = answered else {
-                // The request (its body, if still being sent) goes with the connection.
-                return Err(due.expired(&slot.body_idle));
-            };
-            match answered {
-                Ok(response) => {
-                    due.answered();
-                    let keep = Some((connection, slot.clone()));
-                    return Ok(response.map(|body| PooledBody {
-                        inner: body,
-                        keep,
-                        idle: BodyIdle::default(),
-                    }));
-                }
-                Err(mut failed) => match (failed.take_message(), copy) {
-                    // Never written: the connection closed under us; safe to send elsewhere.
-                    (Some(unsent), _) if idle_for.is_some() => request = unsent,
-                    // Written, and the connection closed before any answer.
-                    (None, Some(copy)) if closed_before_answer(failed.error()) => {
-                        tracing::debug!("kept upstream connection closed under a request; sending it again");
-                        request = copy.rebuild();
-                        resent = true;
+        due: Due<'a>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, ProxyError>> + 'a {
+        async move {
+            let mut resent = false;
+            loop {
+                // After a request was sent again: other kept connections are as old as the one
+                // that closed under it, so a new one is dialed.
+                let kept = if resent {
+                    None
+                } else {
+                    slot.take().or_else(|| self.take_idle())
+                };
+                // `None`: a new connection, which nothing can have closed yet.
+                let (mut connection, idle_for) = match kept {
+                    Some(kept) => {
+                        let idle_for = kept.since.elapsed();
+                        (kept.connection, Some(idle_for))
                     }
-                    _ => return Err(ProxyError::Request(failed.into_error().into())),
-                },
+                    // Boxed: dialing (TCP, TLS) is a large future, needed once per connection.
+                    None => (Box::pin(self.connect()).await?, None),
+                };
+                let UpstreamConnection {
+                    sender, driver, timer, ..
+                } = &mut connection;
+                // At once for a kept connection (only ready ones are kept) and for a new one
+                // (its driver's first poll); bounded all the same, as the wait for the answer is.
+                let ready = timer.within(due, pin!(driver.drive(pin!(sender.ready())))).await;
+                match ready {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) if idle_for.is_some() => continue, // closed while kept: try the next one
+                    Some(Err(error)) => return Err(ProxyError::Request(error.into())),
+                    None => return Err(due.expired(&slot.body_idle)),
+                }
+                let copy = match idle_for {
+                    Some(idle) if idle >= RACE_IDLE && !resent => HeadCopy::of(&request),
+                    _ => None,
+                };
+                // The driver is polled next thing anyway: handing it the request need not wake it.
+                let (sent, _) = driver.inline(|| sender.try_send_request(request));
+                let answered = timer.within(due, pin!(driver.drive(pin!(sent)))).await;
+                let Some(answered) = answered else {
+                    // The request (its body, if still being sent) goes with the connection.
+                    return Err(due.expired(&slot.body_idle));
+                };
+                match answered {
+                    Ok(response) => {
+                        due.answered();
+                        let keep = Some((connection, slot.clone()));
+                        return Ok(response.map(|body| PooledBody {
+                            inner: body,
+                            keep,
+                            idle: BodyIdle::default(),
+                        }));
+                    }
+                    Err(mut failed) => match (failed.take_message(), copy) {
+                        // Never written: the connection closed under us; safe to send elsewhere.
+                        (Some(unsent), _) if idle_for.is_some() => request = unsent,
+                        // Written, and the connection closed before any answer.
+                        (None, Some(copy)) if closed_before_answer(failed.error()) => {
+                            tracing::debug!("kept upstream connection closed under a request; sending it again");
+                            request = copy.rebuild();
+                            resent = true;
+                        }
+                        _ => return Err(ProxyError::Request(failed.into_error().into())),
+                    },
+                }
             }
         }
     }
