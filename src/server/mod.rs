@@ -428,7 +428,9 @@ async fn serve_http1<I>(
             Ok::<_, Infallible>(response.map(|body| Sent::new(body, clock)))
         }
     });
-    let connection = shared.http1.serve_connection(io, service).with_upgrades();
+    // Pinned where it is made: `until_done` borrows it, so the connection (hyper's state,
+    // some 700 bytes) is held once in this future, not again in the one it awaits.
+    let connection = pin!(shared.http1.serve_connection(io, service).with_upgrades());
     let idle = Idle::Close(head_timer);
     until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
 }
@@ -463,7 +465,7 @@ async fn serve_http2<I>(
     // hyper bounds an HTTP/1 head but not the wait for an HTTP/2 client's preface
     // and first request: a connection that has sent no request within the head
     // timeout is closed, so silent clients cannot hold connection slots.
-    let connection = shared.http2.serve_connection(io, service);
+    let connection = pin!(shared.http2.serve_connection(io, service));
     let first_request = async {
         tokio::time::sleep(shared.head_timeout).await;
         if clock.had_a_stream() {
@@ -512,7 +514,7 @@ enum Ended<'a> {
 /// keep the connection until the keep-alive pings give up, some 50 s on. Streams the
 /// client opens meanwhile are served: the timer runs only while none is open.
 async fn until_done<C>(
-    connection: C,
+    mut connection: Pin<&mut C>,
     mut stopped: watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
     idle: Idle,
@@ -524,7 +526,6 @@ async fn until_done<C>(
         Idle::Close(timer) => (timer, false),
         Idle::GoAway(timer) => (timer, true),
     };
-    let mut connection = pin!(connection);
     // The stop future is polled once to register, and again only when the flag has
     // changed since: it is the one thing besides the connection and its head timer that
     // this task waits for, and the connection is polled once or twice per request.
