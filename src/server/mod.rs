@@ -398,6 +398,8 @@ async fn serve_protocol<I>(
     }
 }
 
+/// HTTP/1.1: one request after another, each polled inside the connection's future, and
+/// the connection closed when a request head is late.
 async fn serve_http1<I>(
     shared: &Shared,
     io: TokioIo<I>,
@@ -435,6 +437,8 @@ async fn serve_http1<I>(
     until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
 }
 
+/// HTTP/2: concurrent streams, each a task of its own, and a GOAWAY once none has been
+/// open for the head timeout.
 async fn serve_http2<I>(
     shared: &Shared,
     io: TokioIo<I>,
