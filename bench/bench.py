@@ -60,6 +60,10 @@ RUN_STREAM = env_flag("BENCH_STREAM", True)
 RUN_SESSION_MEMORY = env_flag("BENCH_SESSION_MEMORY", True)
 RUN_CRITERION = env_flag("BENCH_CRITERION", True)
 IDLE_CONNECTIONS = env_int("BENCH_IDLE_CONNECTIONS", 1000)
+# How long the idle connections rest before RSS is read: a browser's pause between clicks
+# (portcullis gives a quiet connection's upstream connection to its shared pool after 1 s;
+# nginx and Caddy give theirs back at once).
+IDLE_PAUSE = 2.0
 KEEP_TMP = env_flag("BENCH_KEEP_TMP", False)
 PERF = env_flag("BENCH_PERF", False)
 PORTCULLIS_BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target", "release", "portcullis"))
@@ -737,8 +741,9 @@ def read_response(sock):
 def idle_connection_memory(contenders, n):
     """RSS growth per idle keep-alive connection: connections opened with one request each
     (so a proxy has dialed, and may keep, its upstream connections) and left open, n at a
-    time. The first n use up heap the load before freed but the process kept (it would
-    hide their cost); the growth from the second n is the measure."""
+    time, RSS read after a pause between clicks (IDLE_PAUSE). The first n use up heap the
+    load before freed but the process kept (it would hide their cost); the growth from the
+    second n is the measure."""
     results = {}
     for c in contenders:
         url = urllib.parse.urlsplit(c.wrk_url)
@@ -758,7 +763,7 @@ def idle_connection_memory(contenders, n):
                 statuses = {read_response(sock) for sock in batch}
                 if statuses != {200}:
                     raise ConnectionError(f"answered {sorted(statuses)}, not 200")
-                time.sleep(0.5)
+                time.sleep(IDLE_PAUSE)
                 levels.append(rss_bytes(c.proc.pid))
         except OSError as error:
             c.warnings.append(f"idle connections: {error} (after {len(socks)} connections)")

@@ -6,11 +6,14 @@
 //! spawned per request to watch for the connection going idle (all of which
 //! hyper-util's pooled client does on every request). A connection goes back into the
 //! slot when its response body has been read to the end ([`PooledBody`]); when the
-//! slot is taken (concurrent HTTP/2 streams on one downstream connection) or the
-//! downstream connection closes, it goes to the shared idle list instead, which a
-//! downstream connection draws from before it dials a new one (first from the
-//! connections dialed on its own thread: a connection worker's runtime reports the
-//! readiness of the sockets it registered).
+//! slot is taken (concurrent HTTP/2 streams on one downstream connection), the
+//! downstream connection closes, or it goes quiet (idle for a second, see
+//! `server::idle_release`: a browser between clicks), it goes to the shared idle list
+//! instead, which a downstream connection draws from before it dials a new one (first
+//! from the connections dialed on its own thread: a connection worker's runtime reports
+//! the readiness of the sockets it registered). That list is bounded, so the upstream
+//! connections held open are bounded by the clients being served, not by those merely
+//! connected.
 //!
 //! A kept connection may have been closed by the upstream in the meantime (its
 //! keep-alive timeout: 5 s for Node.js and Apache, 2 s for gunicorn): then the request,
@@ -208,10 +211,16 @@ impl IdleConnection {
         self.connection.sender.is_ready()
     }
 
-    /// Ready, and not idle so long that the upstream has likely closed it.
-    fn is_usable(&self) -> bool {
-        self.since.elapsed() < IDLE_TIMEOUT && self.is_ready()
+    /// Ready, and at `now` not idle so long that the upstream has likely closed it.
+    fn is_usable(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) < IDLE_TIMEOUT && self.is_ready()
     }
+}
+
+/// Drops the connections of `idle` that are no longer usable (one clock read for all).
+fn prune(idle: &mut Vec<IdleConnection>) {
+    let now = Instant::now();
+    idle.retain(|connection| connection.is_usable(now));
 }
 
 impl Http1Pool {
@@ -356,7 +365,7 @@ impl Http1Pool {
     /// that thread's runtime and costs a wake-up across threads.
     fn take_idle(&self) -> Option<IdleConnection> {
         let mut idle = self.lock_idle();
-        idle.retain(IdleConnection::is_usable);
+        prune(&mut idle);
         let here = std::thread::current().id();
         let index = idle
             .iter()
@@ -375,8 +384,12 @@ impl Http1Pool {
             return;
         }
         let mut idle = self.lock_idle();
-        // The oldest are the likeliest to have been closed by the upstream.
-        idle.retain(IdleConnection::is_usable);
+        prune(&mut idle);
+        // Full: the oldest goes (closed), as the likeliest to have been closed by the
+        // upstream already; nginx's `keepalive` cache does the same.
+        if idle.len() >= self.max_idle && self.max_idle > 0 {
+            idle.remove(0);
+        }
         if idle.len() < self.max_idle {
             idle.push(connection);
         }
@@ -446,6 +459,20 @@ impl UpstreamSlot {
 
     fn take(&self) -> Option<IdleConnection> {
         self.lock().take()
+    }
+
+    /// Hands the connection kept here, if any, to the shared idle list: the downstream
+    /// connection has gone quiet (`server::idle_release`), and a client pausing between
+    /// clicks should not hold an upstream connection (and its buffers) to itself. Its
+    /// next request takes one from the list. Whether one was kept.
+    pub fn release_kept(&self) -> bool {
+        match self.take() {
+            Some(connection) => {
+                self.pool.put_idle(connection);
+                true
+            }
+            None => false,
+        }
     }
 
     fn give_back(&self, connection: IdleConnection) {

@@ -120,18 +120,23 @@ impl HeadClock {
         self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// When the awaited head is due, or `None` while a request is being served (its
-    /// response not sent, or its body not ended).
-    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+    /// Since when the connection has been idle, or `None` while a request is being
+    /// served (its response not sent, or its body not ended).
+    pub(super) fn idle_since(&self) -> Option<Instant> {
         match self.idle_since_ms.load(Ordering::Relaxed) {
             BUSY => None,
             _ if self.streams.load(Ordering::Relaxed) > 0 => None,
             _ if self.open_bodies.load(Ordering::Acquire) > 0 => None,
             ms => {
                 let ended = self.bodies_ended_ms.load(Ordering::Relaxed);
-                Some(self.epoch + Duration::from_millis(ms.max(ended)) + timeout)
+                Some(self.epoch + Duration::from_millis(ms.max(ended)))
             }
         }
+    }
+
+    /// When the awaited head is due, or `None` while a request is being served.
+    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.idle_since().map(|since| since + timeout)
     }
 }
 

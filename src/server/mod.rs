@@ -4,6 +4,7 @@
 //! WebSockets finish within the grace period, then return.
 
 mod head_timeout;
+mod idle_release;
 mod io;
 mod redirect;
 pub mod tls;
@@ -28,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use url::Url;
 
 use self::head_timeout::{HeadClock, HeadTimer, Sent};
+use self::idle_release::ReleaseTimer;
 use self::io::{write_final_response, ClientStream, ConnState};
 use self::workers::Workers;
 use crate::app::App;
@@ -417,6 +419,7 @@ async fn serve_http1<I>(
     // A request body may be read on after its response: the clock is told when
     // it ends (the connection is busy until then).
     let upstream_slot = shared.app.upstream.slot(peer, lease, Some(clock.clone()));
+    let release = ReleaseTimer::new(clock.clone(), upstream_slot.clone());
     let session_keys = SessionKeyMemo::default();
     // hyper polls an HTTP/1.1 request's future inside this connection's, so the
     // future may borrow what the connection holds: no reference count of the
@@ -434,7 +437,7 @@ async fn serve_http1<I>(
     // some 700 bytes) is held once in this future, not again in the one it awaits.
     let connection = pin!(shared.http1.serve_connection(io, service).with_upgrades());
     let idle = Idle::Close(head_timer);
-    until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
+    until_done(connection, stopped, |c| c.graceful_shutdown(), idle, release, report).await
 }
 
 /// HTTP/2: concurrent streams, each a task of its own, and a GOAWAY once none has been
@@ -456,6 +459,7 @@ async fn serve_http2<I>(
     let session_keys = Arc::new(SessionKeyMemo::default());
     let clock = HeadClock::http2();
     let idle = Idle::GoAway(HeadTimer::new(clock.clone(), shared.head_timeout));
+    let release = ReleaseTimer::new(clock.clone(), upstream_slot.clone());
     let streams = clock.clone();
     let app = shared.app.clone();
     let service = service_fn(move |request| {
@@ -477,7 +481,7 @@ async fn serve_http2<I>(
         }
     };
     tokio::select! {
-        () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report) => {}
+        () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, release, report) => {}
         () = first_request => {
             tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
         }
@@ -508,7 +512,8 @@ enum Ended<'a> {
 
 /// Drives `connection` to its end (or until an [`Idle::Close`] timer expires), asking it
 /// to finish gracefully once `stopped` turns true or an [`Idle::GoAway`] timer expires,
-/// and hands the outcome to `report` before the connection is dropped.
+/// and hands the outcome to `report` before the connection is dropped. Meanwhile
+/// `release` gives the connection's upstream connection back whenever it goes quiet.
 ///
 /// A graceful finish is bounded as shutdown's drain is: by a timer, then the connection
 /// is dropped. For shutdown that is the grace period over every connection (in
@@ -522,6 +527,7 @@ async fn until_done<C>(
     mut stopped: watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
     idle: Idle,
+    mut release: ReleaseTimer,
     report: impl FnOnce(Ended<'_>),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -538,6 +544,7 @@ async fn until_done<C>(
     let mut registered = false;
     let mut graceful = Some(graceful);
     let result = std::future::poll_fn(|cx| {
+        release.poll(cx);
         while head_timer.poll_expired(cx).is_ready() {
             match graceful.take() {
                 Some(graceful) if go_away => {

@@ -29,6 +29,7 @@ mod transport_limits;
 mod transport_shutdown;
 mod transport_streaming;
 mod transport_tls;
+mod transport_upstream_pool;
 mod transport_upstream_tls;
 mod transport_websocket;
 mod transport_workers;

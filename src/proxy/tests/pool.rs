@@ -732,7 +732,7 @@ async fn a_get_answered_with_garbage_on_an_idle_connection_is_not_sent_again() {
 }
 
 #[tokio::test]
-async fn the_idle_list_keeps_at_most_its_bound() {
+async fn the_idle_list_keeps_at_most_its_bound_closing_the_oldest() {
     let (addr, accepted) = counting_upstream(Keep::Alive).await;
     let mut built =
         super::support::build_upstream(&super::support::upstream_config(http_target(addr, "/"), LONG), &[]).unwrap();
@@ -746,11 +746,23 @@ async fn the_idle_list_keeps_at_most_its_bound() {
         assert_eq!(get_whole(&mut client).await, number);
         clients.push(client);
     }
-    drop(clients);
-    idle_reaches(&upstream, 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(upstream.http1.idle_count(), 2, "the third one is closed");
+    // Closed in turn, each handing its connection to the idle list.
+    for (client, idle) in clients.into_iter().zip([1, 2, 2]) {
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        idle_reaches(&upstream, idle).await;
+    }
+    // Full when the third came: the oldest (the likeliest to have been closed by the
+    // upstream in the meantime) was closed; the newest is used first.
+    let mut held = Vec::new();
+    for number in [3, 2] {
+        let mut client = downstream(front).await;
+        assert_eq!(get_whole(&mut client).await, number);
+        held.push(client);
+    }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    let mut client = downstream(front).await;
+    assert_eq!(get_whole(&mut client).await, 4, "connection 1 was closed, not kept");
 }
 
 #[test]

@@ -156,6 +156,8 @@ struct Seen {
     /// Over TLS: the SNI of every completed handshake, and why others failed.
     snis: Vec<Option<String>>,
     tls_failures: Vec<String>,
+    /// Connections accepted so far.
+    connections: u64,
 }
 
 /// A hyper server (HTTP/1.1 and h2c, upgrades) on 127.0.0.1. Routes:
@@ -201,6 +203,7 @@ impl RustUpstream {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                seen2.lock().unwrap().connections += 1;
                 let seen = seen2.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -246,6 +249,11 @@ impl RustUpstream {
     /// How many requests for `path` arrived (the head, whatever became of them).
     pub fn hits(&self, path: &str) -> u64 {
         self.seen.lock().unwrap().paths.get(path).copied().unwrap_or(0)
+    }
+
+    /// How many connections were made to it so far.
+    pub fn connections(&self) -> u64 {
+        self.seen.lock().unwrap().connections
     }
 
     /// Over TLS: the server name each client sent (SNI), per completed handshake.
