@@ -13,7 +13,8 @@
 //! [`HeadTimer`] is only re-armed when it fires: it then works out the deadline from
 //! when the connection last became idle, and only if that has passed is the head late.
 //! A client that keeps sending requests costs one clock read per request and one timer
-//! reset per timeout period.
+//! reset per timeout period (per second when the timer also watches for the connection
+//! going quiet, to give its upstream connection back: [`super::idle_release`]).
 //!
 //! The rule is hyper's: the time from the end of one exchange (or from the connection's
 //! start) to the complete head of the next request is bounded, and nothing else: a slow
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::idle_release::{IdleRelease, RELEASE_AFTER};
 use super::io::ConnState;
 use crate::proxy::RequestBodyWatch;
 
@@ -202,13 +204,16 @@ impl Drop for ResponseEnd {
     }
 }
 
-/// The connection's timer: polled with the connection, ready once a head is late.
+/// The connection's timer: polled with the connection, ready once a head is late. It
+/// also tells the connection's [`IdleRelease`], if it has one, when it has been quiet
+/// long enough: one timer for both, so that a poll of the connection checks one sleep.
 pub(super) struct HeadTimer {
     clock: Arc<HeadClock>,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
     /// The sleep has been polled (and so registered) since it was last set.
     armed: bool,
+    release: Option<IdleRelease>,
 }
 
 impl HeadTimer {
@@ -219,7 +224,16 @@ impl HeadTimer {
             timeout,
             sleep: Box::pin(tokio::time::sleep_until(first)),
             armed: false,
+            release: None,
         }
+    }
+
+    /// The same timer, also firing for `release` (see [`super::idle_release`]).
+    pub(super) fn releasing(mut self, release: IdleRelease) -> Self {
+        let first = self.sleep.deadline().min(Instant::now() + RELEASE_AFTER);
+        self.sleep.as_mut().reset(first);
+        self.release = Some(release);
+        self
     }
 
     /// Starts the wait over, as if the connection had become idle now: the next expiry
@@ -233,18 +247,23 @@ impl HeadTimer {
     /// the connection on every wake; always from the connection's task, since the sleep
     /// itself is polled (and the task's waker registered) only when set.
     pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // A connection used again after its release is watched from now on.
+        let mut look_now = self.release.as_mut().is_some_and(|r| r.in_use_again(&self.clock));
         loop {
-            if self.armed {
-                if !self.sleep.is_elapsed() {
+            if look_now || self.armed {
+                if !look_now && !self.sleep.is_elapsed() {
                     return Poll::Pending;
                 }
+                look_now = false;
                 // Fired: the deadline it was set to may have moved on since.
                 let now = Instant::now();
-                let due = self.clock.deadline(self.timeout).unwrap_or(now + self.timeout);
+                let idle_since = self.clock.idle_since();
+                let due = idle_since.map_or(now + self.timeout, |since| since + self.timeout);
                 if due <= now {
                     return Poll::Ready(());
                 }
-                self.sleep.as_mut().reset(due);
+                let release_due = self.release.as_mut().and_then(|r| r.on_fired(idle_since, now));
+                self.sleep.as_mut().reset(release_due.map_or(due, |r| r.min(due)));
             }
             self.armed = true;
             if self.sleep.as_mut().poll(cx).is_pending() {

@@ -11,19 +11,17 @@
 //! every connection's next request draws from: a page's burst of requests keeps its
 //! connection, a reader's pause gives it back.
 //!
-//! One timer per connection, re-armed only when it fires (as the head timer is): while
-//! requests keep coming it fires once per [`RELEASE_AFTER`] and finds the connection busy
-//! or recently used; a request itself pays nothing. Once the connection has been given
-//! back the timer rests, and the connection's next poll that finds it in use again (its
-//! next request wakes the connection's task) sets it once more.
+//! The connection's head timer ([`super::head_timeout::HeadTimer`]) fires for this too,
+//! so that a poll of the connection still checks one sleep: while requests keep coming
+//! it fires once per [`RELEASE_AFTER`] and finds the connection busy or recently used; a
+//! request itself pays one check of a field. Once the connection has been given back the
+//! release rests, and the connection's next poll that finds it in use again (its next
+//! request wakes the connection's task) has the timer look once more.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Context;
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::head_timeout::HeadClock;
 use crate::proxy::UpstreamSlot;
@@ -44,63 +42,47 @@ impl Release for UpstreamSlot {
     }
 }
 
-/// The connection's release timer: polled with the connection on every wake.
-pub(super) struct ReleaseTimer {
-    clock: Arc<HeadClock>,
+/// When a connection's kept upstream connection goes: decided each time the
+/// connection's timer fires.
+pub(super) struct IdleRelease {
     kept: Arc<dyn Release>,
-    sleep: Pin<Box<Sleep>>,
-    /// The sleep has been polled (and so registered) since it was last set.
-    armed: bool,
-    /// The start of the idle period whose connection was released: the timer rests
+    /// The start of the idle period whose connection was released: nothing to watch
     /// until the connection is used again.
     released: Option<Instant>,
 }
 
-impl ReleaseTimer {
-    /// Gives up what `kept` holds once `clock` has been idle for [`RELEASE_AFTER`].
-    pub(super) fn new(clock: Arc<HeadClock>, kept: Arc<dyn Release>) -> Self {
-        ReleaseTimer {
-            clock,
-            kept,
-            sleep: Box::pin(tokio::time::sleep_until(Instant::now() + RELEASE_AFTER)),
-            armed: false,
-            released: None,
+impl IdleRelease {
+    pub(super) fn new(kept: Arc<dyn Release>) -> Self {
+        IdleRelease { kept, released: None }
+    }
+
+    /// Checked on every poll of the connection: whether it has been used since its
+    /// release (then the timer must look again, and this starts watching anew). One
+    /// test of a field unless released.
+    pub(super) fn in_use_again(&mut self, clock: &HeadClock) -> bool {
+        match self.released {
+            Some(since) if clock.idle_since() != Some(since) => {
+                self.released = None;
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Releases the kept connection when it is time. Cheap while the sleep has not
-    /// fired (one check of it), or while resting (the clock's loads).
-    pub(super) fn poll(&mut self, cx: &mut Context<'_>) {
-        if let Some(since) = self.released {
-            if self.clock.idle_since() == Some(since) {
-                return;
+    /// The timer fired at `now` with the connection idle since `idle_since` (`None`:
+    /// busy): releases the kept connection if it has been quiet for [`RELEASE_AFTER`].
+    /// When the timer should fire next for this, always after `now`; `None` once
+    /// released (until [`Self::in_use_again`]).
+    pub(super) fn on_fired(&mut self, idle_since: Option<Instant>, now: Instant) -> Option<Instant> {
+        match idle_since {
+            None => Some(now + RELEASE_AFTER),
+            Some(since) if self.released == Some(since) => None,
+            Some(since) if since + RELEASE_AFTER <= now => {
+                self.kept.release();
+                self.released = Some(since);
+                None
             }
-            // Used since it was released: watch for the next quiet period.
-            self.released = None;
-            self.sleep.as_mut().reset(Instant::now() + RELEASE_AFTER);
-            self.armed = false;
-        }
-        loop {
-            if self.armed {
-                if !self.sleep.is_elapsed() {
-                    return;
-                }
-                let now = Instant::now();
-                let next = match self.clock.idle_since() {
-                    Some(since) if since + RELEASE_AFTER <= now => {
-                        self.kept.release();
-                        self.released = Some(since);
-                        return;
-                    }
-                    Some(since) => since + RELEASE_AFTER,
-                    None => now + RELEASE_AFTER,
-                };
-                self.sleep.as_mut().reset(next);
-            }
-            self.armed = true;
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return;
-            }
+            Some(since) => Some(since + RELEASE_AFTER),
         }
     }
 }
@@ -108,9 +90,10 @@ impl ReleaseTimer {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Poll;
+    use std::task::{Context, Poll};
 
     use super::*;
+    use crate::server::head_timeout::HeadTimer;
 
     #[derive(Default)]
     struct Counted(AtomicUsize);
@@ -121,17 +104,18 @@ mod tests {
         }
     }
 
+    /// A connection's clock and its head timer, releasing into a counter.
     struct Watched {
         clock: Arc<HeadClock>,
         released: Arc<Counted>,
-        timer: ReleaseTimer,
+        timer: HeadTimer,
     }
 
     impl Watched {
-        fn new() -> Self {
+        fn new(head_timeout: Duration) -> Self {
             let clock = HeadClock::new(Arc::default());
             let released = Arc::new(Counted::default());
-            let timer = ReleaseTimer::new(clock.clone(), released.clone());
+            let timer = HeadTimer::new(clock.clone(), head_timeout).releasing(IdleRelease::new(released.clone()));
             Watched { clock, released, timer }
         }
 
@@ -140,14 +124,11 @@ mod tests {
         }
 
         /// Polls the timer as the connection's task does, after `wait` (tokio's clock
-        /// is paused: it advances at once, firing every timer due on the way).
-        async fn poll_after(&mut self, wait: Duration) {
+        /// is paused: it advances at once, firing every timer due on the way); whether
+        /// the head timeout has expired.
+        async fn poll_after(&mut self, wait: Duration) -> bool {
             tokio::time::sleep(wait).await;
-            std::future::poll_fn(|cx| {
-                self.timer.poll(cx);
-                Poll::Ready(())
-            })
-            .await;
+            std::future::poll_fn(|cx| Poll::Ready(self.timer.poll_expired(cx).is_ready())).await
         }
 
         /// One request served: busy for `serving`, then idle.
@@ -158,9 +139,11 @@ mod tests {
         }
     }
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_idle_for_a_second_gives_its_upstream_connection_back_once() {
-        let mut watched = Watched::new();
+        let mut watched = Watched::new(HOUR);
         watched.request(Duration::from_millis(10)).await;
         watched.poll_after(Duration::from_millis(900)).await;
         assert_eq!(watched.releases(), 0, "idle for 0.9 s");
@@ -172,7 +155,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_closer_together_than_a_second_keep_the_connection() {
-        let mut watched = Watched::new();
+        let mut watched = Watched::new(HOUR);
         for _ in 0..30 {
             watched.request(Duration::from_millis(5)).await;
             watched.poll_after(Duration::from_millis(700)).await;
@@ -182,7 +165,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_longer_than_a_second_is_not_quiet() {
-        let mut watched = Watched::new();
+        let mut watched = Watched::new(HOUR);
         watched.request(Duration::from_secs(5)).await;
         assert_eq!(watched.releases(), 0, "busy all along");
         watched.poll_after(Duration::from_millis(1100)).await;
@@ -191,7 +174,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_quiet_period_after_use_gives_the_connection_back_again() {
-        let mut watched = Watched::new();
+        let mut watched = Watched::new(HOUR);
         watched.request(Duration::from_millis(10)).await;
         watched.poll_after(Duration::from_secs(3)).await;
         assert_eq!(watched.releases(), 1);
@@ -206,25 +189,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_resting_timer_does_not_wake_the_connection() {
-        let mut watched = Watched::new();
+    async fn a_released_connection_does_not_wake_its_task_until_the_head_timeout() {
+        let timeout = Duration::from_secs(30);
+        let mut watched = Watched::new(timeout);
         watched.request(Duration::from_millis(10)).await;
-        watched.poll_after(Duration::from_secs(2)).await;
-        assert_eq!(watched.releases(), 1);
+        // The poll that releases (and sets the timer) comes from a task that counts its wakes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let woken = Arc::new(AtomicUsize::new(0));
-        let waker = waker_counting(woken.clone());
-        watched.timer.poll(&mut Context::from_waker(&waker));
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(woken.load(Ordering::SeqCst), 0);
+        let waker = std::task::Waker::from(Arc::new(Counting(woken.clone())));
+        assert!(watched
+            .timer
+            .poll_expired(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert_eq!(watched.releases(), 1);
+        tokio::time::sleep(Duration::from_secs(27)).await;
+        assert_eq!(woken.load(Ordering::SeqCst), 0, "no wake before the head timeout");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "woken for the head timeout");
+        assert!(watched.timer.poll_expired(&mut Context::from_waker(&waker)).is_ready());
     }
 
-    fn waker_counting(count: Arc<AtomicUsize>) -> std::task::Waker {
-        struct Counting(Arc<AtomicUsize>);
-        impl std::task::Wake for Counting {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
+    #[tokio::test(start_paused = true)]
+    async fn the_head_timeout_still_closes_a_busy_or_quiet_connection_on_time() {
+        let timeout = Duration::from_secs(10);
+        // Requests every 0.7 s for 20 s, then nothing: closed 10 s after the last one.
+        let mut watched = Watched::new(timeout);
+        for _ in 0..28 {
+            watched.request(Duration::from_millis(10)).await;
+            assert!(!watched.poll_after(Duration::from_millis(690)).await);
         }
-        std::task::Waker::from(Arc::new(Counting(count)))
+        watched.request(Duration::from_millis(10)).await;
+        assert!(!watched.poll_after(Duration::from_millis(9_990)).await);
+        assert!(watched.poll_after(Duration::from_millis(20)).await);
+        assert_eq!(watched.releases(), 1);
+        // A head timeout shorter than the release: closed before anything is released.
+        let mut watched = Watched::new(Duration::from_millis(500));
+        watched.request(Duration::from_millis(10)).await;
+        assert!(watched.poll_after(Duration::from_millis(600)).await);
+        assert_eq!(watched.releases(), 0);
+    }
+
+    struct Counting(Arc<AtomicUsize>);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }

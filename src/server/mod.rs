@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use url::Url;
 
 use self::head_timeout::{HeadClock, HeadTimer, Sent};
-use self::idle_release::ReleaseTimer;
+use self::idle_release::IdleRelease;
 use self::io::{write_final_response, ClientStream, ConnState};
 use self::workers::Workers;
 use crate::app::App;
@@ -415,11 +415,11 @@ async fn serve_http1<I>(
     // Each service builds its request's future inside the one it returns: that future
     // is large, and one built outside would be moved into it once more per request.
     let clock = HeadClock::new(state.clone());
-    let head_timer = HeadTimer::new(clock.clone(), shared.head_timeout);
     // A request body may be read on after its response: the clock is told when
     // it ends (the connection is busy until then).
     let upstream_slot = shared.app.upstream.slot(peer, lease, Some(clock.clone()));
-    let release = ReleaseTimer::new(clock.clone(), upstream_slot.clone());
+    let head_timer =
+        HeadTimer::new(clock.clone(), shared.head_timeout).releasing(IdleRelease::new(upstream_slot.clone()));
     let session_keys = SessionKeyMemo::default();
     // hyper polls an HTTP/1.1 request's future inside this connection's, so the
     // future may borrow what the connection holds: no reference count of the
@@ -437,7 +437,7 @@ async fn serve_http1<I>(
     // some 700 bytes) is held once in this future, not again in the one it awaits.
     let connection = pin!(shared.http1.serve_connection(io, service).with_upgrades());
     let idle = Idle::Close(head_timer);
-    until_done(connection, stopped, |c| c.graceful_shutdown(), idle, release, report).await
+    until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report).await
 }
 
 /// HTTP/2: concurrent streams, each a task of its own, and a GOAWAY once none has been
@@ -458,8 +458,9 @@ async fn serve_http2<I>(
     let upstream_slot = shared.app.upstream.slot(peer, lease, None);
     let session_keys = Arc::new(SessionKeyMemo::default());
     let clock = HeadClock::http2();
-    let idle = Idle::GoAway(HeadTimer::new(clock.clone(), shared.head_timeout));
-    let release = ReleaseTimer::new(clock.clone(), upstream_slot.clone());
+    let head_timer =
+        HeadTimer::new(clock.clone(), shared.head_timeout).releasing(IdleRelease::new(upstream_slot.clone()));
+    let idle = Idle::GoAway(head_timer);
     let streams = clock.clone();
     let app = shared.app.clone();
     let service = service_fn(move |request| {
@@ -481,7 +482,7 @@ async fn serve_http2<I>(
         }
     };
     tokio::select! {
-        () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, release, report) => {}
+        () = until_done(connection, stopped, |c| c.graceful_shutdown(), idle, report) => {}
         () = first_request => {
             tracing::info!(%peer, "HTTP/2 connection sent no request within the head timeout; closing");
         }
@@ -512,8 +513,7 @@ enum Ended<'a> {
 
 /// Drives `connection` to its end (or until an [`Idle::Close`] timer expires), asking it
 /// to finish gracefully once `stopped` turns true or an [`Idle::GoAway`] timer expires,
-/// and hands the outcome to `report` before the connection is dropped. Meanwhile
-/// `release` gives the connection's upstream connection back whenever it goes quiet.
+/// and hands the outcome to `report` before the connection is dropped.
 ///
 /// A graceful finish is bounded as shutdown's drain is: by a timer, then the connection
 /// is dropped. For shutdown that is the grace period over every connection (in
@@ -527,7 +527,6 @@ async fn until_done<C>(
     mut stopped: watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
     idle: Idle,
-    mut release: ReleaseTimer,
     report: impl FnOnce(Ended<'_>),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -544,7 +543,6 @@ async fn until_done<C>(
     let mut registered = false;
     let mut graceful = Some(graceful);
     let result = std::future::poll_fn(|cx| {
-        release.poll(cx);
         while head_timer.poll_expired(cx).is_ready() {
             match graceful.take() {
                 Some(graceful) if go_away => {
