@@ -47,5 +47,5 @@ if [ "${BENCH_SESSION_MEMORY:-1}" != "0" ] || [ "${BENCH_CRITERION:-1}" != "0" ]
     cargo bench --no-run --bench session_memory --bench session_store
 fi
 
-log "starting (a full run takes about 25 minutes)"
+log "starting (a full run takes 12-25 minutes)"
 exec python3 "$ROOT/bench/bench.py"

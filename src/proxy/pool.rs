@@ -41,6 +41,7 @@
 //! fires between requests it wakes the task of the request that used it last, once, and
 //! the next request moves it on.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::{pin, Pin};
@@ -186,7 +187,8 @@ const RACE_IDLE: Duration = Duration::from_millis(500);
 pub(super) struct Http1Pool {
     connector: UpstreamConnector,
     dial: Uri,
-    idle: Mutex<Vec<IdleConnection>>,
+    /// Oldest first.
+    idle: Mutex<VecDeque<IdleConnection>>,
     max_idle: usize,
 }
 
@@ -218,7 +220,7 @@ impl IdleConnection {
 }
 
 /// Drops the connections of `idle` that are no longer usable (one clock read for all).
-fn prune(idle: &mut Vec<IdleConnection>) {
+fn prune(idle: &mut VecDeque<IdleConnection>) {
     let now = Instant::now();
     idle.retain(|connection| connection.is_usable(now));
 }
@@ -230,7 +232,7 @@ impl Http1Pool {
         Arc::new(Http1Pool {
             connector,
             dial,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             max_idle,
         })
     }
@@ -371,7 +373,7 @@ impl Http1Pool {
             .iter()
             .rposition(|c| c.connection.home == here)
             .or_else(|| idle.len().checked_sub(1))?;
-        let mut taken = idle.remove(index);
+        let mut taken = idle.remove(index)?;
         // Its timer belongs to the runtime of the thread that used it last, which may
         // be another one (and a timer must not outlive its runtime): a new one is
         // made here when first needed.
@@ -387,15 +389,20 @@ impl Http1Pool {
         prune(&mut idle);
         // Full: the oldest goes (closed), as the likeliest to have been closed by the
         // upstream already; nginx's `keepalive` cache does the same.
-        if idle.len() >= self.max_idle && self.max_idle > 0 {
-            idle.remove(0);
-        }
+        let closed = if idle.len() >= self.max_idle {
+            idle.pop_front()
+        } else {
+            None
+        };
         if idle.len() < self.max_idle {
-            idle.push(connection);
+            idle.push_back(connection);
         }
+        // Closed once the list is free for others.
+        drop(idle);
+        drop(closed);
     }
 
-    fn lock_idle(&self) -> MutexGuard<'_, Vec<IdleConnection>> {
+    fn lock_idle(&self) -> MutexGuard<'_, VecDeque<IdleConnection>> {
         // The list stays consistent whatever panicked while holding it.
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -464,14 +471,10 @@ impl UpstreamSlot {
     /// Hands the connection kept here, if any, to the shared idle list: the downstream
     /// connection has gone quiet (`server::idle_release`), and a client pausing between
     /// clicks should not hold an upstream connection (and its buffers) to itself. Its
-    /// next request takes one from the list. Whether one was kept.
-    pub fn release_kept(&self) -> bool {
-        match self.take() {
-            Some(connection) => {
-                self.pool.put_idle(connection);
-                true
-            }
-            None => false,
+    /// next request takes one from the list.
+    pub fn release_kept(&self) {
+        if let Some(connection) = self.take() {
+            self.pool.put_idle(connection);
         }
     }
 
