@@ -29,13 +29,14 @@ async fn page(send: &mut hyper::client::conn::http1::SendRequest<TestBody>, port
     assert!(h1::text(resp).await.expect("body").contains(path));
 }
 
-/// 1.5 s on, a new client's request goes out on the one upstream connection so far (the
-/// quiet client's); the new client's connection, kept open.
+/// 2.5 s on (the release comes a second after the last answer; the rest is room for a
+/// loaded machine), a new client's request goes out on the one upstream connection so
+/// far (the quiet client's); the new client's connection, kept open.
 async fn after_a_pause_a_new_client_reuses_the_connection(
     port: u16,
     upstream: &RustUpstream,
 ) -> hyper::client::conn::http1::SendRequest<TestBody> {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut other = h1_connect(port).await;
     page(&mut other, port, "/other").await;
     assert_eq!(
@@ -70,9 +71,9 @@ async fn a_client_sending_requests_keeps_its_upstream_connection() {
     let port = stack.portcullis.app.port;
 
     let mut busy = h1_connect(port).await;
-    for n in 0..8 {
+    for n in 0..15 {
         page(&mut busy, port, &format!("/busy/{n}")).await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(upstream.connections(), 1, "one connection for all its requests");
     let mut other = h1_connect(port).await;
