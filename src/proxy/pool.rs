@@ -213,16 +213,26 @@ impl IdleConnection {
         self.connection.sender.is_ready()
     }
 
-    /// Ready, and at `now` not idle so long that the upstream has likely closed it.
-    fn is_usable(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.since) < IDLE_TIMEOUT && self.is_ready()
+    /// At `now`, not idle so long that the upstream has likely closed it.
+    fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) < IDLE_TIMEOUT
     }
 }
 
-/// Drops the connections of `idle` that are no longer usable (one clock read for all).
-fn prune(idle: &mut VecDeque<IdleConnection>) {
-    let now = Instant::now();
-    idle.retain(|connection| connection.is_usable(now));
+/// Drops the connections at the front of `idle` (the oldest) that have been idle too
+/// long, and stops at the first that has not (one clock read for all).
+///
+/// Only the front: the list is in the order connections were put in, which is nearly
+/// the order of their `since` (a connection reaches the list within a second or two of
+/// its last use: `server::idle_release`), so an entry past the first fresh one is rarely
+/// stale, and [`Http1Pool::take_idle`] checks the one it takes. Nor is readiness checked
+/// here: a connection in the list is not polled, so it stays as ready as it was when it
+/// was put in ([`Http1Pool::put_idle`] checks). A scan of the whole list would touch each
+/// connection's shared state, one cache miss per entry, on every take and put.
+fn prune(idle: &mut VecDeque<IdleConnection>, now: Instant) {
+    while idle.front().is_some_and(|oldest| !oldest.is_fresh(now)) {
+        idle.pop_front();
+    }
 }
 
 impl Http1Pool {
@@ -366,14 +376,22 @@ impl Http1Pool {
     /// from another thread works too, but each of its reads and writes is reported by
     /// that thread's runtime and costs a wake-up across threads.
     fn take_idle(&self) -> Option<IdleConnection> {
-        let mut idle = self.lock_idle();
-        prune(&mut idle);
+        let now = Instant::now();
         let here = std::thread::current().id();
-        let index = idle
-            .iter()
-            .rposition(|c| c.connection.home == here)
-            .or_else(|| idle.len().checked_sub(1))?;
-        let mut taken = idle.remove(index)?;
+        let mut idle = self.lock_idle();
+        prune(&mut idle, now);
+        let mut taken = loop {
+            let index = idle
+                .iter()
+                .rposition(|c| c.connection.home == here)
+                .or_else(|| idle.len().checked_sub(1))?;
+            let candidate = idle.remove(index)?;
+            // Stale behind a fresh one (see `prune`): closed, and the next one tried.
+            if candidate.is_fresh(now) {
+                break candidate;
+            }
+        };
+        drop(idle);
         // Its timer belongs to the runtime of the thread that used it last, which may
         // be another one (and a timer must not outlive its runtime): a new one is
         // made here when first needed.
@@ -386,7 +404,7 @@ impl Http1Pool {
             return;
         }
         let mut idle = self.lock_idle();
-        prune(&mut idle);
+        prune(&mut idle, Instant::now());
         // Full: the oldest goes (closed), as the likeliest to have been closed by the
         // upstream already; nginx's `keepalive` cache does the same.
         let closed = if idle.len() >= self.max_idle {

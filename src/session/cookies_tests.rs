@@ -318,3 +318,33 @@ fn pending_login_cookies_stay_host_only_when_the_session_cookie_names_a_domain()
     assert!(session.to_str().unwrap().contains("Domain=example.com"), "{session:?}");
     assert!(codec.clear_session().to_str().unwrap().contains("Domain=example.com"));
 }
+
+#[test]
+fn the_pairs_scanned_are_those_the_cookie_crates_parser_finds() {
+    for header in [
+        "a=1",
+        "a=1; b=2",
+        "  a = 1 ;b=\"2\"  ",
+        "a=b=c",
+        "x; y=1",
+        "=v; k=",
+        ";;a=1;;",
+        "a=\"\"",
+        "a=\"1",
+        "a=1\"",
+        "",
+        ";",
+        "a",
+        "a=;b",
+        "name with space=1",
+    ] {
+        let headers = cookie_headers(&[header]);
+        let ours: Vec<(&[u8], &[u8])> = cookie_pairs(&headers).collect();
+        let parsed: Vec<Cookie<'_>> = request_cookies(&headers).collect();
+        let theirs: Vec<(&[u8], &[u8])> = parsed
+            .iter()
+            .map(|c| (c.name().as_bytes(), c.value_trimmed().as_bytes()))
+            .collect();
+        assert_eq!(ours, theirs, "{header:?}");
+    }
+}

@@ -273,6 +273,39 @@ async fn an_idle_connection_is_used_until_the_idle_timeout_and_then_closed() {
 }
 
 #[tokio::test]
+async fn a_stale_connection_behind_a_fresh_one_in_the_idle_list_is_closed_not_used() {
+    // The list is pruned from its front only (the oldest put in), but a connection can
+    // be put in after a younger one: the one kept longer by its downstream connection.
+    let (front, accepted, upstream) = setup(Keep::Alive).await;
+    let advance = |duration: Duration| async move {
+        tokio::time::pause();
+        tokio::time::advance(duration).await;
+        tokio::time::resume();
+    };
+    let mut older = downstream(front).await;
+    assert_eq!(get_whole(&mut older).await, 1);
+    advance(Duration::from_secs(5)).await;
+    let mut younger = downstream(front).await;
+    assert_eq!(get_whole(&mut younger).await, 2);
+    drop(younger);
+    idle_reaches(&upstream, 1).await;
+    drop(older);
+    idle_reaches(&upstream, 2).await;
+
+    // Connection 1 (last put in, so the first choice) is past the idle timeout,
+    // connection 2 (at the front) is not.
+    advance(IDLE_TIMEOUT - Duration::from_secs(2)).await;
+    let mut client = downstream(front).await;
+    assert_eq!(get_whole(&mut client).await, 2, "the stale connection was skipped");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        upstream.http1.idle_count(),
+        0,
+        "the stale connection is closed, not kept"
+    );
+}
+
+#[tokio::test]
 async fn a_new_downstream_connection_takes_an_idle_connection_dialed_on_its_own_thread_first() {
     let (front_here, accepted, upstream) = setup(Keep::Alive).await;
     let front_there = front_on_another_thread(upstream.clone());
