@@ -570,8 +570,17 @@ class Contender:
         self.warnings = []
 
     def best(self, conns):
+        """The best figure of the rounds, each on its own: the highest req/s and the
+        lowest p50 and p99, the least disturbed measurement of each (a round of the most
+        requests can still hold a latency spike from a moment's other load)."""
         runs = self.runs.get(conns) or []
-        return max(runs, key=lambda r: r["rps"]) if runs else None
+        if not runs:
+            return None
+        return {
+            "rps": max(r["rps"] for r in runs),
+            "p50": min(r["p50"] for r in runs),
+            "p99": min(r["p99"] for r in runs),
+        }
 
 
 def verify(contender, body):
@@ -1201,7 +1210,8 @@ def render(contenders, by_key, session_memory, criterion, stream, login, login_c
     )
     lines.append(
         f"Command: `BENCH_DURATION={DURATION} BENCH_ROUNDS={ROUNDS} bash bench/run.sh` — `wrk -t1 -c<N> -d{DURATION} --latency`, "
-        f"{ROUNDS} interleaved round(s) after a {WARMUP} warm-up each, best round shown; 612-byte page from nginx."
+        f"{ROUNDS} interleaved round(s) after a {WARMUP} warm-up each, the best of the rounds shown (highest req/s, "
+        f"lowest p50 and p99); 612-byte page from nginx."
     )
     lines.append("")
     header = (
