@@ -246,6 +246,13 @@ async fn idle_reaches(upstream: &Upstream, count: usize) {
     }
 }
 
+/// Lets `duration` pass on tokio's clock at once (the connections' idle times are read from it).
+async fn idle_for(duration: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(duration).await;
+    tokio::time::resume();
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_used_until_the_idle_timeout_and_then_closed() {
     let (front, accepted, upstream) = setup(Keep::Alive).await;
@@ -253,11 +260,6 @@ async fn an_idle_connection_is_used_until_the_idle_timeout_and_then_closed() {
     assert_eq!(get_whole(&mut first).await, 1);
     drop(first);
     idle_reaches(&upstream, 1).await;
-    let idle_for = |duration: Duration| async move {
-        tokio::time::pause();
-        tokio::time::advance(duration).await;
-        tokio::time::resume();
-    };
 
     idle_for(IDLE_TIMEOUT - Duration::from_secs(1)).await;
     let mut second = downstream(front).await;
@@ -277,14 +279,9 @@ async fn a_stale_connection_behind_a_fresh_one_in_the_idle_list_is_closed_not_us
     // The list is pruned from its front only (the oldest put in), but a connection can
     // be put in after a younger one: the one kept longer by its downstream connection.
     let (front, accepted, upstream) = setup(Keep::Alive).await;
-    let advance = |duration: Duration| async move {
-        tokio::time::pause();
-        tokio::time::advance(duration).await;
-        tokio::time::resume();
-    };
     let mut older = downstream(front).await;
     assert_eq!(get_whole(&mut older).await, 1);
-    advance(Duration::from_secs(5)).await;
+    idle_for(Duration::from_secs(5)).await;
     let mut younger = downstream(front).await;
     assert_eq!(get_whole(&mut younger).await, 2);
     drop(younger);
@@ -294,7 +291,7 @@ async fn a_stale_connection_behind_a_fresh_one_in_the_idle_list_is_closed_not_us
 
     // Connection 1 (last put in, so the first choice) is past the idle timeout,
     // connection 2 (at the front) is not.
-    advance(IDLE_TIMEOUT - Duration::from_secs(2)).await;
+    idle_for(IDLE_TIMEOUT - Duration::from_secs(2)).await;
     let mut client = downstream(front).await;
     assert_eq!(get_whole(&mut client).await, 2, "the stale connection was skipped");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
